@@ -1,0 +1,130 @@
+"""The RPC loop: read requests from stdin, run handlers, write replies to stdout.
+
+Requests after `hello` run on a small thread pool, so a slow one (an image build) never blocks a
+quick one (a status read): replies may come back out of order and carry the request id.
+Python 3.9 compatible.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, Callable, Dict, Optional
+
+from agent_host import AGENT_VERSION, protocol
+from agent_host.protocol import Message, RemoteError
+
+
+class Context:
+    """What a handler may use: the agent's root directory and a way to stream events."""
+
+    def __init__(self, server: "Server", request_id: Any) -> None:
+        self.root = server.root
+        self._server = server
+        self.request_id = request_id
+
+    def notify(self, method: str, params: Message) -> None:
+        params = dict(params)
+        params["request_id"] = self.request_id
+        self._server.send(protocol.notification(method, params))
+
+
+Handler = Callable[[Context, Message], Any]
+
+
+class Server:
+    def __init__(
+        self,
+        root: str,
+        handlers: Dict[str, Handler],
+        out: BinaryIO,
+        agent_hash: Optional[str] = None,
+        workers: int = 8,
+    ) -> None:
+        self.root = root
+        self.handlers = handlers
+        self.agent_hash = agent_hash
+        self._out = out
+        self._write_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._greeted = False
+
+    def send(self, message: Message) -> None:
+        data = protocol.encode(message)
+        with self._write_lock:
+            self._out.write(data)
+            self._out.flush()
+
+    def serve(self, inp: BinaryIO) -> None:
+        try:
+            while True:
+                line = inp.readline(protocol.MAX_LINE_BYTES)
+                if not line:
+                    break
+                if line.strip():
+                    self._handle_line(line)
+        finally:
+            # Finish what was asked before the channel closed, then exit.
+            self._pool.shutdown(wait=True)
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            message = protocol.decode(line)
+        except RemoteError as exc:
+            self.send(protocol.error(None, exc))
+            return
+        request_id = message.get("id")
+        method = message.get("method")
+        params = message.get("params", {})
+        if not isinstance(method, str) or not isinstance(params, dict):
+            self.send(protocol.error(request_id, RemoteError(
+                protocol.E_BAD_REQUEST, "a request needs a string 'method' and object 'params'")))
+            return
+        if method == "hello":
+            self._reply(request_id, self._hello, params)
+            return
+        if not self._greeted:
+            self.send(protocol.error(request_id, RemoteError(
+                protocol.E_PROTOCOL_MISMATCH, "the first request must be 'hello'")))
+            return
+        handler = self.handlers.get(method)
+        if handler is None:
+            self.send(protocol.error(request_id, RemoteError(
+                protocol.E_UNKNOWN_METHOD, "unknown method %r" % method,
+                {"methods": sorted(self.handlers)})))
+            return
+        context = Context(self, request_id)
+        self._pool.submit(self._reply, request_id, lambda p: handler(context, p), params)
+
+    def _reply(self, request_id: Any, call: Callable[[Message], Any], params: Message) -> None:
+        try:
+            value = call(params)
+        except RemoteError as exc:
+            message = protocol.error(request_id, exc)
+        except Exception as exc:  # a bug: report it typed, keep serving
+            message = protocol.error(request_id, RemoteError(
+                protocol.E_INTERNAL, "%s: %s" % (type(exc).__name__, exc),
+                {"traceback": traceback.format_exc(limit=8)}))
+        else:
+            message = protocol.result(request_id, value)
+        if request_id is not None:
+            self.send(message)
+
+    def _hello(self, params: Message) -> Message:
+        theirs = params.get("protocol")
+        if theirs != protocol.PROTOCOL_VERSION:
+            raise RemoteError(
+                protocol.E_PROTOCOL_MISMATCH,
+                "controller speaks protocol %r, this agent speaks %d"
+                % (theirs, protocol.PROTOCOL_VERSION),
+            )
+        self._greeted = True
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "agent_version": AGENT_VERSION,
+            "agent_hash": self.agent_hash,
+            "pid": os.getpid(),
+            "methods": sorted(self.handlers),
+        }

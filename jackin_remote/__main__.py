@@ -1,0 +1,3 @@
+from jackin_remote.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The controller's side of the host agent: build the zipapp, deploy it, talk to it."""

@@ -1,0 +1,108 @@
+"""RPC client for the host agent: pipelined requests over one channel, replies matched by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from agent_host import protocol
+from agent_host.protocol import Message, RemoteError
+from jackin_remote.transport.base import Channel
+
+EventHandler = Callable[[str, Message], None]
+
+
+class AgentClosed(Exception):
+    """The agent's channel ended; `returncode` and `stderr` say why if known."""
+
+    def __init__(self, returncode: int | None, stderr: str) -> None:
+        super().__init__(stderr or f"agent exited ({returncode})")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class AgentClient:
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._listeners: dict[int, EventHandler] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed: AgentClosed | None = None
+        self.hello: Message = {}
+
+    async def start(self) -> Message:
+        """Start reading replies and say hello; returns the agent's hello."""
+        self._reader = asyncio.create_task(self._read_loop())
+        self.hello = await self.call("hello", protocol.hello_params())
+        return self.hello
+
+    async def call(
+        self, method: str, params: Message | None = None, *, on_event: EventHandler | None = None
+    ) -> Any:
+        if self._closed is not None:
+            raise self._closed
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        if on_event is not None:
+            self._listeners[request_id] = on_event
+        try:
+            self._channel.write(protocol.encode(protocol.request(request_id, method, params)))
+            await self._channel.drain()
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
+            self._listeners.pop(request_id, None)
+
+    async def _read_loop(self) -> None:
+        while True:
+            line = await self._channel.readline()
+            if not line:
+                break
+            try:
+                message = protocol.decode(line)
+            except RemoteError:
+                continue  # noise on the channel must not kill the session
+            self._dispatch(message)
+        returncode = await self._channel.wait()
+        stderr = (await self._channel.read_stderr()).decode(errors="replace").strip()
+        self._closed = AgentClosed(returncode, stderr)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._closed)
+
+    def _dispatch(self, message: Message) -> None:
+        request_id = message.get("id")
+        if request_id is None:
+            params = message.get("params") or {}
+            listener = self._listeners.get(params.get("request_id"))
+            if listener is not None:
+                listener(str(message.get("method")), params)
+            return
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            return
+        if "error" in message:
+            err = message["error"] or {}
+            future.set_exception(
+                RemoteError(
+                    str(err.get("code")), str(err.get("message")), err.get("data")
+                )
+            )
+        else:
+            future.set_result(message.get("result"))
+
+    async def close(self) -> None:
+        self._channel.close_stdin()
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
+            except (TimeoutError, asyncio.CancelledError):
+                self._channel.kill()
+                self._reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._reader

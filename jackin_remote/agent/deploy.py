@@ -1,0 +1,104 @@
+"""Put the agent zipapp on a host (only when its hash is new there) and start `serve`.
+
+The common path is one exec: the serve script starts the agent if `<root>/agent/<name>.pyz`
+exists and exits with MISSING otherwise; only then is the archive streamed over stdin into a
+temp file, checked against its hash and moved into place atomically.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from agent_host.protocol import RemoteError
+from jackin_remote.agent.build import AgentArtifact
+from jackin_remote.agent.client import AgentClient, AgentClosed
+from jackin_remote.transport.base import Transport
+
+MISSING = 3  # serve: this agent version is not on the host yet
+NO_PYTHON = 4  # serve/install: no python3 on the host
+CORRUPT = 5  # install: what arrived does not match the hash
+
+# The agent never sees the user's environment or rc files: only what it needs.
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class DeployError(Exception):
+    pass
+
+
+def root_prelude(root: str) -> str:
+    """sh lines that set $root, expanding a leading ~ on the host (the value is quoted)."""
+    return (
+        f"root={shlex.quote(root)}\n"
+        'case "$root" in "~") root="$HOME" ;; "~/"*) root="$HOME/${root#"~/"}" ;; esac\n'
+    )
+
+
+def serve_script(root: str, artifact: AgentArtifact) -> str:
+    return root_prelude(root) + (
+        f'agent="$root/agent/{artifact.filename}"\n'
+        f'[ -f "$agent" ] || exit {MISSING}\n'
+        f"command -v python3 >/dev/null 2>&1 || {{ echo 'python3 not found' >&2; exit {NO_PYTHON}; }}\n"
+        f'exec env -i HOME="$HOME" USER="$(id -un)" LANG=C.UTF-8 PATH={CLEAN_PATH} '
+        'python3 -I "$agent" serve --root "$root"\n'
+    )
+
+
+def install_script(root: str, artifact: AgentArtifact) -> str:
+    check = (
+        "import hashlib,sys;"
+        "print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()[:%d])"
+        % len(artifact.content_hash)
+    )
+    return root_prelude(root) + (
+        f"command -v python3 >/dev/null 2>&1 || {{ echo 'python3 not found' >&2; exit {NO_PYTHON}; }}\n"
+        'umask 077; mkdir -p "$root/agent" || exit 1\n'
+        'tmp="$root/agent/.incoming.$$"\n'
+        'cat > "$tmp" || { rm -f "$tmp"; exit 1; }\n'
+        f'sum=$(python3 -I -c {shlex.quote(check)} "$tmp")\n'
+        f'if [ "$sum" != {artifact.content_hash} ]; then rm -f "$tmp"; '
+        f"echo 'upload corrupted' >&2; exit {CORRUPT}; fi\n"
+        f'mv -f "$tmp" "$root/agent/{artifact.filename}" || exit 1\n'
+        'for old in "$root"/agent/jackin-agent-*.pyz; do\n'
+        f'  [ "$old" = "$root/agent/{artifact.filename}" ] || rm -f "$old"\n'
+        "done\n"
+    )
+
+
+@dataclass
+class StartedAgent:
+    client: AgentClient
+    deployed: bool  # True when this start had to send the archive
+    bytes_sent: int
+
+
+async def _try_start(transport: Transport, root: str, artifact: AgentArtifact) -> AgentClient:
+    client = AgentClient(await transport.spawn(serve_script(root, artifact)))
+    await client.start()
+    return client
+
+
+async def start_agent(transport: Transport, root: str, artifact: AgentArtifact) -> StartedAgent:
+    try:
+        return StartedAgent(await _try_start(transport, root, artifact), False, 0)
+    except AgentClosed as exc:
+        if exc.returncode != MISSING:
+            raise DeployError(_explain(exc)) from None
+    data = artifact.read()
+    done = await transport.run(install_script(root, artifact), input=data, timeout=120)
+    if done.returncode != 0:
+        raise DeployError(f"agent install failed ({done.returncode}): {done.stderr_text}")
+    try:
+        client = await _try_start(transport, root, artifact)
+    except AgentClosed as exc:
+        raise DeployError(_explain(exc)) from None
+    except RemoteError as exc:
+        raise DeployError(f"agent refused hello: {exc.message}") from None
+    return StartedAgent(client, True, len(data))
+
+
+def _explain(exc: AgentClosed) -> str:
+    if exc.returncode == NO_PYTHON:
+        return "python3 not found on the host (the agent needs python3 >= 3.9)"
+    return f"agent exited ({exc.returncode}): {exc.stderr or 'no output'}"

@@ -1,0 +1,47 @@
+"""The `jackin-remote` command: a thin shell over functions that return data.
+
+Imports are lazy: commands that touch no network never import asyncssh.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from jackin_remote import __version__
+from jackin_remote.cli import hosts
+from jackin_remote.cli.common import Options, fail
+from jackin_remote.errors import JackinError
+
+app = typer.Typer(
+    name="jackin-remote",
+    help="Run sandboxed coding agents on servers you own (or on this machine).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(hosts.app, name="hosts")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"jackin-remote {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    inventory: str | None = typer.Option(
+        None, "--inventory", "-i", envvar="JACKIN_INVENTORY",
+        help="Inventory file or directory (default: ./inventory/, else just the local host).",
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
+) -> None:  # fmt: skip
+    ctx.obj = Options(inventory=inventory)
+
+
+def main() -> None:
+    try:
+        app()
+    except JackinError as error:  # raised outside a command's own handling
+        fail(error)

@@ -1,0 +1,233 @@
+"""`jackin-remote hosts ...`: read, edit and check the inventory's hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from jackin_remote.cli.common import (
+    EXIT_SOME_HOSTS_FAILED,
+    err,
+    fail,
+    load,
+    options,
+    out,
+    print_json,
+    run,
+)
+from jackin_remote.errors import JackinError, UsageError
+
+app = typer.Typer(help="Inventory hosts: list, show, add, rm, check, trust.", no_args_is_help=True)
+
+JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
+ON = typer.Option("all", "--on", help="NAME | GROUP | label:X | all (comma-separated).")
+
+
+def _host_dict(host: Any) -> dict[str, Any]:
+    return {
+        "name": host.name, "transport": host.transport, "address": host.address,
+        "port": host.port, "user": host.user, "identity_file": host.identity_file,
+        "jump": host.jump, "host_key": host.host_key, "labels": list(host.labels),
+        "capacity": host.capacity, "root": host.root, "backend": host.backend,
+        "limits": {"memory": host.limits.memory, "cpus": host.limits.cpus,
+                   "pids": host.limits.pids},
+        "source": host.where,
+    }  # fmt: skip
+
+
+@app.command("list")
+def list_hosts(ctx: typer.Context, on: str = ON, as_json: bool = JSON) -> None:
+    """List inventory hosts."""
+    from jackin_remote.inventory import select_hosts
+
+    try:
+        hosts = select_hosts(load(ctx), on)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(hosts=[_host_dict(h) for h in hosts])
+        return
+    from jackin_remote.ui.hosts import hosts_table
+
+    out.print(hosts_table(hosts))
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
+    """Show one host as the inventory resolves it (defaults applied)."""
+    try:
+        host = load(ctx).host(name)
+        if host is None:
+            raise UsageError(f"no host named {name!r}", hint="see `jackin-remote hosts list`")
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    data = _host_dict(host)
+    if as_json:
+        print_json(host=data)
+        return
+    for key, value in data.items():
+        out.print(f"[bold]{key:>14}[/]  {value if value not in (None, []) else '-'}")
+
+
+def _edit_target(ctx: typer.Context, file: Path | None) -> Path:
+    if file is not None:
+        return file
+    configured = options(ctx).inventory
+    base = Path(configured) if configured else Path("inventory")
+    return base if base.suffix == ".toml" else base / "hosts.toml"
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: str,
+    address: str | None = typer.Option(None, help="IP, DNS name or ~/.ssh/config alias."),
+    port: int | None = typer.Option(None),
+    user: str | None = typer.Option(None),
+    identity_file: str | None = typer.Option(None, "--identity-file"),
+    jump: str | None = typer.Option(None, help="ProxyJump: inventory host or [user@]host[:port]."),
+    host_key: str | None = typer.Option(None, "--host-key", help="Pin this public key."),
+    label: list[str] = typer.Option([], "--label", help="Repeatable."),
+    capacity: int | None = typer.Option(None),
+    root: str | None = typer.Option(None, help="Host directory for jackin (default ~/.jackin)."),
+    transport: str | None = typer.Option(None, help="ssh (default) or local."),
+    file: Path | None = typer.Option(None, "--file", help="Inventory file to write."),
+    as_json: bool = JSON,
+) -> None:
+    """Add a host to an inventory file, keeping its comments and order."""
+    from jackin_remote.inventory.editor import add_host
+
+    fields: dict[str, Any] = {
+        "address": address, "port": port, "user": user, "identity_file": identity_file,
+        "jump": jump, "host_key": host_key, "labels": label or None, "capacity": capacity,
+        "root": root, "transport": transport,
+    }  # fmt: skip
+    fields = {key: value for key, value in fields.items() if value is not None}
+    target = _edit_target(ctx, file)
+    try:
+        add_host(target, name, fields)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(added=name, file=str(target))
+    else:
+        out.print(f"added host [bold]{name}[/] to {target}")
+
+
+@app.command("rm")
+def remove(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
+    """Remove a host (and its group memberships) from the inventory files."""
+    from jackin_remote.inventory.editor import remove_host
+
+    configured = options(ctx).inventory
+    try:
+        changed = remove_host(Path(configured) if configured else Path("inventory"), name)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(removed=name, file=str(changed))
+    else:
+        out.print(f"removed host [bold]{name}[/] from {changed}")
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    on: str = ON,
+    as_json: bool = JSON,
+    accept_new: bool = typer.Option(
+        False, "--accept-new", help="Trust unknown host keys on first use (never changed ones)."
+    ),
+) -> None:
+    """Connect to hosts, deploy the agent if needed, and report facts and a verdict.
+
+    Exit code 3 when some hosts failed or are unusable.
+    """
+    from jackin_remote.fleet import Pool, PoolSettings
+    from jackin_remote.hostcheck import check_hosts
+    from jackin_remote.inventory import select_hosts
+
+    try:
+        inventory = load(ctx)
+        hosts = select_hosts(inventory, on)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+
+    async def go() -> list[dict[str, Any]]:
+        async with Pool(inventory, PoolSettings(accept_new=accept_new)) as pool:
+            return await check_hosts(pool, hosts)
+
+    if not as_json and out.is_terminal:
+        with err.status(f"checking {len(hosts)} host(s)..."):
+            entries = run(go())
+    else:
+        entries = run(go())
+    if as_json:
+        print_json(hosts=entries)
+    else:
+        from jackin_remote.ui.hosts import check_table
+
+        out.print(check_table(entries))
+    if any(e["status"] != "ok" or e["verdict"] == "unusable" for e in entries):
+        raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+@app.command("trust")
+def trust(
+    ctx: typer.Context,
+    name: str,
+    replace: bool = typer.Option(False, "--replace", help="Replace a changed key we recorded."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JSON,
+) -> None:
+    """Show a host's key fingerprint and record it in jackin's own known_hosts."""
+    from jackin_remote import paths
+    from jackin_remote.fleet import Pool
+    from jackin_remote.transport.hostkeys import fingerprint, record_trust
+
+    try:
+        inventory = load(ctx)
+        host = inventory.host(name)
+        if host is None:
+            raise UsageError(f"no host named {name!r}", hint="see `jackin-remote hosts list`")
+        if host.is_local:
+            raise UsageError(f"{name} is a local host: there is no host key to trust")
+
+        async def go() -> Any:
+            async with Pool(inventory) as pool:
+                return await pool.fetch_host_key(host)
+
+        witness = run(go())
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if witness.presented is None:
+        if as_json:
+            print_json(host=name, trusted=True, recorded=False)
+        else:
+            out.print(f"{name}: host key already trusted")
+        return
+    seen = fingerprint(witness.presented)
+    if host.host_key:
+        fail(UsageError(
+            f"{name}: the key is pinned in {host.where} and the host presents {seen}",
+            hint="if the change is expected, update host_key in the inventory",
+        ), as_json=as_json)  # fmt: skip
+    if witness.changed and not replace:
+        known = ", ".join(fingerprint(k) for k in witness.trusted)
+        fail(JackinError(
+            f"{name}: HOST KEY CHANGED. Recorded: {known}; presented now: {seen}",
+            hint="verify the new fingerprint out of band, then rerun with --replace "
+            "(entries in ~/.ssh/known_hosts: remove them with `ssh-keygen -R`)",
+        ), as_json=as_json)  # fmt: skip
+    if not yes and not as_json:
+        err.print(f"{name} ({witness.pattern()}) presents {seen}")
+        if not typer.confirm("Trust this key?", default=False, err=True):
+            raise typer.Exit(1)
+    record_trust(paths.known_hosts_file(), witness.pattern(), witness.presented, replace=replace)
+    if as_json:
+        print_json(host=name, trusted=True, recorded=True, fingerprint=seen,
+                   file=str(paths.known_hosts_file()))  # fmt: skip
+    else:
+        out.print(f"{name}: recorded {seen} in {paths.known_hosts_file()}")

@@ -1,0 +1,1 @@
+"""Pure vocabulary and decision functions. No I/O, no third-party imports."""

@@ -1,0 +1,76 @@
+"""Judge a host from its facts: pure, so every rule is tested without a host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Severity = Literal["warn", "fail"]
+Verdict = Literal["ready", "degraded", "unusable"]
+
+MIN_PYTHON = (3, 9)
+MIN_DISK_FREE = 5 * 1024**3
+MAX_CLOCK_SKEW = 2.0  # seconds; beyond this, ages and timeouts in the fleet view lie
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Severity
+    message: str
+    hint: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "message": self.message, "hint": self.hint}
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (text or "").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def problems(facts: dict[str, Any], clock_skew: float | None) -> list[Problem]:
+    found: list[Problem] = []
+    docker = facts.get("docker") or {}
+    if not docker.get("installed"):
+        found.append(Problem("fail", "no docker engine", "install docker (e.g. apt install docker.io)"))
+    elif not docker.get("access"):
+        reason = docker.get("error") or "the engine did not answer"
+        hint = (
+            f"add {facts.get('user') or 'the user'} to the docker group, then log in again"
+            if "permission" in reason
+            else "start the docker engine (systemctl start docker)"
+        )
+        found.append(Problem("fail", f"docker not usable: {reason}", hint))
+    if _version_tuple(facts.get("python")) < MIN_PYTHON:
+        found.append(
+            Problem("fail", f"python {facts.get('python')} is too old", "install python3 >= 3.9")
+        )
+    if not facts.get("rsync"):
+        found.append(Problem("fail", "rsync not installed", "install rsync (workspace sync)"))
+    if not facts.get("git"):
+        found.append(Problem("fail", "git not installed", "install git (session checkouts)"))
+    free = (facts.get("disk") or {}).get("free")
+    if isinstance(free, int) and free < MIN_DISK_FREE:
+        found.append(
+            Problem(
+                "warn",
+                f"only {free / 1024**3:.1f} GiB free under {facts['disk'].get('path')}",
+                "free disk space or set a different root for this host",
+            )
+        )
+    if clock_skew is not None and abs(clock_skew) > MAX_CLOCK_SKEW:
+        found.append(
+            Problem("warn", f"clock is off by {clock_skew:+.1f} s", "enable NTP on the host")
+        )
+    return found
+
+
+def verdict(found: list[Problem]) -> Verdict:
+    if any(p.severity == "fail" for p in found):
+        return "unusable"
+    return "degraded" if found else "ready"

@@ -1,0 +1,103 @@
+"""The one error tree of jackin-remote.
+
+Third-party exceptions (asyncssh, docker, tomlkit, OSError...) are mapped to these at the edge,
+so callers and the CLI handle only our own types:
+
+    JackinError                 anything we raise on purpose; message + hint for a person
+    ├── InventoryError          a bad inventory file: file, line, field
+    ├── UsageError              bad command-line input (names, selectors, flags)
+    ├── HostError               one host failed; carries its HostState
+    │   └── HostKeyError        host key unknown or changed (never connect on these)
+    ├── AgentProtocolError      the host agent answered something we cannot use
+    └── StateError              local store / session bookkeeping problems
+"""
+
+from __future__ import annotations
+
+from jackin_remote.core.hoststate import HostState
+
+
+class JackinError(Exception):
+    """Base error: `message` says what went wrong, `hint` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(JackinError):
+    exit_code = 2
+
+
+class InventoryError(JackinError):
+    """An inventory problem, located as precisely as we can: file:line, field."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        where = file or "<inventory>"
+        if line is not None:
+            where = f"{where}:{line}"
+        prefix = f"{where}: " + (f"{field}: " if field else "")
+        super().__init__(prefix + message, hint=hint)
+        self.reason = message
+
+
+class HostError(JackinError):
+    """A failure on one host. `state` is what `hosts check` and the fleet view report."""
+
+    def __init__(
+        self,
+        host: str,
+        state: HostState,
+        message: str,
+        *,
+        hint: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(f"{host}: {message}", hint=hint)
+        self.host = host
+        self.state = state
+        self.reason = message
+        # A dropped handshake (sshd MaxStartups, a reset) that is worth one more try.
+        self.transient = transient
+
+
+class HostKeyError(HostError):
+    def __init__(
+        self,
+        host: str,
+        message: str,
+        *,
+        fingerprint: str | None,
+        changed: bool,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(host, HostState.HOST_KEY_MISMATCH, message, hint=hint)
+        self.fingerprint = fingerprint
+        self.changed = changed
+
+
+class AgentProtocolError(JackinError):
+    pass
+
+
+class StateError(JackinError):
+    pass

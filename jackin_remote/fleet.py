@@ -1,0 +1,242 @@
+"""The fleet layer: one connection and one agent per host, reused within a command, and
+concurrent fan-out where a failure on one host never stops the others.
+
+Policy lives here (retries, bounded handshakes, host states); transports only move bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from agent_host.protocol import RemoteError
+from jackin_remote import paths
+from jackin_remote.agent.build import AgentArtifact, build_agent
+from jackin_remote.agent.client import AgentClient, AgentClosed
+from jackin_remote.core.hoststate import HostState
+from jackin_remote.errors import HostError, JackinError
+from jackin_remote.inventory.model import Host, Inventory
+from jackin_remote.transport.base import Transport
+from jackin_remote.transport.local import LocalTransport
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from jackin_remote.agent.deploy import StartedAgent
+    from jackin_remote.transport.ssh import SSHSettings
+
+T = TypeVar("T")
+
+# sshd's MaxStartups starts dropping unauthenticated connections past 10: stay under it.
+DEFAULT_MAX_HANDSHAKES = 8
+HANDSHAKE_RETRIES = 2
+_JUMP_RE = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>[^:@]+)(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    accept_new: bool = False
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    connect_timeout: float = 10.0
+    known_hosts_files: tuple[Path, ...] | None = None  # None: ~/.ssh + jackin's own
+
+
+@dataclass
+class HostResult(Generic[T]):
+    host: Host
+    state: HostState
+    value: T | None = None
+    error: JackinError | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state is HostState.OK and self.error is None
+
+
+@dataclass
+class HostLink:
+    """A live link to one host: its transport and (once asked for) its agent."""
+
+    host: Host
+    transport: Transport
+    connect_seconds: float
+    started: StartedAgent | None = None
+    agent_seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def agent(self) -> AgentClient:
+        assert self.started is not None, "call Pool.agent() first"
+        return self.started.client
+
+
+class Pool:
+    def __init__(self, inventory: Inventory, settings: PoolSettings | None = None) -> None:
+        self.inventory = inventory
+        self.settings = settings or PoolSettings()
+        self._links: dict[str, asyncio.Task[HostLink]] = {}
+        self._agents: dict[str, asyncio.Task[HostLink]] = {}
+        self._conns: dict[str, asyncio.Task[asyncssh.SSHClientConnection]] = {}
+        self._handshakes = asyncio.Semaphore(self.settings.max_handshakes)
+        self._artifact: AgentArtifact | None = None
+
+    # -- connections ---------------------------------------------------------------------
+    def _ssh_settings(self) -> SSHSettings:
+        from jackin_remote.transport.ssh import SSHSettings
+
+        files = self.settings.known_hosts_files
+        if files is None:
+            files = (paths.user_known_hosts_file(), paths.known_hosts_file())
+        return SSHSettings(
+            known_hosts_files=files,
+            jackin_known_hosts=paths.known_hosts_file(),
+            accept_new=self.settings.accept_new,
+            connect_timeout=self.settings.connect_timeout,
+        )
+
+    async def _connect_ssh(self, host: Host) -> asyncssh.SSHClientConnection:
+        from jackin_remote.transport.ssh import open_connection
+
+        tunnel = await self._tunnel_for(host)
+        for attempt in range(HANDSHAKE_RETRIES + 1):
+            async with self._handshakes:
+                try:
+                    return await open_connection(host, self._ssh_settings(), tunnel=tunnel)
+                except HostError as exc:
+                    if not exc.transient or attempt == HANDSHAKE_RETRIES:
+                        raise
+            await asyncio.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _tunnel_for(self, host: Host) -> asyncssh.SSHClientConnection | None:
+        if not host.jump:
+            return None
+        jump = self.inventory.host(host.jump) or _adhoc_jump_host(host)
+        try:
+            return await self._connection(jump)
+        except HostError as exc:
+            raise HostError(
+                host.name, exc.state, f"via jump host {jump.name}: {exc.reason}", hint=exc.hint
+            ) from None
+
+    def _connection(self, host: Host) -> asyncio.Task[asyncssh.SSHClientConnection]:
+        if host.name not in self._conns:
+            self._conns[host.name] = asyncio.ensure_future(self._connect_ssh(host))
+        return self._conns[host.name]
+
+    async def _open_link(self, host: Host) -> HostLink:
+        start = time.perf_counter()
+        if host.is_local:
+            transport: Transport = LocalTransport()
+        else:
+            from jackin_remote.transport.ssh import SSHTransport
+
+            transport = SSHTransport(host, await self._connection(host))
+        return HostLink(host, transport, time.perf_counter() - start)
+
+    async def link(self, host: Host) -> HostLink:
+        """The transport for `host`, connecting once per command however many ask."""
+        if host.name not in self._links:
+            self._links[host.name] = asyncio.ensure_future(self._open_link(host))
+        return await self._links[host.name]
+
+    async def fetch_host_key(self, host: Host) -> Any:
+        """The key `host` presents and how it compares with what we trust (`hosts trust`)."""
+        from jackin_remote.transport.ssh import fetch_host_key
+
+        tunnel = await self._tunnel_for(host)
+        async with self._handshakes:
+            return await fetch_host_key(host, self._ssh_settings(), tunnel=tunnel)
+
+    # -- agents --------------------------------------------------------------------------
+    def artifact(self) -> AgentArtifact:
+        if self._artifact is None:
+            self._artifact = build_agent()
+        return self._artifact
+
+    async def _start_agent(self, host: Host) -> HostLink:
+        from jackin_remote.agent.deploy import DeployError, start_agent
+
+        link = await self.link(host)
+        start = time.perf_counter()
+        try:
+            link.started = await start_agent(link.transport, host.root, self.artifact())
+        except (DeployError, AgentClosed, RemoteError) as exc:
+            raise HostError(
+                host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
+                hint="run `jackin-remote hosts check` for details",
+            ) from None  # fmt: skip
+        link.agent_seconds = time.perf_counter() - start
+        return link
+
+    async def agent(self, host: Host) -> HostLink:
+        """A link whose agent is deployed (if needed), started and greeted."""
+        if host.name not in self._agents:
+            self._agents[host.name] = asyncio.ensure_future(self._start_agent(host))
+        return await self._agents[host.name]
+
+    # -- fan-out -------------------------------------------------------------------------
+    async def map(
+        self, hosts: Sequence[Host], work: Callable[[HostLink], Awaitable[T]]
+    ) -> list[HostResult[T]]:
+        """Run `work` on every host's agent link concurrently; results in the hosts' order."""
+        return list(await asyncio.gather(*(self._run_one(host, work) for host in hosts)))
+
+    async def _run_one(self, host: Host, work: Callable[[HostLink], Awaitable[T]]) -> HostResult[T]:
+        start = time.perf_counter()
+        try:
+            link = await self.agent(host)
+            value = await work(link)
+        except HostError as exc:
+            return HostResult(host, exc.state, error=exc, seconds=time.perf_counter() - start)
+        except AgentClosed as exc:
+            error = HostError(host.name, HostState.AGENT_ERROR, f"agent channel closed: {exc}")
+            return HostResult(host, error.state, error=error, seconds=time.perf_counter() - start)
+        except RemoteError as exc:
+            failed = JackinError(f"{host.name}: {exc.message}")
+            return HostResult(host, HostState.OK, error=failed, seconds=time.perf_counter() - start)
+        except JackinError as exc:
+            return HostResult(host, HostState.OK, error=exc, seconds=time.perf_counter() - start)
+        return HostResult(host, HostState.OK, value=value, seconds=time.perf_counter() - start)
+
+    async def close(self) -> None:
+        for task in self._agents.values():
+            if task.done() and not task.exception() and task.result().started:
+                await task.result().agent.close()
+        for conn_task in self._conns.values():
+            if conn_task.done() and not conn_task.exception():
+                conn_task.result().close()
+        for task in [*self._agents.values(), *self._links.values(), *self._conns.values()]:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # mark retrieved: failures were already reported per host
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _adhoc_jump_host(host: Host) -> Host:
+    """A jump given as [user@]host[:port]: trusted through known_hosts, like any host."""
+    match = _JUMP_RE.match(host.jump or "")
+    if match is None:
+        raise HostError(host.name, HostState.UNREACHABLE, f"bad jump {host.jump!r}")
+    port = match.group("port")
+    return Host(
+        name=f"{host.name}-jump",
+        address=match.group("host"),
+        user=match.group("user"),
+        port=int(port) if port else None,
+        source_file=host.source_file,
+        source_line=host.source_line,
+    )

@@ -1,0 +1,69 @@
+"""Typed inventory data. Produced by the loader, consumed by everything above it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Transport = Literal["ssh", "local"]
+Backend = Literal["docker"]
+
+LOCAL_HOST_NAME = "local"
+DEFAULT_ROOT = "~/.jackin"
+DEFAULT_CAPACITY = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operator defaults for each sandbox on a host. None means: the engine's default."""
+
+    memory: str | None = "4g"
+    cpus: float | None = 2.0
+    pids: int | None = 512
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    transport: Transport = "ssh"
+    address: str | None = None  # IP, DNS name or ~/.ssh/config alias; defaults to `name`
+    port: int | None = None  # None: ~/.ssh/config or 22
+    user: str | None = None  # None: ~/.ssh/config or the local user
+    identity_file: str | None = None
+    jump: str | None = None  # ProxyJump: an inventory host name or [user@]host[:port]
+    host_key: str | None = None  # pinned public key, "ssh-ed25519 AAAA..."
+    labels: tuple[str, ...] = ()
+    capacity: int = DEFAULT_CAPACITY
+    root: str = DEFAULT_ROOT
+    backend: Backend = "docker"
+    limits: Limits = field(default_factory=Limits)
+    # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
+    source_file: str = "<builtin>"
+    source_line: int | None = None
+
+    @property
+    def ssh_address(self) -> str:
+        return self.address or self.name
+
+    @property
+    def is_local(self) -> bool:
+        return self.transport == "local"
+
+    @property
+    def where(self) -> str:
+        if self.source_line is None:
+            return self.source_file
+        return f"{self.source_file}:{self.source_line}"
+
+
+BUILTIN_LOCAL = Host(name=LOCAL_HOST_NAME, transport="local")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: dict[str, Host]
+    groups: dict[str, tuple[str, ...]]
+    files: tuple[str, ...] = ()
+
+    def host(self, name: str) -> Host | None:
+        return self.hosts.get(name)

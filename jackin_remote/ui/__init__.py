@@ -1,0 +1,1 @@
+"""Rich renderables fed plain data. Domain code never prints; the CLI renders these."""
