@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,13 @@ def _edit_target(ctx: typer.Context, file: Path | None) -> Path:
     return base if base.suffix == ".toml" else base / "hosts.toml"
 
 
+def _inventory_source(ctx: typer.Context, fallback: Path) -> Path:
+    """Where duplicates are checked and the edited result validated: the whole inventory."""
+    from jackin_remote.inventory.loader import resolve_source
+
+    return resolve_source(options(ctx).inventory, env=os.environ) or fallback
+
+
 @app.command("add")
 def add(
     ctx: typer.Context,
@@ -107,7 +115,7 @@ def add(
     fields = {key: value for key, value in fields.items() if value is not None}
     target = _edit_target(ctx, file)
     try:
-        add_host(target, name, fields)
+        add_host(target, name, fields, inventory=_inventory_source(ctx, target))
     except JackinError as error:
         fail(error, as_json=as_json)
     if as_json:
@@ -122,8 +130,9 @@ def remove(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
     from jackin_remote.inventory.editor import remove_host
 
     configured = options(ctx).inventory
+    source = Path(configured) if configured else Path("inventory")
     try:
-        changed = remove_host(Path(configured) if configured else Path("inventory"), name)
+        changed = remove_host(source, name, inventory=_inventory_source(ctx, source))
     except JackinError as error:
         fail(error, as_json=as_json)
     if as_json:
