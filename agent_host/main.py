@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent_host import facts
 from agent_host.protocol import Message
@@ -26,7 +26,38 @@ def _ping(ctx: Context, params: Message) -> Dict[str, Any]:
 
 
 def handlers() -> Dict[str, Handler]:
-    return {"facts": _facts, "ping": _ping}
+    """Every RPC method. Feature modules each export HANDLERS; names are `area.verb`."""
+    table: Dict[str, Handler] = {"facts": _facts, "ping": _ping}
+    for module in _feature_modules():
+        table.update(module.HANDLERS)
+    return table
+
+
+def _feature_modules() -> List[Any]:
+    import importlib
+
+    modules = []
+    for name in FEATURES:
+        modules.append(importlib.import_module("agent_host." + name))
+    return modules
+
+
+# Feature modules, each with a HANDLERS dict. They import heavy things (the docker SDK) inside
+# their handlers: `serve` starts on every command and must stay fast.
+FEATURES: Tuple[str, ...] = ("sessions",)
+
+
+def _attach(root: str, session_id: str) -> int:
+    from agent_host.protocol import RemoteError
+    from agent_host.sessions import attach_command
+
+    try:
+        argv = attach_command(root, session_id)
+    except RemoteError as exc:
+        sys.stderr.write("jackin: %s\n" % exc.message)
+        return 2
+    os.execvp(argv[0], argv)
+    return 127  # not reached
 
 
 def main(argv: Optional[List[str]] = None, agent_hash: Optional[str] = None) -> int:
@@ -35,7 +66,12 @@ def main(argv: Optional[List[str]] = None, agent_hash: Optional[str] = None) -> 
     serve = sub.add_parser("serve", help="speak JSON-lines RPC on stdio")
     serve.add_argument("--root", required=True)
     sub.add_parser("version")
+    attach = sub.add_parser("attach", help="attach this terminal to a session's tmux")
+    attach.add_argument("--root", required=True)
+    attach.add_argument("session")
     args = parser.parse_args(argv)
+    if args.command == "attach":
+        return _attach(os.path.expanduser(args.root), args.session)
     if args.command == "version":
         from agent_host import AGENT_VERSION
 
@@ -44,4 +80,5 @@ def main(argv: Optional[List[str]] = None, agent_hash: Optional[str] = None) -> 
     root = os.path.expanduser(args.root)
     server = Server(root, handlers(), sys.stdout.buffer, agent_hash=agent_hash)
     server.serve(sys.stdin.buffer)
-    return 0
+    sys.stdout.flush()
+    os._exit(0)  # abandoned streaming threads (logs -f) must not keep the process alive

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Dict, Optional
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
 from agent_host import AGENT_VERSION, protocol
 from agent_host.protocol import Message, RemoteError
@@ -26,9 +26,26 @@ class Context:
         self.request_id = request_id
 
     def notify(self, method: str, params: Message) -> None:
+        """Stream an event to the caller. Raises ChannelClosed once nobody is listening."""
         params = dict(params)
         params["request_id"] = self.request_id
         self._server.send(protocol.notification(method, params))
+
+    def streaming(self) -> None:
+        """Mark this request as abandonable: when the controller goes away, it is not waited for.
+
+        Anything else (creating a session, say) runs to completion even if the controller
+        dies, so a half-made session never exists.
+        """
+        self._server.abandonable.add(self.request_id)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._server.closed.is_set()
+
+
+class ChannelClosed(Exception):
+    """The controller closed the channel: stop streaming."""
 
 
 Handler = Callable[[Context, Message], Any]
@@ -50,14 +67,29 @@ class Server:
         self._write_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._greeted = False
+        self._futures: Dict[Any, Future] = {}
+        self.abandonable: Set[Any] = set()
+        self.closed = threading.Event()
+        self._out_broken = False
 
     def send(self, message: Message) -> None:
         data = protocol.encode(message)
         with self._write_lock:
-            self._out.write(data)
-            self._out.flush()
+            if self.closed.is_set() and self._out_broken:
+                raise ChannelClosed()
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._out_broken = True
+                self.closed.set()
+                raise ChannelClosed() from None
 
     def serve(self, inp: BinaryIO) -> None:
+        """Serve until stdin closes, then finish every request that must not be cut short.
+
+        The caller exits the process right after, which ends abandoned streams (logs -f).
+        """
         try:
             while True:
                 line = inp.readline(protocol.MAX_LINE_BYTES)
@@ -66,8 +98,11 @@ class Server:
                 if line.strip():
                     self._handle_line(line)
         finally:
-            # Finish what was asked before the channel closed, then exit.
-            self._pool.shutdown(wait=True)
+            self.closed.set()
+            for request_id, future in list(self._futures.items()):
+                if request_id not in self.abandonable:
+                    future.exception()  # waits; errors were already reported (or unreachable)
+            self._pool.shutdown(wait=False)
 
     def _handle_line(self, line: bytes) -> None:
         try:
@@ -96,11 +131,15 @@ class Server:
                 {"methods": sorted(self.handlers)})))
             return
         context = Context(self, request_id)
-        self._pool.submit(self._reply, request_id, lambda p: handler(context, p), params)
+        future = self._pool.submit(self._reply, request_id, lambda p: handler(context, p), params)
+        self._futures[request_id] = future
+        future.add_done_callback(lambda _: self._futures.pop(request_id, None))
 
     def _reply(self, request_id: Any, call: Callable[[Message], Any], params: Message) -> None:
         try:
             value = call(params)
+        except ChannelClosed:
+            return
         except RemoteError as exc:
             message = protocol.error(request_id, exc)
         except Exception as exc:  # a bug: report it typed, keep serving
@@ -110,7 +149,10 @@ class Server:
         else:
             message = protocol.result(request_id, value)
         if request_id is not None:
-            self.send(message)
+            try:
+                self.send(message)
+            except ChannelClosed:
+                pass  # the controller is gone; the work itself is done and recorded
 
     def _hello(self, params: Message) -> Message:
         theirs = params.get("protocol")

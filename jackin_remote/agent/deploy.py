@@ -102,3 +102,12 @@ def _explain(exc: AgentClosed) -> str:
     if exc.returncode == NO_PYTHON:
         return "python3 not found on the host (the agent needs python3 >= 3.9)"
     return f"agent exited ({exc.returncode}): {exc.stderr or 'no output'}"
+
+
+def attach_script(root: str, artifact: AgentArtifact, session_id: str) -> str:
+    """sh that hands the caller's terminal to a session's tmux, through the agent's checks."""
+    return root_prelude(root) + (
+        f'exec env -i HOME="$HOME" TERM="${{TERM:-xterm-256color}}" LANG=C.UTF-8 '
+        f'PATH={CLEAN_PATH} python3 -I "$root/agent/{artifact.filename}" attach '
+        f'--root "$root" {shlex.quote(session_id)}\n'
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from jackin_remote import __version__
-from jackin_remote.cli import hosts
+from jackin_remote.cli import hosts, sessions
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(hosts.app, name="hosts")
+sessions.register(app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,111 @@
+"""The host's session records: SQLite (stdlib only), the source of truth for this host.
+
+Secrets never reach this database: callers pass the session record without credential values.
+Python 3.9 compatible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from agent_host import layout
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    workspace TEXT NOT NULL,
+    role TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    image TEXT,
+    container TEXT NOT NULL,
+    mode TEXT NOT NULL,              -- task | interactive
+    isolation TEXT NOT NULL,         -- clone | copy
+    state TEXT NOT NULL,             -- starting, running, exited, crashed, failed_setup, stopped, purged
+    agent_status TEXT NOT NULL DEFAULT 'unknown',
+    branch TEXT,
+    base_commit TEXT,
+    pulled_commit TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    owner_pid INTEGER,               -- the agent process that is setting this session up
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    spec TEXT NOT NULL               -- the applied contract, secret values removed (JSON)
+);
+"""
+
+COLUMNS = (
+    "id", "name", "workspace", "role", "runtime", "image", "container", "mode", "isolation",
+    "state", "agent_status", "branch", "base_commit", "pulled_commit", "exit_code", "error",
+    "owner_pid", "created_at", "started_at", "finished_at", "updated_at", "spec",
+)
+
+
+class Store:
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self._db = sqlite3.connect(layout.state_db(root), timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def insert(self, record: Dict[str, Any]) -> None:
+        now = time.time()
+        row = {key: record.get(key) for key in COLUMNS}
+        row["created_at"] = row["created_at"] or now
+        row["updated_at"] = now
+        row["spec"] = json.dumps(record.get("spec") or {}, sort_keys=True)
+        marks = ", ".join("?" for _ in COLUMNS)
+        self._db.execute(
+            "INSERT INTO sessions (%s) VALUES (%s)" % (", ".join(COLUMNS), marks),
+            [row[key] for key in COLUMNS],
+        )
+
+    def update(self, session_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(COLUMNS)
+        if unknown:
+            raise ValueError("unknown session fields: %s" % sorted(unknown))
+        fields["updated_at"] = time.time()
+        if "spec" in fields:
+            fields["spec"] = json.dumps(fields["spec"], sort_keys=True)
+        assignments = ", ".join("%s = ?" % key for key in fields)
+        self._db.execute(
+            "UPDATE sessions SET %s WHERE id = ?" % assignments, [*fields.values(), session_id]
+        )
+
+    def get(self, session_id: str) -> Optional[Dict[str, Any]]:
+        row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return _record(row) if row else None
+
+    def all(self, include_purged: bool = False) -> List[Dict[str, Any]]:
+        query = "SELECT * FROM sessions"
+        if not include_purged:
+            query += " WHERE state != 'purged'"
+        return [_record(row) for row in self._db.execute(query + " ORDER BY created_at")]
+
+    def running_count(self) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM sessions WHERE state IN ('starting', 'running')"
+        ).fetchone()
+        return int(row[0])
+
+    def iter_ids(self) -> Iterator[str]:
+        for row in self._db.execute("SELECT id FROM sessions"):
+            yield row[0]
+
+
+def _record(row: sqlite3.Row) -> Dict[str, Any]:
+    record = dict(row)
+    record["spec"] = json.loads(record["spec"] or "{}")
+    return record

@@ -1,0 +1,349 @@
+"""Session commands: explain, launch, ls, logs, attach, stop, rm, pull, diff."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from jackin_remote.cli.common import (
+    EXIT_SOME_HOSTS_FAILED,
+    err,
+    fail,
+    load,
+    out,
+    print_json,
+    run,
+)
+from jackin_remote.errors import JackinError
+
+JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
+ON = typer.Option("local", "--on", help="Host, group, label:X or all; sessions go to the "
+                  "least-loaded matching host with free capacity.")
+ROLE = typer.Option(..., "--role", help="Role directory or git URL (jackin.role.toml + Dockerfile).")
+RUNTIME = typer.Option("shell", "--runtime", help="claude|codex|amp|opencode|gemini|shell|demo")
+TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
+TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
+NETWORK = typer.Option("open", "--network", help="open | none (none is enforced by the engine).")
+ENV = typer.Option([], "--env", help="KEY=VALUE plain setting for the sandbox (repeatable).")
+COUNT = typer.Option(1, "--count", help="Launch N sessions across the matching hosts.")
+ISOLATION = typer.Option(None, "--isolation", help="clone (git, default) | copy.")
+NAME = typer.Option(None, "--name", help="A name for the session (lowercase, digits, '-').")
+KEY_FROM = typer.Option(None, "--key-from", help="Laptop env var holding the runtime's API key "
+                        "(default: the runtime's own, e.g. ANTHROPIC_API_KEY).")
+INCLUDE = typer.Option([], "--include", help="Send this secret-shaped file anyway (repeatable).")
+WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
+
+
+def _options(on: str, role: str, runtime: str, workspace: Path, task: str | None,
+             task_file: Path | None, network: str, env: list[str], count: int,
+             isolation: str | None, name: str | None, key_from: str | None,
+             include: list[str]) -> Any:
+    from jackin_remote.launch import LaunchOptions, read_task
+
+    return LaunchOptions(
+        selector=on, role=role, runtime=runtime, workspace=workspace,
+        task=read_task(task, task_file), network=network, env=tuple(env), count=count,
+        isolation=isolation, name=name, key_from=key_from, include=tuple(include),
+    )  # fmt: skip
+
+
+def _resolve(ctx: typer.Context, options: Any) -> tuple[Any, list[Any]]:
+    """Read-only: load, check and resolve. Creates nothing anywhere."""
+    from jackin_remote.launch import contracts, prepare, running_counts
+    from jackin_remote.store import Store
+
+    prepared = prepare(load(ctx), options)
+    return prepared, contracts(prepared, running_counts(Store.open_existing()))
+
+
+def _show_contracts(items: list[Any]) -> None:
+    from jackin_remote.ui.contract import contract_panel
+
+    for contract in items:
+        out.print(contract_panel(contract.to_dict()))
+
+
+def explain(
+    ctx: typer.Context, workspace: Path = WORKSPACE, on: str = ON, role: str = ROLE,
+    runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
+    network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
+    isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
+    include: list[str] = INCLUDE, as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Show the session contract a launch would apply. No side effects anywhere."""
+    try:
+        options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
+                           isolation, name, key_from, include)  # fmt: skip
+        _, items = _resolve(ctx, options)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(contracts=[c.to_dict() for c in items])
+    else:
+        _show_contracts(items)
+
+
+def launch(
+    ctx: typer.Context, workspace: Path = WORKSPACE, on: str = ON, role: str = ROLE,
+    runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
+    network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
+    isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
+    include: list[str] = INCLUDE, as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Launch sandboxed agent session(s): print the contract, then apply its plan."""
+    from jackin_remote.fleet import Pool
+    from jackin_remote.launch import apply
+    from jackin_remote.store import Store
+
+    try:
+        options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
+                           isolation, name, key_from, include)  # fmt: skip
+        prepared, items = _resolve(ctx, options)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if not as_json:
+        _show_contracts(items)
+
+    def step(host: str, message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{host}:[/] {message.rstrip()}", highlight=False)
+
+    async def go() -> list[dict[str, Any]]:
+        async with Pool(prepared.inventory) as pool:
+            return await apply(pool, prepared, items, Store(), step)
+
+    results = run(go())
+    by_id = {c.identity["session"]: c for c in items}
+    if as_json:
+        print_json(sessions=[{**r, "contract": by_id[r["id"]].to_dict()} for r in results])
+    else:
+        for entry in results:
+            if entry["error"]:
+                err.print(f"[red]{entry['id']} on {entry['host']}: {entry['state']}:[/] "
+                          f"{entry['error']}")  # fmt: skip
+            else:
+                out.print(f"[green]launched[/] {entry['id']} on {entry['host']} "
+                          f"({entry['container']})" + (f", branch {entry['branch']}"
+                                                       if entry.get("branch") else ""))
+    if any(entry["error"] for entry in results):
+        raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+def ls(
+    ctx: typer.Context,
+    on: str = typer.Option("all", "--on", help="Host, group, label:X or all."),
+    cached: bool = typer.Option(False, "--cached", help="Answer from the local view only."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Drop the local view, ask every host."),
+    as_json: bool = JSON,
+) -> None:
+    """Every session on every host, merged into one view."""
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.store import Store
+
+    try:
+        inventory = load(ctx)
+        hosts = select_hosts(inventory, on)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    names = [h.name for h in hosts]
+    failed: list[Any] = []
+    if cached:
+        existing = Store.open_existing()
+        rows = existing.sessions(names) if existing is not None else []
+    else:
+        from jackin_remote.fleet import Pool
+        from jackin_remote.sessions import refresh
+
+        store = Store()
+        if rebuild:
+            store.clear()
+
+        async def go() -> list[Any]:
+            async with Pool(inventory) as pool:
+                return await refresh(pool, hosts, store)
+
+        failed = [r for r in run(go()) if not r.ok]
+        rows = store.sessions(names)
+    if as_json:
+        print_json(
+            sessions=[_session_json(row) for row in rows],
+            hosts=[{"name": r.host.name, "status": str(r.state),
+                    "error": getattr(r.error, "reason", str(r.error))} for r in failed],
+        )  # fmt: skip
+    else:
+        from jackin_remote.ui.sessions import sessions_table
+
+        out.print(sessions_table(rows))
+        for result in failed:
+            err.print(f"[yellow]{result.host.name}: {result.state}:[/] "
+                      f"{getattr(result.error, 'reason', result.error)}")  # fmt: skip
+    if failed:
+        raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+def _session_json(row: dict[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in row.items() if k not in ("key", "shown_state")}
+    data["state"] = row.get("shown_state") or row["state"]
+    data["last_known_state"] = row["state"]
+    return data
+
+
+def _session_call(ctx: typer.Context, ref: str, method: str, params: dict[str, Any],
+                  on_event: Any = None) -> tuple[dict[str, Any], Any]:
+    from jackin_remote.fleet import Pool
+    from jackin_remote.sessions import call, find_session
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+    store = Store()
+
+    async def go() -> tuple[dict[str, Any], Any]:
+        async with Pool(inventory) as pool:
+            row, host = await find_session(pool, inventory, store, ref)
+            result = await call(pool, host, method, {"id": row["id"], **params}, on_event)
+            return row, result
+
+    return run(go())
+
+
+def logs(
+    ctx: typer.Context,
+    session: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the session ends."),
+    tail: int | None = typer.Option(None, "--tail", help="Only the last N lines."),
+    as_json: bool = JSON,
+) -> None:
+    """Show a session's output (task mode) or its tmux screen (interactive mode)."""
+
+    def on_event(_method: str, params: dict[str, Any]) -> None:
+        sys.stdout.write(params.get("data", ""))
+        sys.stdout.flush()
+
+    try:
+        row, result = _session_call(ctx, session, "session.logs",
+                                    {"follow": follow and not as_json, "tail": tail},
+                                    on_event)  # fmt: skip
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if as_json:
+        print_json(session=row["id"], host=row["host"], text=result["text"])
+    else:
+        sys.stdout.write(result["text"])
+
+
+def stop(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
+    """Stop a session's sandbox. Its checkout stays until rm."""
+    try:
+        row, result = _session_call(ctx, session, "session.stop", {})
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(session=row["id"], host=row["host"], state=result["state"])
+    else:
+        out.print(f"{row['id']} on {row['host']}: {result['state']}")
+
+
+def rm(
+    ctx: typer.Context,
+    session: str,
+    force: bool = typer.Option(False, "--force", help="Discard work that was not pulled."),
+    as_json: bool = JSON,
+) -> None:
+    """Remove a session: its container and checkout. Refuses while work is unpulled."""
+    from jackin_remote.store import Store
+
+    try:
+        row, result = _session_call(ctx, session, "session.rm", {"force": force})
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    store = Store()
+    store.db.execute("DELETE FROM sessions WHERE key = ?", [row["key"]])
+    store.db.conn.commit()
+    if as_json:
+        print_json(session=row["id"], host=row["host"], removed=True,
+                   discarded_unpulled=result["discarded_unpulled"])  # fmt: skip
+    else:
+        out.print(f"removed {row['id']} from {row['host']}")
+
+
+def attach(ctx: typer.Context, session: str) -> None:
+    """Attach this terminal to an interactive session's tmux (detach: Ctrl-b d)."""
+    from jackin_remote.fleet import Pool
+    from jackin_remote.sessions import find_session
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+
+    async def go() -> list[str]:
+        async with Pool(inventory) as pool:
+            row, host = await find_session(pool, inventory, Store(), session)
+            link = await pool.agent(host)
+            from jackin_remote.agent.deploy import attach_script
+
+            return link.transport.interactive_argv(attach_script(host.root, pool.artifact(),
+                                                                 row["id"]))
+
+    try:
+        argv = run(go())
+    except JackinError as error:
+        fail(error)
+    os.execvp(argv[0], argv)
+
+
+def pull(
+    ctx: typer.Context,
+    session: str,
+    workspace: Path | None = typer.Option(None, "--workspace", help="Local repo to pull into "
+                                          "(default: where the session was launched from)."),
+    as_json: bool = JSON,
+) -> None:
+    """Bring a session's work back: branch jackin/<session> (git) or .jackin/pulled/<session>/."""
+    from jackin_remote.fleet import Pool
+    from jackin_remote.review import pull_session
+    from jackin_remote.sessions import find_session
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+    store = Store()
+
+    async def go() -> tuple[dict[str, Any], Any]:
+        async with Pool(inventory) as pool:
+            row, host = await find_session(pool, inventory, store, session)
+            target = workspace or (Path(row["workspace_path"]) if row.get("workspace_path")
+                                   else Path("."))  # fmt: skip
+            link = await pool.agent(host)
+            return row, await pull_session(link, row, target)
+
+    try:
+        row, result = run(go())
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    data = result.as_dict() if hasattr(result, "as_dict") else vars(result)
+    if as_json:
+        print_json(session=row["id"], host=row["host"], **data)
+    else:
+        where = data.get("branch") or data.get("path")
+        out.print(f"pulled {row['id']} from {row['host']} into {where}")
+
+
+def diff(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
+    """Show what a session changed, against where it started."""
+    try:
+        row, result = _session_call(ctx, session, "session.diff", {})
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(session=row["id"], host=row["host"], **result)
+    else:
+        sys.stdout.write(result["text"])
+
+
+def register(app: typer.Typer) -> None:
+    for command in (explain, launch, ls, logs, attach, stop, rm, pull, diff):
+        app.command(command.__name__)(command)

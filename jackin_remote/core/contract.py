@@ -1,0 +1,453 @@
+"""The session contract: the fully resolved boundary of a session, computed before any effect.
+
+`resolve_contract` is a pure function of the target host, the role, the workspace scan and the
+launch options. `explain` renders its result; `launch` renders the same result and then hands its
+`spec` to the host agent, which creates exactly that sandbox. Secret values never enter a
+Contract: credentials appear by name, source and delivery only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from jackin_remote.core.names import is_valid_name
+from jackin_remote.core.runtimes import RUNTIMES, Runtime
+from jackin_remote.errors import UsageError
+
+Network = Literal["open", "none"]
+Isolation = Literal["clone", "copy"]
+NETWORKS = ("open", "none")
+CONTAINER_WORKDIR = "/workspace"
+MAX_CONTAINER_NAME = 58
+TMUX_SESSION = "jackin"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_ENV = re.compile(r"(_KEY|_TOKEN|_SECRET)$|PASSWORD|PASSWD|^API_?KEY$", re.IGNORECASE)
+# Set by jackin itself; an operator may not override them with --env.
+RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "JACKIN_SESSION", "JACKIN_HOST"})
+
+
+class ContractError(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class RoleRef:
+    name: str
+    content_hash: str
+    image: str
+    user: str
+    runtimes: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
+class WorkspaceRef:
+    path: str
+    name: str
+    is_git: bool
+    head: str | None
+    branch: str | None
+    dirty: bool
+    file_count: int
+    total_bytes: int
+    excluded_secrets: tuple[str, ...] = ()
+    tracked_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    host: str
+    transport: str
+    address: str | None
+    root: str
+    backend: str
+    memory: str | None
+    cpus: float | None
+    pids: int | None
+    candidates: tuple[str, ...] = ()  # when a selector matched several hosts
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    runtime: str
+    task: str | None = None
+    network: str = "open"
+    env: tuple[tuple[str, str], ...] = ()
+    credential_source: str | None = None  # laptop env var holding the runtime's key
+    credential_present: bool = False
+    isolation: str | None = None  # None: clone for git workspaces, copy otherwise
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One host-side effect of the plan, in the order launch applies them."""
+
+    action: str
+    target: str
+    when: str = "always"
+
+
+@dataclass(frozen=True)
+class Contract:
+    schema: str
+    identity: dict[str, Any]
+    routing: dict[str, Any]
+    filesystem: dict[str, Any]
+    credentials: list[dict[str, Any]]
+    network: dict[str, Any]
+    docker_access: dict[str, Any]
+    service_ports: list[dict[str, Any]]
+    limits: dict[str, Any]
+    persistence: dict[str, Any]
+    plan: list[Effect]
+    recovery: dict[str, Any]
+    warnings: list[str]
+    spec: dict[str, Any] = field(default_factory=dict)  # what the host agent creates
+
+    SECTIONS = (
+        "identity", "routing", "filesystem", "credentials", "network", "docker_access",
+        "service_ports", "limits", "persistence", "plan", "recovery", "warnings",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.SECTIONS}
+        data["plan"] = [asdict(effect) for effect in self.plan]
+        data["spec"] = self.spec
+        return data
+
+
+# -- validation ------------------------------------------------------------------------------
+def check_env(pairs: tuple[tuple[str, str], ...]) -> None:
+    for name, value in pairs:
+        if not _ENV_NAME.match(name):
+            raise ContractError(
+                f"--env {name}: not a valid environment variable name",
+                hint="use letters, digits and '_', not starting with a digit",
+            )
+        if _SECRET_ENV.search(name):
+            raise ContractError(
+                f"--env {name}: this looks like a secret; --env is for plain settings only",
+                hint="credentials are delivered separately and redacted: the runtime's API key "
+                "comes from a laptop env var (--key-from VAR); see docs/credentials.md",
+            )
+        if name in RESERVED_ENV:
+            raise ContractError(f"--env {name}: set by jackin itself and cannot be overridden")
+        if "\0" in value or "\n" in value:
+            raise ContractError(f"--env {name}: the value may not contain NUL or newlines")
+
+
+def parse_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ContractError(f"--env {item!r}: expected KEY=VALUE")
+        pairs.append((name, value))
+    pairs_t = tuple(pairs)
+    check_env(pairs_t)
+    return pairs_t
+
+
+def check_session_name(name: str | None) -> None:
+    if name is not None and not is_valid_name(name):
+        raise ContractError(
+            f"--name {name!r}: a session name may hold only lowercase letters, digits and '-'",
+            hint="it reaches container names and shell commands on the host",
+        )
+
+
+def container_name(session_id: str, workspace: str, role: str) -> str:
+    """`jk-<id>-<workspace>-<role>`, DNS-safe and at most 58 characters."""
+    base = f"jk-{session_id}-"
+    room = MAX_CONTAINER_NAME - len(base) - 1
+    ws_room = max(room - min(len(role), room // 2), 1)
+    ws = workspace[:ws_room].rstrip("-")
+    rl = role[: room - len(ws)].rstrip("-")
+    return f"{base}{ws}-{rl}".rstrip("-")
+
+
+def pick_runtime(name: str, role: RoleRef) -> Runtime:
+    runtime = RUNTIMES.get(name)
+    if runtime is None:
+        raise ContractError(
+            f"--runtime {name!r} is not a known runtime",
+            hint="one of: " + ", ".join(sorted(RUNTIMES)),
+        )
+    if name not in role.runtimes:
+        raise ContractError(
+            f"role {role.name} does not support runtime {name!r}",
+            hint="it supports: " + ", ".join(role.runtimes),
+        )
+    return runtime
+
+
+def pick_isolation(requested: str | None, workspace: WorkspaceRef) -> Isolation:
+    if requested is None:
+        return "clone" if workspace.is_git else "copy"
+    if requested not in ("clone", "copy"):
+        raise ContractError(f"--isolation {requested!r}: expected clone or copy")
+    if requested == "clone" and not workspace.is_git:
+        raise ContractError(
+            "--isolation clone needs a git workspace", hint="use --isolation copy"
+        )
+    return "clone" if requested == "clone" else "copy"
+
+
+# -- resolution ------------------------------------------------------------------------------
+def resolve_contract(
+    session_id: str,
+    target: TargetRef,
+    role: RoleRef,
+    workspace: WorkspaceRef,
+    request: LaunchRequest,
+) -> Contract:
+    if request.network not in NETWORKS:
+        raise ContractError(f"--network {request.network!r}: expected open or none")
+    check_env(request.env)
+    check_session_name(request.name)
+    runtime = pick_runtime(request.runtime, role)
+    isolation = pick_isolation(request.isolation, workspace)
+    mode = "task" if request.task else "interactive"
+    name = container_name(session_id, workspace.name, role.name)
+    root = target.root.rstrip("/")
+    work = f"{root}/sessions/{session_id}/work"
+    mirror = f"{root}/workspaces/{workspace.name}/mirror"
+    home = f"/home/{role.user}"
+    branch = f"jackin/{session_id}" if isolation == "clone" else None
+
+    env = {
+        "HOME": home,
+        "JACKIN_SESSION": session_id,
+        "JACKIN_HOST": target.host,
+        "GIT_AUTHOR_NAME": "jackin agent",
+        "GIT_AUTHOR_EMAIL": f"agent+{session_id}@jackin.invalid",
+        "GIT_COMMITTER_NAME": "jackin agent",
+        "GIT_COMMITTER_EMAIL": f"agent+{session_id}@jackin.invalid",
+        **dict(runtime.env),
+        **dict(request.env),
+    }
+    credentials = _credentials(runtime, request)
+    secret_env = [c["delivered_as"] for c in credentials if c["available"]]
+    command = _command(runtime, request.task)
+
+    filesystem = {
+        "workdir": CONTAINER_WORKDIR,
+        "mounts": [
+            {
+                "laptop": workspace.path,
+                "host": work,
+                "container": CONTAINER_WORKDIR,
+                "mode": "rw",
+                "isolation": isolation,
+                "note": (
+                    f"own clone on branch {branch}; synced from the laptop via {mirror}"
+                    if branch else f"own copy of the workspace; synced via {mirror}"
+                ),
+            },
+            {"laptop": None, "host": None, "container": "/tmp", "mode": "tmpfs",
+             "isolation": "ephemeral", "note": "discarded when the container stops"},
+            {"laptop": None, "host": None, "container": home, "mode": "tmpfs",
+             "isolation": "ephemeral", "note": "agent home; discarded when the container stops"},
+        ],  # fmt: skip
+        "root_filesystem": "read-only (the role image)",
+        "working_tree": _working_tree_note(workspace),
+        "excluded_secrets": list(workspace.excluded_secrets),
+        "sensitive_paths": list(workspace.tracked_secrets),
+    }
+
+    network = (
+        {"policy": "none", "enforcement": "host-enforced",
+         "enforced_by": "the container engine on the host: the sandbox has only a loopback "
+                        "interface", "reaches": []}
+        if request.network == "none"
+        else {"policy": "open", "enforcement": "open",
+              "enforced_by": "nothing: the sandbox uses the engine's default bridge",
+              "reaches": ["the internet", "the host's network, incl. services on the bridge"]}
+    )  # fmt: skip
+
+    plan = [
+        Effect("start the host agent (deploy it if missing or outdated)",
+               f"{root}/agent/", "if missing"),
+        Effect("sync the workspace (rsync; skipped when the manifest hash matches)",
+               mirror, "if changed"),
+        Effect(f"upload the role and build image {role.image}",
+               f"{root}/roles/{role.name}/{role.content_hash[:12]}", "if missing"),
+        Effect("record the session (state: starting)", f"{root}/state.db"),
+        Effect(f"create the session checkout ({isolation}"
+               + (f", branch {branch})" if branch else ")"), work),
+        Effect(f"create and start container {name}", f"docker engine on {target.host}"),
+        Effect("record the session on the laptop", "local state db (a cache)"),
+    ]  # fmt: skip
+
+    warnings = [
+        "A Docker container is not a microVM: the sandbox shares the host's kernel, and a "
+        "kernel exploit escapes it.",
+    ]
+    if request.network == "open":
+        warnings.append(
+            "Network is open: the agent can reach the internet and your host's network, and can "
+            "send anything it can read (including the workspace and its credential) anywhere."
+        )
+    if credentials and any(c["available"] for c in credentials):
+        warnings.append(
+            "The runtime's API key is an environment variable in the sandbox: every process "
+            "there can read it, and anyone with docker access on the host can see it with "
+            "`docker inspect`."
+        )
+    for cred in credentials:
+        if not cred["available"]:
+            warnings.append(
+                f"{cred['source']} is not set on this machine: the {runtime.name} runtime "
+                "starts without its API key."
+            )
+    if workspace.tracked_secrets:
+        warnings.append(
+            "Secret-shaped files are committed in this repo and travel with its history: "
+            + ", ".join(workspace.tracked_secrets[:5])
+        )
+    if workspace.excluded_secrets:
+        warnings.append(
+            f"{len(workspace.excluded_secrets)} secret-shaped file(s) stay on the laptop "
+            "(name them with --include to send them)."
+        )
+
+    spec = {
+        "session_id": session_id,
+        "name": request.name,
+        "container": name,
+        "image": role.image,
+        "role": role.name,
+        "role_hash": role.content_hash,
+        "user": role.user,
+        "runtime": runtime.name,
+        "mode": mode,
+        "task": request.task,
+        "command": command,
+        "workdir": CONTAINER_WORKDIR,
+        "env": env,
+        "secret_env": secret_env,
+        "workspace": workspace.name,
+        "isolation": isolation,
+        "branch": branch,
+        "base_commit": workspace.head,
+        "network": request.network,
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g", home: "rw,nosuid,nodev,size=1g"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "memory": target.memory,
+        "cpus": target.cpus,
+        "pids": target.pids,
+        "labels": {
+            "jackin.managed": "true",
+            "jackin.session": session_id,
+            "jackin.workspace": workspace.name,
+            "jackin.role": role.name,
+            "jackin.runtime": runtime.name,
+        },
+    }
+
+    return Contract(
+        schema="v1",
+        identity={
+            "session": session_id,
+            "name": request.name,
+            "host": target.host,
+            "candidates": list(target.candidates),
+            "transport": target.transport,
+            "workspace": {"name": workspace.name, "path": workspace.path,
+                          "branch": workspace.branch, "head": workspace.head},
+            "role": {"name": role.name, "source": role.source, "hash": role.content_hash},
+            "runtime": runtime.name,
+            "mode": mode,
+            "task": request.task,
+            "image": role.image,
+            "container": name,
+        },  # fmt: skip
+        routing={
+            "backend": target.backend,
+            "why": f"the backend set for host {target.host} in the inventory",
+            "risk_tier": "container (runc): shared host kernel, namespaces + cgroups",
+            "alternatives": ["docker+dind (private daemon): later", "microVM: later"],
+        },
+        filesystem=filesystem,
+        credentials=credentials,
+        network=network,
+        docker_access={
+            "access": "none",
+            "detail": "no docker socket in the sandbox; the host socket is never offered",
+        },
+        service_ports=[],
+        limits={
+            "memory": target.memory, "cpus": target.cpus, "pids": target.pids,
+            "user": f"{role.user} (non-root)", "capabilities": "all dropped",
+            "no_new_privileges": True,
+        },  # fmt: skip
+        persistence={
+            "survives_container_exit": [f"{work} (the session checkout, until rm)"],
+            "lost_on_stop": ["/tmp", home],
+            "shared": [f"{mirror} (workspace mirror, shared by this workspace's sessions; "
+                       "read when creating checkouts, never mounted)"],
+            "disk_budget": "none yet",
+        },  # fmt: skip
+        plan=plan,
+        recovery={
+            "snapshot_before_start": False,
+            "laptop_repo": "untouched: the agent works in its own checkout on the host",
+            "get_the_work": f"jackin-remote pull {session_id}"
+            + (f" (fetches branch {branch})" if branch else
+               f" (copies into {workspace.path}/.jackin/pulled/{session_id}/)"),
+            "stop": f"jackin-remote stop {session_id} (keeps the checkout)",
+            "rm": f"jackin-remote rm {session_id}: deletes the container and {work}; refuses "
+                  "while the work has not been pulled, unless --force",
+        },  # fmt: skip
+        warnings=warnings,
+        spec=spec,
+    )
+
+
+def _command(runtime: Runtime, task: str | None) -> list[str]:
+    if task:
+        return runtime.task_argv(task)
+    # Interactive: the program runs in tmux; the container lives as long as the tmux session.
+    argv = runtime.interactive_argv()
+    return [
+        "/bin/sh", "-c",
+        f'tmux new-session -d -s {TMUX_SESSION} -x 200 -y 50 "$@" && '
+        f"while tmux has-session -t {TMUX_SESSION} 2>/dev/null; do sleep 2; done",
+        "jackin-tmux", *argv,
+    ]  # fmt: skip
+
+
+def _credentials(runtime: Runtime, request: LaunchRequest) -> list[dict[str, Any]]:
+    if runtime.key_env is None:
+        return []
+    source = request.credential_source or runtime.key_env
+    return [
+        {
+            "name": f"{runtime.name} API key",
+            "source": source,
+            "source_kind": "laptop environment variable",
+            "delivery": "env",
+            "delivered_as": runtime.key_env,
+            "value": "<redacted>" if request.credential_present else None,
+            "available": request.credential_present,
+            "exposure": "readable by every process in the sandbox and via docker inspect on "
+            "the host",
+        }
+    ]
+
+
+def _working_tree_note(workspace: WorkspaceRef) -> str:
+    if not workspace.is_git:
+        return f"not a git repo: all {workspace.file_count} file(s) travel (secrets excluded)"
+    if workspace.dirty:
+        return (
+            "uncommitted local changes travel: they are committed on the session branch as "
+            "'jackin: local working tree at launch', on top of your HEAD"
+        )
+    return "clean: the session starts from your HEAD"

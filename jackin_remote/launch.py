@@ -1,0 +1,251 @@
+"""explain and launch: resolve contracts (no side effects), then apply their plans.
+
+Placement uses the laptop's last-known session counts, so resolving a contract never touches a
+host; applying the plan is where the first host-side effect happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jackin_remote.core.contract import (
+    Contract,
+    LaunchRequest,
+    RoleRef,
+    TargetRef,
+    WorkspaceRef,
+    check_session_name,
+    parse_env,
+    pick_runtime,
+    resolve_contract,
+)
+from jackin_remote.core.names import new_session_id
+from jackin_remote.core.placement import Slot, place
+from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.inventory import Host, Inventory, select_hosts
+
+if TYPE_CHECKING:
+    from jackin_remote.fleet import Pool
+    from jackin_remote.roles import Role
+    from jackin_remote.store import Store
+    from jackin_remote.workspace import WorkspaceScan
+
+Step = Callable[[str, str], None]  # (host, message)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    selector: str
+    role: str
+    runtime: str
+    workspace: Path
+    task: str | None = None
+    network: str = "open"
+    env: tuple[str, ...] = ()
+    count: int = 1
+    isolation: str | None = None
+    name: str | None = None
+    key_from: str | None = None
+    include: tuple[str, ...] = ()
+
+
+@dataclass
+class Prepared:
+    """Everything read (never written) to resolve contracts."""
+
+    inventory: Inventory
+    hosts: list[Host]
+    role: Role
+    scan: WorkspaceScan
+    request: LaunchRequest
+    credential: dict[str, str] = field(default_factory=dict)  # env name -> value; never printed
+    count: int = 1
+
+
+def read_task(task: str | None, task_file: Path | None) -> str | None:
+    if task is not None and task_file is not None:
+        raise UsageError("give --task or --task-file, not both")
+    if task_file is None:
+        return task
+    try:
+        return task_file.read_text()
+    except OSError as exc:
+        raise UsageError(f"--task-file {task_file}: {exc.strerror}") from None
+
+
+def prepare(
+    inventory: Inventory, options: LaunchOptions, environ: Mapping[str, str] | None = None
+) -> Prepared:
+    """Load and check everything a contract needs. Reads only; a typo fails here, before any
+    host is contacted."""
+    from jackin_remote.roles import load_role
+    from jackin_remote.workspace import scan_workspace
+
+    environ = os.environ if environ is None else environ
+    if options.count < 1:
+        raise UsageError("--count must be at least 1")
+    if options.count > 1 and options.name:
+        raise UsageError("--name names one session; it cannot be used with --count")
+    check_session_name(options.name)
+    env = parse_env(list(options.env))
+    hosts = select_hosts(inventory, options.selector)
+    role = load_role(options.role)
+    scan = scan_workspace(options.workspace, include=options.include)
+    key_env = pick_runtime(options.runtime, _role_ref(role)).key_env
+    source = options.key_from or key_env
+    credential: dict[str, str] = {}
+    if key_env and source and environ.get(source):
+        credential[key_env] = environ[source]
+    request = LaunchRequest(
+        runtime=options.runtime,
+        task=options.task,
+        network=options.network,
+        env=env,
+        credential_source=source,
+        credential_present=bool(credential),
+        isolation=options.isolation,
+        name=options.name,
+    )
+    return Prepared(inventory, hosts, role, scan, request, credential, options.count)
+
+
+def _role_ref(role: Role) -> RoleRef:
+    from jackin_remote.roles import image_tag
+
+    return RoleRef(
+        name=role.name,
+        content_hash=role.content_hash,
+        image=image_tag(role),
+        user=role.user,
+        runtimes=tuple(role.runtimes),
+        source=str(role.directory),
+    )
+
+
+def _workspace_ref(scan: WorkspaceScan) -> WorkspaceRef:
+    return WorkspaceRef(
+        path=str(scan.path),
+        name=scan.name,
+        is_git=scan.is_git,
+        head=scan.head,
+        branch=scan.branch,
+        dirty=scan.dirty,
+        file_count=len(scan.files),
+        total_bytes=scan.total_bytes,
+        excluded_secrets=tuple(scan.excluded_secrets),
+        tracked_secrets=tuple(getattr(scan, "tracked_secrets", ())),
+    )
+
+
+def _target_ref(host: Host, candidates: Sequence[Host]) -> TargetRef:
+    return TargetRef(
+        host=host.name,
+        transport=host.transport,
+        address=None if host.is_local else host.ssh_address,
+        root=host.root,
+        backend=host.backend,
+        memory=host.limits.memory,
+        cpus=host.limits.cpus,
+        pids=host.limits.pids,
+        candidates=tuple(h.name for h in candidates) if len(candidates) > 1 else (),
+    )
+
+
+def placements(prepared: Prepared, running: Mapping[str, int]) -> list[Host]:
+    slots = [Slot(h.name, h.capacity, running.get(h.name, 0)) for h in prepared.hosts]
+    by_name = {h.name: h for h in prepared.hosts}
+    return [by_name[name] for name in place(slots, prepared.count)]
+
+
+def contracts(prepared: Prepared, running: Mapping[str, int]) -> list[Contract]:
+    """One resolved contract per session to launch. Pure given `running` (last-known counts)."""
+    role, workspace = _role_ref(prepared.role), _workspace_ref(prepared.scan)
+    return [
+        resolve_contract(
+            new_session_id(), _target_ref(host, prepared.hosts), role, workspace, prepared.request
+        )
+        for host in placements(prepared, running)
+    ]
+
+
+def running_counts(store: Store | None) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in store.sessions() if store is not None else []:
+        if row["state"] in ("starting", "running") and row["host_state"] == "ok":
+            counts[row["host"]] = counts.get(row["host"], 0) + 1
+    return counts
+
+
+# -- apply -------------------------------------------------------------------------------------
+async def apply(
+    pool: Pool, prepared: Prepared, plan: Sequence[Contract], store: Store, step: Step
+) -> list[dict[str, Any]]:
+    """Apply each contract's plan. Hosts are prepared once each (sync, image), concurrently; a
+    failure on one host fails only its sessions."""
+    by_host: dict[str, list[Contract]] = {}
+    for contract in plan:
+        by_host.setdefault(contract.identity["host"], []).append(contract)
+    hosts = {h.name: h for h in prepared.hosts}
+    results = await asyncio.gather(
+        *(_apply_host(pool, prepared, hosts[name], items, store, step)
+          for name, items in by_host.items())
+    )  # fmt: skip
+    return [entry for batch in results for entry in batch]
+
+
+async def _apply_host(
+    pool: Pool,
+    prepared: Prepared,
+    host: Host,
+    items: list[Contract],
+    store: Store,
+    step: Step,
+) -> list[dict[str, Any]]:
+    from agent_host.protocol import RemoteError
+    from jackin_remote.roles import ensure_role_image
+    from jackin_remote.sync import sync_workspace
+
+    try:
+        step(host.name, "starting the host agent")
+        link = await pool.agent(host)
+        step(host.name, "syncing the workspace")
+        (synced,) = await sync_workspace(pool, [host], prepared.scan)
+        if synced.error is not None:
+            raise synced.error
+        step(host.name, "preparing the role image")
+        await ensure_role_image(link, prepared.role, lambda line: step(host.name, line))
+    except (JackinError, RemoteError) as exc:
+        message = exc.message if isinstance(exc, RemoteError) else str(exc)
+        return [_failed(c, message) for c in items]
+
+    async def create(contract: Contract) -> dict[str, Any]:
+        session_id = contract.identity["session"]
+        step(host.name, f"creating session {session_id}")
+        try:
+            entry = await link.agent.call(
+                "session.create", {"spec": contract.spec, "secret_env": prepared.credential}
+            )
+        except RemoteError as exc:
+            # The host recorded it (failed_setup) unless the spec was refused outright.
+            return _failed(contract, exc.message, state="failed_setup")
+        store.record(host.name, entry, workspace_path=str(prepared.scan.path))
+        return {"id": session_id, "host": host.name, "state": entry["state"],
+                "container": entry["container"], "branch": entry.get("branch"), "error": None}
+
+    return list(await asyncio.gather(*(create(c) for c in items)))
+
+
+def _failed(contract: Contract, message: str, state: str = "not_started") -> dict[str, Any]:
+    return {
+        "id": contract.identity["session"],
+        "host": contract.identity["host"],
+        "state": state,
+        "container": contract.identity["container"],
+        "branch": None,
+        "error": message,
+    }

@@ -1,0 +1,63 @@
+"""Session commands on the controller: refresh the merged view, find a session, and act on it
+through its host's agent (logs, stop, rm, pull, diff, attach)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from agent_host.protocol import RemoteError
+from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.inventory import Host, Inventory
+
+if TYPE_CHECKING:
+    from jackin_remote.fleet import HostLink, HostResult, Pool
+    from jackin_remote.store import Store
+
+
+async def refresh(pool: Pool, hosts: Sequence[Host], store: Store) -> list[HostResult[Any]]:
+    """Ask every host for its sessions and merge them; unreachable hosts' sessions turn lost."""
+
+    async def ask(link: HostLink) -> Any:
+        return await link.agent.call("session.list", {})
+
+    results = await pool.map(hosts, ask)
+    for result in results:
+        if result.ok and result.value is not None:
+            store.merge_host(result.host.name, result.value["sessions"])
+        else:
+            reason = getattr(result.error, "reason", str(result.error))
+            store.mark_unreachable(result.host.name, str(result.state), reason)
+    return results
+
+
+def host_of(inventory: Inventory, row: dict[str, Any]) -> Host:
+    host = inventory.host(row["host"])
+    if host is None:
+        raise UsageError(
+            f"session {row['id']} is on host {row['host']!r}, which is not in the inventory",
+            hint="restore the host in the inventory (or pass --inventory) to reach it",
+        )
+    return host
+
+
+async def find_session(
+    pool: Pool, inventory: Inventory, store: Store, ref: str
+) -> tuple[dict[str, Any], Host]:
+    """Resolve a session id, unique prefix or name; refresh from the hosts if the cache misses."""
+    try:
+        row = store.find(ref)
+    except UsageError:
+        await refresh(pool, list(inventory.hosts.values()), store)
+        row = store.find(ref)
+    return row, host_of(inventory, row)
+
+
+async def call(pool: Pool, host: Host, method: str, params: dict[str, Any],
+               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
+    link = await pool.agent(host)
+    try:
+        return await link.agent.call(method, params, on_event=on_event)
+    except RemoteError as exc:
+        hint = exc.data.get("hint") if isinstance(exc.data, dict) else None
+        raise JackinError(f"{host.name}: {exc.message}", hint=hint) from None

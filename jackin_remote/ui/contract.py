@@ -1,0 +1,116 @@
+"""The session contract as a rich panel: DESIGN.md's sections, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+TITLES = {
+    "identity": "identity", "routing": "routing", "filesystem": "filesystem",
+    "credentials": "credentials", "network": "network", "docker_access": "docker access",
+    "service_ports": "service ports", "limits": "limits", "persistence": "persistence",
+    "plan": "host-side effects (plan)", "recovery": "recovery", "warnings": "warnings",
+}  # fmt: skip
+
+
+def _kv(rows: list[tuple[str, Any]]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, "-" if value in (None, "", []) else str(value))
+    return table
+
+
+def _identity(data: dict[str, Any]) -> RenderableType:
+    ws, role = data["workspace"], data["role"]
+    host = data["host"]
+    if data.get("candidates"):
+        host += f"  (least loaded of {', '.join(data['candidates'])})"
+    return _kv([
+        ("session", data["session"] + (f" ({data['name']})" if data.get("name") else "")),
+        ("host", f"{host}  [{data['transport']}]"),
+        ("workspace", f"{ws['name']}  {ws['path']}" + (f"  @ {ws['head'][:12]}" if ws.get("head")
+                                                        else "")),
+        ("role", f"{role['name']}  {role['source']}  ({role['hash'][:12]})"),
+        ("runtime", f"{data['runtime']}  ({data['mode']} mode)"),
+        ("task", data.get("task")),
+        ("image", data["image"]),
+        ("container", data["container"]),
+    ])  # fmt: skip
+
+
+def _filesystem(data: dict[str, Any]) -> RenderableType:
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("laptop", "host", "container", "mode", "isolation"):
+        table.add_column(column, style="dim" if column == "laptop" else None)
+    for mount in data["mounts"]:
+        table.add_row(mount["laptop"] or "-", mount["host"] or "-", mount["container"],
+                      mount["mode"], mount["isolation"])  # fmt: skip
+    extra = _kv([
+        ("root fs", data["root_filesystem"]),
+        ("working tree", data["working_tree"]),
+        ("kept back", ", ".join(data["excluded_secrets"]) or None),
+        ("sensitive", ", ".join(data["sensitive_paths"]) or None),
+    ])  # fmt: skip
+    return Group(table, extra)
+
+
+def _credentials(items: list[dict[str, Any]]) -> RenderableType:
+    if not items:
+        return Text("none: no credential enters the sandbox")
+    rows = []
+    for item in items:
+        value = item["value"] or "(not set on the laptop)"
+        rows.append((item["name"], f"from ${item['source']} ({item['source_kind']}) -> "
+                     f"{item['delivery']} {item['delivered_as']} = {value}"))
+        rows.append(("", f"exposure: {item['exposure']}"))
+    return _kv(rows)
+
+
+def _section(name: str, data: Any) -> RenderableType:
+    if name == "identity":
+        return _identity(data)
+    if name == "filesystem":
+        return _filesystem(data)
+    if name == "credentials":
+        return _credentials(data)
+    if name == "network":
+        return _kv([("policy", data["policy"]), ("enforcement", data["enforcement"]),
+                    ("enforced by", data["enforced_by"]),
+                    ("reaches", ", ".join(data["reaches"]) or "nothing")])  # fmt: skip
+    if name == "docker_access":
+        return _kv([("access", data["access"]), ("", data["detail"])])
+    if name == "service_ports":
+        return Text("none" if not data else ", ".join(map(str, data)))
+    if name == "plan":
+        table = Table.grid(padding=(0, 1))
+        for index, effect in enumerate(data, 1):
+            table.add_row(f"{index}.", effect["action"], Text(effect["target"], style="cyan"),
+                          Text(f"({effect['when']})", style="dim"))  # fmt: skip
+        return table
+    if name == "warnings":
+        return Group(*(Text(f"! {w}", style="yellow") for w in data)) if data else Text("none")
+    if isinstance(data, dict):
+        return _kv([(k.replace("_", " "), ", ".join(v) if isinstance(v, list) else v)
+                    for k, v in data.items()])  # fmt: skip
+    return Text(str(data))
+
+
+def contract_panel(contract: dict[str, Any]) -> Panel:
+    parts: list[RenderableType] = []
+    for name, title in TITLES.items():
+        parts.append(Text(title, style="bold magenta"))
+        parts.append(_section(name, contract[name]))
+        parts.append(Text(""))
+    identity = contract["identity"]
+    return Panel(
+        Group(*parts[:-1]),
+        title=f"session contract {identity['session']}",
+        subtitle=f"{identity['host']} / {identity['runtime']}",
+        expand=False,
+    )
