@@ -1,0 +1,156 @@
+"""The session contract is a pure function: every decision is checked here without I/O."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jackin_remote.core.contract import (
+    MAX_CONTAINER_NAME,
+    Contract,
+    ContractError,
+    LaunchRequest,
+    RoleRef,
+    TargetRef,
+    WorkspaceRef,
+    container_name,
+    parse_env,
+    resolve_contract,
+)
+
+ROLE = RoleRef("test-agent", "ab" * 32, "jackin-role-test-agent:abababababab", "agent",
+               ("shell", "demo", "claude"), "/roles/test-agent")  # fmt: skip
+GIT_WS = WorkspaceRef("/home/me/app", "app-123abc", True, "c0ffee" * 6 + "abcd", "main", True,
+                      12, 3400, excluded_secrets=(".env",), tracked_secrets=())  # fmt: skip
+PLAIN_WS = WorkspaceRef("/home/me/notes", "notes-99aa00", False, None, None, False, 3, 10)
+TARGET = TargetRef("fleet-1", "ssh", "10.0.0.5", "~/.jackin", "docker", "2g", 1.5, 256)
+
+
+def resolve(request: LaunchRequest, workspace: WorkspaceRef = GIT_WS) -> Contract:
+    return resolve_contract("abcd1234", TARGET, ROLE, workspace, request)
+
+
+def test_sections_follow_the_design_order() -> None:
+    data = resolve(LaunchRequest("shell", task="echo hi")).to_dict()
+    assert list(data)[:12] == [
+        "identity", "routing", "filesystem", "credentials", "network", "docker_access",
+        "service_ports", "limits", "persistence", "plan", "recovery", "warnings",
+    ]  # fmt: skip
+
+
+def test_hardening_and_limits_reach_the_spec() -> None:
+    spec = resolve(LaunchRequest("shell", task="echo hi", network="none")).spec
+    assert spec["cap_drop"] == ["ALL"]
+    assert spec["security_opt"] == ["no-new-privileges"]
+    assert spec["read_only"] is True
+    assert spec["user"] == "agent"
+    assert (spec["memory"], spec["cpus"], spec["pids"]) == ("2g", 1.5, 256)
+    assert spec["network"] == "none"
+    assert spec["labels"]["jackin.managed"] == "true"
+    assert spec["labels"]["jackin.session"] == "abcd1234"
+    assert spec["command"] == ["/bin/sh", "-c", "echo hi"]
+
+
+def test_network_none_is_labelled_host_enforced_and_open_is_not() -> None:
+    closed = resolve(LaunchRequest("shell", network="none")).network
+    opened = resolve(LaunchRequest("shell", network="open")).network
+    assert closed["enforcement"] == "host-enforced" and closed["reaches"] == []
+    assert opened["enforcement"] == "open" and opened["reaches"]
+
+
+def test_docker_access_is_none() -> None:
+    contract = resolve(LaunchRequest("shell"))
+    assert contract.docker_access["access"] == "none"
+    assert all("docker.sock" not in str(m) for m in contract.filesystem["mounts"])
+
+
+def test_git_workspace_clones_on_a_session_branch_and_says_the_working_tree_travels() -> None:
+    contract = resolve(LaunchRequest("shell"))
+    assert contract.spec["isolation"] == "clone"
+    assert contract.spec["branch"] == "jackin/abcd1234"
+    assert "uncommitted local changes travel" in contract.filesystem["working_tree"]
+
+
+def test_plain_workspace_is_copied_and_clone_is_refused() -> None:
+    assert resolve(LaunchRequest("shell"), PLAIN_WS).spec["isolation"] == "copy"
+    with pytest.raises(ContractError, match="needs a git workspace"):
+        resolve(LaunchRequest("shell", isolation="clone"), PLAIN_WS)
+
+
+def test_interactive_mode_runs_in_tmux() -> None:
+    spec = resolve(LaunchRequest("shell")).spec
+    assert spec["mode"] == "interactive"
+    assert "tmux new-session" in " ".join(spec["command"])
+
+
+def test_credentials_are_named_and_redacted_never_valued() -> None:
+    contract = resolve(LaunchRequest("claude", task="t", credential_source="MY_KEY",
+                                     credential_present=True))  # fmt: skip
+    (cred,) = contract.credentials
+    assert cred["source"] == "MY_KEY" and cred["delivered_as"] == "ANTHROPIC_API_KEY"
+    assert cred["value"] == "<redacted>"
+    assert contract.spec["secret_env"] == ["ANTHROPIC_API_KEY"]
+    assert "ANTHROPIC_API_KEY" not in contract.spec["env"]
+    assert any("docker inspect" in w for w in contract.warnings)
+
+
+def test_missing_credential_is_a_warning() -> None:
+    contract = resolve(LaunchRequest("claude", task="t", credential_present=False))
+    assert contract.spec["secret_env"] == []
+    assert any("ANTHROPIC_API_KEY is not set" in w for w in contract.warnings)
+
+
+def test_container_is_not_a_microvm_warning_always_present() -> None:
+    assert any("not a microVM" in w for w in resolve(LaunchRequest("shell")).warnings)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "GH_TOKEN", "AWS_SECRET", "DB_PASSWORD",
+                                  "my_password_2"])  # fmt: skip
+def test_secret_looking_env_is_refused_with_a_pointer(name: str) -> None:
+    with pytest.raises(ContractError, match="looks like a secret") as info:
+        parse_env([f"{name}=x"])
+    assert "credentials" in (info.value.hint or "")
+
+
+def test_plain_env_is_listed_in_the_contract() -> None:
+    env = parse_env(["ANTHROPIC_BASE_URL=http://gw:8080"])
+    contract = resolve(LaunchRequest("shell", env=env))
+    assert contract.spec["env"]["ANTHROPIC_BASE_URL"] == "http://gw:8080"
+
+
+@pytest.mark.parametrize("item", ["1BAD=x", "A B=x", "noequals", "HOME=/root", "X=a\nb"])
+def test_bad_env_is_refused(item: str) -> None:
+    with pytest.raises(ContractError):
+        parse_env([item])
+
+
+@pytest.mark.parametrize("name", ["a;rm -rf /", "$(id)", "UPPER", "x y", "-dash", "a`b`"])
+def test_session_names_with_shell_metacharacters_are_refused(name: str) -> None:
+    with pytest.raises(ContractError, match="session name"):
+        resolve(LaunchRequest("shell", name=name))
+
+
+def test_runtime_must_be_known_and_supported_by_the_role() -> None:
+    with pytest.raises(ContractError, match="not a known runtime"):
+        resolve(LaunchRequest("vim"))
+    with pytest.raises(ContractError, match="does not support"):
+        resolve(LaunchRequest("codex"))
+
+
+def test_unknown_network_is_refused() -> None:
+    with pytest.raises(ContractError, match="--network"):
+        resolve(LaunchRequest("shell", network="allowlist"))
+
+
+def test_container_names_are_dns_safe_and_bounded() -> None:
+    name = container_name("abcd1234", "w" * 60, "r" * 60)
+    assert len(name) <= MAX_CONTAINER_NAME
+    assert name.startswith("jk-abcd1234-")
+    assert container_name("abcd1234", "app-1", "test-agent") == "jk-abcd1234-app-1-test-agent"
+
+
+def test_json_is_serializable_and_holds_no_secret_values() -> None:
+    contract = resolve(LaunchRequest("claude", task="t", credential_present=True))
+    text = json.dumps(contract.to_dict())
+    assert "<redacted>" in text
