@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -453,42 +452,27 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
         store.close()
 
 
-def work_status(root: str, record: Dict[str, Any]) -> Dict[str, Any]:
-    """Whether the session holds work that was never pulled (then rm refuses)."""
-    work = layout.work_dir(root, record["id"])
-    if not os.path.isdir(work):
-        return {"unpulled": False, "head": None, "dirty": False}
-    if record["isolation"] != "clone":
-        return {"unpulled": record.get("pulled_commit") is None, "head": None, "dirty": None}
-    git = ["git", "-c", "safe.directory=*", "-C", work]
-    head = subprocess.run(git + ["rev-parse", "HEAD"], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, check=False).stdout.decode().strip() or None
-    dirty = bool(subprocess.run(git + ["status", "--porcelain"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, check=False).stdout.strip())
+def work_status(ctx: Context, record: Dict[str, Any]) -> Dict[str, Any]:
+    """Whether the session holds work that was never pulled (then rm refuses).
+
+    Read through review.snapshot, which never runs git inside the agent's own .git (the agent
+    controls that repository's config and hooks).
+    """
+    from agent_host import review
+
+    if not os.path.isdir(layout.work_dir(ctx.root, record["id"])):
+        return {"unpulled": False, "commit": None}
+    snap = review.snapshot(ctx, {"id": record["id"]})
     launch = (record.get("spec") or {}).get("launch_commit")
-    pulled = record.get("pulled_commit")
-    if dirty:
-        unpulled = True  # uncommitted work is never part of an earlier pull's commit
-    elif pulled:
-        unpulled = not _is_ancestor(git, head, pulled)
-    else:
-        unpulled = head is not None and head != launch
-    return {"unpulled": unpulled, "head": head, "dirty": dirty}
-
-
-def _is_ancestor(git: List[str], commit: Optional[str], of: str) -> bool:
-    if commit is None:
-        return True
-    done = subprocess.run(git + ["merge-base", "--is-ancestor", commit, of],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    return done.returncode == 0
+    untouched = record["isolation"] == "clone" and snap["commit"] == launch
+    return {"unpulled": not (snap["pulled"] or untouched), "commit": snap["commit"]}
 
 
 def remove(ctx: Context, params: Message) -> Dict[str, Any]:
     store = Store(ctx.root)
     try:
         record = _get(store, params)
-        status = work_status(ctx.root, record)
+        status = work_status(ctx, record)
         if status["unpulled"] and not params.get("force"):
             raise RemoteError(
                 E_CONFLICT,
