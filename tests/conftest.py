@@ -1,0 +1,104 @@
+"""Shared fixtures: an isolated laptop (JACKIN_HOME, HOME), the CLI as a subprocess, the fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import fleet as fleet_mod
+
+# Hosts fleet-1..3 are shared and never disturbed; fleet-4 is for tests that stop or rekey a host
+# (they share the xdist group "disruptive", so they never run at the same time).
+FLEET_SIZE = 4
+STABLE_HOSTS = ("fleet-1", "fleet-2", "fleet-3")
+DISRUPTIVE_HOST = "fleet-4"
+
+
+@dataclass
+class CLI:
+    env: dict[str, str]
+    cwd: Path
+
+    def run(self, *args: str, check: bool = False, timeout: float = 600,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "jackin_remote", *args],
+            env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=timeout,
+            input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"jackin-remote {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def json(self, *args: str, ok_codes: tuple[int, ...] = (0,), **kw: Any) -> dict[str, Any]:
+        proc = self.run(*args, "--json", **kw)
+        assert proc.returncode in ok_codes, (proc.returncode, proc.stdout, proc.stderr)
+        data: dict[str, Any] = json.loads(proc.stdout)
+        assert data["schema_version"] == "v1"
+        return data
+
+
+@pytest.fixture
+def laptop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh laptop: jackin's own files and ~ both under tmp, in this process and children."""
+    home = tmp_path / "laptop"
+    (home / "home").mkdir(parents=True)
+    monkeypatch.setenv("JACKIN_HOME", str(home / "jackin"))
+    monkeypatch.setenv("HOME", str(home / "home"))
+    monkeypatch.delenv("JACKIN_INVENTORY", raising=False)
+    return home
+
+
+@pytest.fixture
+def cli(laptop: Path, tmp_path: Path) -> CLI:
+    env = dict(os.environ)
+    return CLI(env=env, cwd=tmp_path)
+
+
+@pytest.fixture
+def local_inventory(tmp_path: Path) -> Path:
+    """An inventory whose `local` host keeps its root under tmp."""
+    inv = tmp_path / "inventory"
+    inv.mkdir()
+    root = tmp_path / "host-root"
+    (inv / "local.toml").write_text(f'[hosts.local]\ntransport = "local"\nroot = "{root}"\n')
+    return inv
+
+
+@pytest.fixture(scope="session")
+def fleet() -> fleet_mod.FleetInfo:
+    return fleet_mod.fleet_up(FLEET_SIZE)
+
+
+@pytest.fixture
+def fleet_inventory(fleet: fleet_mod.FleetInfo, local_inventory: Path) -> Path:
+    """The fleet's generated inventory plus a local host with a tmp root, in one directory."""
+    (local_inventory / "fleet.toml").write_text(fleet.inventory.read_text())
+    return local_inventory
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "fleet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fleet)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group: run these tests in one xdist worker")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_inventory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("JACKIN_INVENTORY", raising=False)
+    yield
