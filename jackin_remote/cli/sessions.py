@@ -324,7 +324,7 @@ def pull(
         row, result = run(go())
     except JackinError as error:
         fail(error, as_json=as_json)
-    data = result.as_dict() if hasattr(result, "as_dict") else vars(result)
+    data = {key: value for key, value in vars(result).items() if key != "session"}
     if as_json:
         print_json(session=row["id"], host=row["host"], **data)
     else:

@@ -1,0 +1,72 @@
+"""Helpers for end-to-end tests that drive the real CLI against real hosts."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CLI
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_ROLE = str(REPO / "roles" / "test-agent")
+FINAL = {"exited", "crashed", "failed_setup", "stopped"}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def make_workspace(path: Path) -> Path:
+    """A git repo with one commit, an uncommitted note, and a secret that must stay behind."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "README.md").write_text("# test project\n")
+    (path / ".gitignore").write_text("build/\n")
+    git(path, "add", ".")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "initial")
+    (path / "NOTES.md").write_text("uncommitted note\n")
+    (path / ".env").write_text("API_TOKEN=laptop-only\n")
+    (path / "build").mkdir()
+    (path / "build" / "out.bin").write_text("ignored\n")
+    return path
+
+
+def launch(cli: CLI, inventory: Path, workspace: Path, *args: str) -> list[dict[str, Any]]:
+    data = cli.json("-i", str(inventory), "launch", "--role", TEST_ROLE, *args, str(workspace))
+    sessions: list[dict[str, Any]] = data["sessions"]
+    for entry in sessions:
+        assert entry["error"] is None, entry
+    return sessions
+
+
+def session_row(cli: CLI, inventory: Path, session_id: str, *extra: str) -> dict[str, Any]:
+    data = cli.json("-i", str(inventory), "ls", *extra, ok_codes=(0, 3))
+    for row in data["sessions"]:
+        if row["id"] == session_id:
+            return row  # type: ignore[no-any-return]
+    raise AssertionError(f"{session_id} not in ls: {data}")
+
+
+def wait_for(cli: CLI, inventory: Path, session_id: str, states: set[str] = FINAL,
+             timeout: float = 120) -> dict[str, Any]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        row = session_row(cli, inventory, session_id)
+        if row["state"] in states:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{session_id} still {row['state']} after {timeout}s")
+        time.sleep(1)
+
+
+def managed_containers(*docker_prefix: str) -> set[str]:
+    out = subprocess.run(
+        [*docker_prefix, "docker", "ps", "-a", "--filter", "label=jackin.managed=true",
+         "--format", "{{.Label \"jackin.session\"}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return {line for line in out.split() if line}
