@@ -248,12 +248,16 @@ def resolve_contract(
                     if branch else f"own copy of the workspace; synced via {mirror}"
                 ),
             },
+            {"laptop": None, "host": "docker-init (the engine's)", "container":
+             "/usr/sbin/docker-init", "mode": "ro", "isolation": "shared",
+             "note": "the engine's tiny init (PID 1: reaps zombies), bind-mounted read-only"},
             {"laptop": None, "host": None, "container": "/tmp", "mode": "tmpfs",
              "isolation": "ephemeral", "note": "discarded when the container stops"},
             {"laptop": None, "host": None, "container": home, "mode": "tmpfs",
              "isolation": "ephemeral", "note": "agent home; discarded when the container stops"},
         ],  # fmt: skip
         "root_filesystem": "read-only (the role image)",
+        "engine_files": ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"],
         "working_tree": _working_tree_note(workspace),
         "excluded_secrets": list(workspace.excluded_secrets),
         "sensitive_paths": list(workspace.tracked_secrets),

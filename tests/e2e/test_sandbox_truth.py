@@ -1,0 +1,107 @@
+"""The contract tells the truth: probes from inside the sandbox check what it claims."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CLI
+from tests.e2e.helpers import launch, make_workspace, wait_for
+
+PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("PROBE: reached")
+except OSError as exc:
+    print("PROBE: blocked", type(exc).__name__)
+"""
+
+
+def docker0_address() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return out.split()[3].split("/")[0]
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP server on the host (this machine), reachable from the docker bridge."""
+    server = socket.create_server(("0.0.0.0", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                server.accept()[0].close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield port
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def run_task(cli: CLI, inventory: Path, ws: Path, task: str, *args: str) -> tuple[str, dict[str, Any]]:
+    (session,) = launch(cli, inventory, ws, "--runtime", "shell", "--task", task, *args)
+    wait_for(cli, inventory, session["id"])
+    out = cli.run("-i", str(inventory), "logs", session["id"], check=True).stdout
+    cli.run("-i", str(inventory), "rm", "--force", session["id"], check=True)
+    return out, session["contract"]
+
+
+@pytest.mark.parametrize(("network", "expected"), [("none", "blocked"), ("open", "reached")])
+def test_network_policy_is_what_the_contract_says(
+    cli: CLI, local_inventory: Path, tmp_path: Path, listener: int, network: str, expected: str
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    (ws / "probe.py").write_text(PROBE)
+    out, contract = run_task(cli, local_inventory, ws,
+                             f"python3 probe.py {docker0_address()} {listener}",
+                             "--network", network)  # fmt: skip
+    assert f"PROBE: {expected}" in out, out
+    assert contract["network"]["policy"] == network
+
+
+def test_the_sandbox_is_hardened_and_sees_only_its_own_mounts(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    script = (
+        "echo UID=$(id -u); grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+        "test -e /var/run/docker.sock && echo SOCKET=yes || echo SOCKET=no; "
+        "ls /run/docker.sock 2>/dev/null && echo RUNSOCK=yes; "
+        "touch /usr/jackin-probe 2>/dev/null && echo ROOTFS=writable || echo ROOTFS=readonly; "
+        "touch /workspace/probe && echo WORKSPACE=writable; "
+        "awk '{print \"MOUNT\", $2, $3}' /proc/mounts; "
+        "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null | sed 's/^/PIDS=/'"
+    )
+    out, contract = run_task(cli, local_inventory, ws, script, "--network", "none")
+    assert "UID=0" not in out and "UID=" in out
+    assert "CapEff:\t0000000000000000" in out
+    assert "NoNewPrivs:\t1" in out
+    assert "SOCKET=no" in out and "RUNSOCK=yes" not in out
+    assert "ROOTFS=readonly" in out and "WORKSPACE=writable" in out
+    assert "PIDS=512" in out
+    mounts = [line.split()[1:] for line in out.splitlines() if line.startswith("MOUNT ")]
+    host_binds = {
+        point for point, kind in mounts
+        if kind not in ("proc", "tmpfs", "sysfs", "cgroup", "cgroup2", "mqueue", "devpts",
+                        "overlay")
+    }  # fmt: skip
+    # Every bind mount the sandbox sees is one the contract lists, and the reverse.
+    filesystem = contract["filesystem"]
+    listed = {m["container"] for m in filesystem["mounts"] if m["mode"] in ("rw", "ro")}
+    assert host_binds == listed | set(filesystem["engine_files"])
+    assert "/workspace" in host_binds
