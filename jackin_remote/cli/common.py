@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 # Piped output is read by people in logs too: give tables room instead of 80 columns.
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # never break a path in two
 
 
 @dataclass
