@@ -126,7 +126,7 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
                          finished_at=time.time(), owner_pid=None)
             raise
         store.update(session_id, state="running", started_at=time.time(), owner_pid=None,
-                     image=image)
+                     image=image, agent_status=agent_status("running", spec["mode"]))
         return _public(store.get(session_id), {"container_id": container.id[:12]})
     finally:
         store.close()

@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent_host.protocol import RemoteError
-from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.agent.client import AgentClosed
+from jackin_remote.core.hoststate import HostState
+from jackin_remote.errors import HostError, JackinError, UsageError
 from jackin_remote.inventory import Host, Inventory
 
 if TYPE_CHECKING:
@@ -61,3 +63,8 @@ async def call(pool: Pool, host: Host, method: str, params: dict[str, Any],
     except RemoteError as exc:
         hint = exc.data.get("hint") if isinstance(exc.data, dict) else None
         raise JackinError(f"{host.name}: {exc.message}", hint=hint) from None
+    except AgentClosed:
+        raise HostError(
+            host.name, HostState.UNREACHABLE, "the connection to the host was lost",
+            hint="sessions keep running on the host; run the command again to reconnect",
+        ) from None  # fmt: skip
