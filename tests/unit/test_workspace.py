@@ -1,0 +1,243 @@
+"""What of a workspace travels (real git, real files): tracked, untracked, ignored, secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jackin_remote.core.names import is_valid_name
+from jackin_remote.errors import UsageError
+from jackin_remote.workspace import (
+    is_secret_shaped,
+    scan_workspace,
+    workspace_name,
+    workspace_slug,
+)
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def write(root: Path, rel: str, text: str = "x\n") -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repo with one commit, then: an edit, an untracked file, ignored files, secrets."""
+    root = tmp_path / "My Project"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    write(root, ".gitignore", "build/\n*.log\n.env\n")
+    write(root, "src/app.py", "print(1)\n")
+    write(root, "README.md", "hello\n")
+    write(root, "deploy.pem", "tracked key\n")  # tracked on purpose: it is in the history
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "init")
+    git(root, "remote", "add", "origin", "https://user:token@example.invalid/repo.git")
+    write(root, "src/app.py", "print(2)\n")  # uncommitted edit
+    write(root, "notes.txt")  # untracked, not ignored
+    write(root, "build/out.bin")  # ignored
+    write(root, "debug.log")  # ignored
+    write(root, ".env", "SECRET=1\n")  # ignored and secret-shaped
+    write(root, ".env.local", "SECRET=2\n")  # secret-shaped, not ignored
+    write(root, ".env.example", "SECRET=\n")  # a template: travels
+    write(root, "config/id_ed25519", "key\n")
+    write(root, ".aws/credentials", "[default]\n")
+    write(root, ".jackin/pulled/x", "local state\n")
+    return root
+
+
+def worktree_files(files: tuple[str, ...]) -> list[str]:
+    return [f for f in files if not f.startswith(".git/")]
+
+
+def test_git_working_tree_travels_without_ignored_or_secret_files(repo: Path) -> None:
+    scan = scan_workspace(repo)
+    assert scan.is_git and scan.dirty and scan.branch == "main"
+    assert scan.head == git(repo, "rev-parse", "HEAD")
+    assert worktree_files(scan.files) == [
+        ".env.example", ".gitignore", "README.md", "deploy.pem", "notes.txt", "src/app.py",
+    ]  # fmt: skip
+    assert scan.excluded_secrets == (".aws/credentials", ".env.local", "config/id_ed25519")
+    assert scan.tracked_secrets == ("deploy.pem",)
+    assert any("deploy.pem" in w for w in scan.travel["warnings"])
+    assert scan.travel["working_tree"].startswith("travels")
+    assert scan.total_bytes == sum(os.lstat(repo / f).st_size for f in scan.files)
+
+
+def test_only_the_git_metadata_needed_to_clone_travels(repo: Path) -> None:
+    git_files = [f for f in scan_workspace(repo).files if f.startswith(".git/")]
+    assert ".git/HEAD" in git_files
+    assert any(f.startswith(".git/objects/") for f in git_files)
+    assert any(f.startswith(".git/refs/heads/") for f in git_files)
+    # config may hold credentials in remote URLs; index, hooks, logs are local business.
+    for rel in git_files:
+        assert rel.split("/")[1] in ("HEAD", "objects", "refs", "packed-refs", "shallow"), rel
+    assert ".git/config" not in git_files
+
+
+def test_explicit_include_brings_an_ignored_secret(repo: Path) -> None:
+    scan = scan_workspace(repo, include=[".env", ".env.local"])
+    assert {".env", ".env.local"} <= set(scan.files)
+    assert ".env.local" not in scan.excluded_secrets
+
+
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "../outside", "a/../../b", "", ".git/config", "./x", "missing.txt"]
+)
+def test_bad_include_is_refused_by_name(repo: Path, bad: str) -> None:
+    with pytest.raises(UsageError) as err:
+        scan_workspace(repo, include=[bad])
+    assert repr(bad) in err.value.message
+
+
+def test_include_through_a_symlinked_dir_is_refused(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write(outside, "secret.txt")
+    (repo / "link").symlink_to(outside)
+    with pytest.raises(UsageError, match="symlink"):
+        scan_workspace(repo, include=["link/secret.txt"])
+
+
+def test_deleted_tracked_file_does_not_travel(repo: Path) -> None:
+    (repo / "README.md").unlink()
+    assert "README.md" not in scan_workspace(repo).files
+
+
+def test_manifest_hash_changes_on_edit_and_not_otherwise(repo: Path) -> None:
+    first = scan_workspace(repo).manifest_hash
+    assert scan_workspace(repo).manifest_hash == first
+    write(repo, "build/more.bin")  # ignored: not part of the workspace
+    git(repo, "status")  # may refresh the index: not part of what travels
+    assert scan_workspace(repo).manifest_hash == first
+    path = repo / "src" / "app.py"
+    st = path.stat()
+    path.write_text("print(3)\n")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    assert scan_workspace(repo).manifest_hash != first
+
+
+def test_a_commit_changes_the_hash_even_with_the_same_tree(repo: Path) -> None:
+    first = scan_workspace(repo)
+    git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
+    second = scan_workspace(repo)
+    assert second.head != first.head and second.manifest_hash != first.manifest_hash
+
+
+def test_clean_repo_is_not_dirty(tmp_path: Path) -> None:
+    root = tmp_path / "clean"
+    root.mkdir()
+    git(root, "init", "-q")
+    write(root, "a.txt")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "one")
+    write(root, ".jackin/pulled", "local state")  # never travels: not a change
+    write(root, ".env.local", "S=1")  # left behind: not a change that travels
+    scan = scan_workspace(root)
+    assert not scan.dirty and scan.travel["working_tree"] == "clean"
+    write(root, "a.txt", "staged\n")
+    git(root, "add", "a.txt")
+    assert scan_workspace(root).dirty
+    git(root, "commit", "-q", "-m", "two")
+    (root / "a.txt").unlink()
+    assert scan_workspace(root).dirty
+
+
+def test_unborn_repo_has_no_head(tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    root.mkdir()
+    git(root, "init", "-q")
+    write(root, "a.txt")
+    scan = scan_workspace(root)
+    assert scan.is_git and scan.head is None and scan.dirty and "a.txt" in scan.files
+
+
+def test_plain_directory_travels_minus_secrets_and_jackin_state(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    write(root, "a.txt")
+    write(root, "sub/b.txt")
+    write(root, ".env", "S=1\n")
+    write(root, "server.key")
+    write(root, ".ssh/config")
+    write(root, ".jackin/state")
+    write(root, "vendor/lib/.git/config", "[remote] url = https://u:p@x\n")
+    write(root, "vendor/lib/code.c")
+    (root / "link-to-sub").symlink_to("sub")
+    scan = scan_workspace(root)
+    assert not scan.is_git and scan.head is None and not scan.dirty
+    assert scan.files == ("a.txt", "link-to-sub", "sub/b.txt", "vendor/lib/code.c")
+    assert scan.excluded_secrets == (".env", ".ssh/config", "server.key")
+    assert scan.skipped == ("vendor/lib/.git",)
+
+
+def test_worktree_is_refused(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", str(other))
+    with pytest.raises(UsageError, match="worktree"):
+        scan_workspace(other)
+
+
+def test_subdirectory_of_a_repo_is_refused(repo: Path) -> None:
+    with pytest.raises(UsageError, match="top level"):
+        scan_workspace(repo / "src")
+
+
+@pytest.mark.parametrize("missing", ["does-not-exist", "file.txt"])
+def test_missing_or_non_directory_path_is_named(tmp_path: Path, missing: str) -> None:
+    write(tmp_path, "file.txt")
+    with pytest.raises(UsageError) as err:
+        scan_workspace(tmp_path / missing)
+    assert missing in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("path", "secret"),
+    [
+        (".env", True), (".env.local", True), (".envrc", True), ("app/.env.production", True),
+        (".env.example", False), (".env.sample", False), (".env.template", False),
+        ("certs/server.PEM", True), ("tls.key", True), ("id_rsa", True), ("id_ed25519.pub", True),
+        (".netrc", True), (".npmrc", True), (".pypirc", True), ("cert.p12", True),
+        ("cert.pfx", True), ("gcp/credentials.json", True), (".aws/config", True),
+        ("home/.ssh/known_hosts", True), ("vault.kdbx", True), ("secrets.yaml", True),
+        ("src/keyboard.py", False), ("environment.md", False), ("docs/secrets-guide.md", False),
+    ],
+)  # fmt: skip
+def test_secret_shapes(path: str, secret: bool) -> None:
+    assert is_secret_shaped(path) is secret
+
+
+@pytest.mark.parametrize(
+    ("basename", "slug"),
+    [
+        ("My Project", "my-project"),
+        ("api__server!!", "api-server"),
+        ("2024-report", "w-2024-report"),
+        ("---", "w"),
+        ("", "w"),
+        ("Ünïcode", "n-code"),
+        ("a" * 60, "a" * 40),
+        ("x" * 39 + "-tail", "x" * 39),
+    ],
+)
+def test_slug_rules(basename: str, slug: str) -> None:
+    assert workspace_slug(basename) == slug
+
+
+def test_workspace_name_is_valid_and_unique_per_path(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "app", tmp_path / "b" / "app"
+    name_a, name_b = workspace_name(a), workspace_name(b)
+    assert name_a.startswith("app-") and name_b.startswith("app-") and name_a != name_b
+    assert is_valid_name(name_a) and len(name_a) == len("app-") + 6
+    assert is_valid_name(workspace_name(tmp_path / ("9" * 80)))
