@@ -12,20 +12,23 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from agent_host import AGENT_VERSION
 
 PROBE_TIMEOUT = 5.0
 
 
-def _first_line(argv: list) -> Optional[str]:
+def _first_line(argv: List[str]) -> Optional[str]:
     """First line of a command's output, or None if it is missing or fails."""
     if shutil.which(argv[0]) is None:
         return None
     try:
         done = subprocess.run(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PROBE_TIMEOUT,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=PROBE_TIMEOUT,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):

@@ -7,6 +7,7 @@ Python 3.9 compatible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import traceback
@@ -67,7 +68,7 @@ class Server:
         self._write_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._greeted = False
-        self._futures: Dict[Any, Future] = {}
+        self._futures: Dict[Any, "Future[None]"] = {}
         self.abandonable: Set[Any] = set()
         self.closed = threading.Event()
         self._out_broken = False
@@ -114,21 +115,39 @@ class Server:
         method = message.get("method")
         params = message.get("params", {})
         if not isinstance(method, str) or not isinstance(params, dict):
-            self.send(protocol.error(request_id, RemoteError(
-                protocol.E_BAD_REQUEST, "a request needs a string 'method' and object 'params'")))
+            self.send(
+                protocol.error(
+                    request_id,
+                    RemoteError(
+                        protocol.E_BAD_REQUEST,
+                        "a request needs a string 'method' and object 'params'",
+                    ),
+                )
+            )
             return
         if method == "hello":
             self._reply(request_id, self._hello, params)
             return
         if not self._greeted:
-            self.send(protocol.error(request_id, RemoteError(
-                protocol.E_PROTOCOL_MISMATCH, "the first request must be 'hello'")))
+            self.send(
+                protocol.error(
+                    request_id,
+                    RemoteError(protocol.E_PROTOCOL_MISMATCH, "the first request must be 'hello'"),
+                )
+            )
             return
         handler = self.handlers.get(method)
         if handler is None:
-            self.send(protocol.error(request_id, RemoteError(
-                protocol.E_UNKNOWN_METHOD, "unknown method %r" % method,
-                {"methods": sorted(self.handlers)})))
+            self.send(
+                protocol.error(
+                    request_id,
+                    RemoteError(
+                        protocol.E_UNKNOWN_METHOD,
+                        "unknown method %r" % method,
+                        {"methods": sorted(self.handlers)},
+                    ),
+                )
+            )
             return
         context = Context(self, request_id)
         future = self._pool.submit(self._reply, request_id, lambda p: handler(context, p), params)
@@ -143,16 +162,20 @@ class Server:
         except RemoteError as exc:
             message = protocol.error(request_id, exc)
         except Exception as exc:  # a bug: report it typed, keep serving
-            message = protocol.error(request_id, RemoteError(
-                protocol.E_INTERNAL, "%s: %s" % (type(exc).__name__, exc),
-                {"traceback": traceback.format_exc(limit=8)}))
+            message = protocol.error(
+                request_id,
+                RemoteError(
+                    protocol.E_INTERNAL,
+                    "%s: %s" % (type(exc).__name__, exc),
+                    {"traceback": traceback.format_exc(limit=8)},
+                ),
+            )
         else:
             message = protocol.result(request_id, value)
         if request_id is not None:
-            try:
+            # If the controller is gone, the work itself is still done and recorded.
+            with contextlib.suppress(ChannelClosed):
                 self.send(message)
-            except ChannelClosed:
-                pass  # the controller is gone; the work itself is done and recorded
 
     def _hello(self, params: Message) -> Message:
         theirs = params.get("protocol")

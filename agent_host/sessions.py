@@ -43,11 +43,11 @@ def _docker() -> Any:
         import docker
         from docker.errors import DockerException
     except ImportError as exc:  # pragma: no cover - vendored in the zipapp
-        raise RemoteError(E_DOCKER_UNAVAILABLE, "docker SDK missing: %s" % exc)
+        raise RemoteError(E_DOCKER_UNAVAILABLE, "docker SDK missing: %s" % exc) from None
     try:
         return docker.from_env(timeout=120)
     except DockerException as exc:
-        raise RemoteError(E_DOCKER_UNAVAILABLE, "docker engine not usable: %s" % exc)
+        raise RemoteError(E_DOCKER_UNAVAILABLE, "docker engine not usable: %s" % exc) from None
 
 
 def _not_found() -> Any:
@@ -81,9 +81,7 @@ def check_spec(spec: Message) -> Message:
     if spec.get("security_opt") != list(ALLOWED_SECURITY_OPT):
         raise RemoteError(E_INVALID_PARAMS, "spec.security_opt must be ['no-new-privileges']")
     command = spec.get("command")
-    if not isinstance(command, list) or not command or not all(
-        isinstance(a, str) for a in command
-    ):
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise RemoteError(E_INVALID_PARAMS, "spec.command must be a non-empty list of strings")
     for name, value in (spec.get("env") or {}).items():
         if not _ENV_NAME.match(name) or not isinstance(value, str):
@@ -112,21 +110,38 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         store.insert(_record(spec, os.getpid()))
         try:
             checkout = _checkout(ctx.root, spec)
-            store.update(session_id, base_commit=spec.get("base_commit"), spec=_spec_with(
-                spec, launch_commit=checkout.get("launch_commit")))
+            store.update(
+                session_id,
+                base_commit=spec.get("base_commit"),
+                spec=_spec_with(spec, launch_commit=checkout.get("launch_commit")),
+            )
             image, uid, gid = _image_for_host_user(ctx, client, spec)
             work = layout.work_dir(ctx.root, session_id)
             if os.getuid() == 0 and uid != 0:
                 _chown_tree(work, uid, gid)
             container = _run_container(client, spec, secrets, image, work, uid, gid)
         except Exception as exc:
-            message = exc.message if isinstance(exc, RemoteError) else "%s: %s" % (
-                type(exc).__name__, exc)
-            store.update(session_id, state="failed_setup", error=message[:2000],
-                         finished_at=time.time(), owner_pid=None)
+            message = (
+                exc.message
+                if isinstance(exc, RemoteError)
+                else "%s: %s" % (type(exc).__name__, exc)
+            )
+            store.update(
+                session_id,
+                state="failed_setup",
+                error=message[:2000],
+                finished_at=time.time(),
+                owner_pid=None,
+            )
             raise
-        store.update(session_id, state="running", started_at=time.time(), owner_pid=None,
-                     image=image, agent_status=agent_status("running", spec["mode"]))
+        store.update(
+            session_id,
+            state="running",
+            started_at=time.time(),
+            owner_pid=None,
+            image=image,
+            agent_status=agent_status("running", spec["mode"]),
+        )
         return _public(store.get(session_id), {"container_id": container.id[:12]})
     finally:
         store.close()
@@ -191,20 +206,27 @@ def _build_uid_image(client: Any, base: str, tag: str, user: str, uid: int, gid:
     dockerfile = (
         "FROM %s\nUSER root\n"
         "RUN sed -i -E 's/^(%s:[^:]*):[0-9]+:[0-9]+:/\\1:%d:%d:/' /etc/passwd && "
-        "grp=$(id -gn %s) && sed -i -E \"s/^($grp:[^:]*):[0-9]+:/\\1:%d:/\" /etc/group && "
+        'grp=$(id -gn %s) && sed -i -E "s/^($grp:[^:]*):[0-9]+:/\\1:%d:/" /etc/group && '
         "home=$(getent passwd %s | cut -d: -f6) && "
-        "{ [ ! -d \"$home\" ] || chown -R %d:%d \"$home\"; }\n"
+        '{ [ ! -d "$home" ] || chown -R %d:%d "$home"; }\n'
         "USER %s\n" % (base, user, uid, gid, user, gid, user, uid, gid, user)
     ).encode()
     try:
-        client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, forcerm=True,
-                            labels={"jackin.managed": "true"}, pull=False)
+        client.images.build(
+            fileobj=io.BytesIO(dockerfile),
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            labels={"jackin.managed": "true"},
+            pull=False,
+        )
     except Exception as exc:
-        raise RemoteError(E_FAILED, "could not map %s to the host uid: %s" % (user, exc))
+        raise RemoteError(E_FAILED, "could not map %s to the host uid: %s" % (user, exc)) from None
 
 
-def _run_container(client: Any, spec: Message, secrets: Dict[str, str], image: str, work: str,
-                   uid: int, gid: int) -> Any:
+def _run_container(
+    client: Any, spec: Message, secrets: Dict[str, str], image: str, work: str, uid: int, gid: int
+) -> Any:
     env = dict(spec.get("env") or {})
     env.update(secrets)
     tmpfs = {}
@@ -241,7 +263,7 @@ def _run_container(client: Any, spec: Message, secrets: Dict[str, str], image: s
     try:
         return client.containers.run(image, **kwargs)
     except DockerException as exc:
-        raise RemoteError(E_FAILED, "docker could not start the sandbox: %s" % exc)
+        raise RemoteError(E_FAILED, "docker could not start the sandbox: %s" % exc) from None
 
 
 # -- list / reconcile ------------------------------------------------------------------------
@@ -262,8 +284,9 @@ def _container_states(client: Any) -> Dict[str, Dict[str, Any]]:
     return states
 
 
-def derive_state(record: Dict[str, Any], container: Optional[Dict[str, Any]], now: float,
-                 owner_alive: bool) -> Tuple[str, Optional[int]]:
+def derive_state(
+    record: Dict[str, Any], container: Optional[Dict[str, Any]], now: float, owner_alive: bool
+) -> Tuple[str, Optional[int]]:
     """The lifecycle state a record has given what docker says. Pure: tested without docker."""
     state = record["state"]
     if state in ("failed_setup", "purged"):
@@ -313,7 +336,8 @@ def _stats(container: Any) -> Dict[str, Any]:
     cpu = stats.get("cpu_stats") or {}
     pre = stats.get("precpu_stats") or {}
     cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (
-        pre.get("cpu_usage") or {}).get("total_usage", 0)
+        pre.get("cpu_usage") or {}
+    ).get("total_usage", 0)
     system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
     online = cpu.get("online_cpus") or 1
     percent = (cpu_delta / system_delta) * online * 100.0 if system_delta > 0 else 0.0
@@ -363,20 +387,44 @@ def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str,
 
     with ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
         results = list(pool.map(lambda pair: _stats(pair[1]), running))
-    by_id = {record["id"]: stats for (record, _), stats in zip(running, results)}
+    ids = [record["id"] for record, _ in running]
+    by_id = dict(zip(ids, results))  # noqa: B905 - python 3.9 has no zip(strict=)
     for entry in out:
         entry.update(by_id.get(entry["id"], {}))
 
 
-def _public(record: Optional[Dict[str, Any]], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def _public(
+    record: Optional[Dict[str, Any]], extra: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """A record as the controller sees it: no spec internals beyond what `ls` shows."""
     if record is None:
         raise RemoteError(E_NOT_FOUND, "no such session")
     spec = record.get("spec") or {}
-    entry = {key: record.get(key) for key in (
-        "id", "name", "workspace", "role", "runtime", "image", "container", "mode", "isolation",
-        "state", "agent_status", "branch", "base_commit", "pulled_commit", "exit_code", "error",
-        "created_at", "started_at", "finished_at", "updated_at")}
+    entry = {
+        key: record.get(key)
+        for key in (
+            "id",
+            "name",
+            "workspace",
+            "role",
+            "runtime",
+            "image",
+            "container",
+            "mode",
+            "isolation",
+            "state",
+            "agent_status",
+            "branch",
+            "base_commit",
+            "pulled_commit",
+            "exit_code",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+        )
+    }
     entry["task"] = spec.get("task")
     entry["network"] = spec.get("network")
     entry["launch_commit"] = spec.get("launch_commit")
@@ -414,7 +462,7 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
     try:
         container = client.containers.get(record["container"])
     except _not_found():
-        raise RemoteError(E_NOT_FOUND, "the container of %s is gone" % record["id"])
+        raise RemoteError(E_NOT_FOUND, "the container of %s is gone" % record["id"]) from None
     if record["mode"] == "interactive":
         return {"text": _tmux_capture(container)}
     if not params.get("follow"):
@@ -428,7 +476,7 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
 
 def _tmux_capture(container: Any) -> str:
     result = container.exec_run(["tmux", "capture-pane", "-p", "-t", "jackin", "-S", "-2000"])
-    return result.output.decode(errors="replace")
+    return str(result.output.decode(errors="replace"))
 
 
 # -- stop / rm -------------------------------------------------------------------------------
@@ -445,8 +493,13 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
         except _not_found():
             code = record.get("exit_code")
         if record["state"] in ("starting", "running"):
-            store.update(record["id"], state="stopped", exit_code=code, finished_at=time.time(),
-                         agent_status="unknown")
+            store.update(
+                record["id"],
+                state="stopped",
+                exit_code=code,
+                finished_at=time.time(),
+                agent_status="unknown",
+            )
         return _public(store.get(record["id"]))
     finally:
         store.close()
@@ -477,8 +530,10 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
             raise RemoteError(
                 E_CONFLICT,
                 "session %s has work that was not pulled" % record["id"],
-                {"hint": "run `jackin-remote pull %s` first, or rm --force to discard it"
-                 % record["id"]},
+                {
+                    "hint": "run `jackin-remote pull %s` first, or rm --force to discard it"
+                    % record["id"]
+                },
             )
         client = _docker()
         try:
@@ -512,8 +567,9 @@ def attach_command(root: str, session_id: str) -> List[str]:
     if record is None:
         raise RemoteError(E_NOT_FOUND, "no session %s on this host" % session_id)
     if record["mode"] != "interactive":
-        raise RemoteError(E_CONFLICT, "session %s runs headless on a task: use logs -f"
-                          % session_id)
+        raise RemoteError(
+            E_CONFLICT, "session %s runs headless on a task: use logs -f" % session_id
+        )
     return ["docker", "exec", "-it", record["container"], "tmux", "attach", "-t", "jackin"]
 
 

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     container TEXT NOT NULL,
     mode TEXT NOT NULL,              -- task | interactive
     isolation TEXT NOT NULL,         -- clone | copy
-    state TEXT NOT NULL,             -- starting, running, exited, crashed, failed_setup, stopped, purged
+    -- starting, running, exited, crashed, failed_setup, stopped, purged
+    state TEXT NOT NULL,
     agent_status TEXT NOT NULL DEFAULT 'unknown',
     branch TEXT,
     base_commit TEXT,
@@ -42,17 +43,37 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 COLUMNS = (
-    "id", "name", "workspace", "role", "runtime", "image", "container", "mode", "isolation",
-    "state", "agent_status", "branch", "base_commit", "pulled_commit", "exit_code", "error",
-    "owner_pid", "created_at", "started_at", "finished_at", "updated_at", "spec",
+    "id",
+    "name",
+    "workspace",
+    "role",
+    "runtime",
+    "image",
+    "container",
+    "mode",
+    "isolation",
+    "state",
+    "agent_status",
+    "branch",
+    "base_commit",
+    "pulled_commit",
+    "exit_code",
+    "error",
+    "owner_pid",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "spec",
 )
 
 
 class Store:
     def __init__(self, root: str) -> None:
         os.makedirs(root, mode=0o700, exist_ok=True)
-        self._db = sqlite3.connect(layout.state_db(root), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            layout.state_db(root), timeout=30, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)

@@ -207,13 +207,15 @@ class Pool:
         return HostResult(host, HostState.OK, value=value, seconds=time.perf_counter() - start)
 
     async def close(self) -> None:
-        for task in self._agents.values():
-            if task.done() and not task.exception() and task.result().started:
-                await task.result().agent.close()
+        for agent_task in self._agents.values():
+            if _succeeded(agent_task) and agent_task.result().started:
+                await agent_task.result().agent.close()
         for conn_task in self._conns.values():
-            if conn_task.done() and not conn_task.exception():
+            if _succeeded(conn_task):
                 conn_task.result().close()
-        for task in [*self._agents.values(), *self._links.values(), *self._conns.values()]:
+        pending: list[asyncio.Task[Any]] = [*self._agents.values(), *self._links.values(),
+                                            *self._conns.values()]  # fmt: skip
+        for task in pending:
             if not task.done():
                 task.cancel()
             elif not task.cancelled():
@@ -224,6 +226,10 @@ class Pool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _succeeded(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 def _adhoc_jump_host(host: Host) -> Host:

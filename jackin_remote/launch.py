@@ -234,8 +234,14 @@ async def _apply_host(
             # The host recorded it (failed_setup) unless the spec was refused outright.
             return _failed(contract, exc.message, state="failed_setup")
         store.record(host.name, entry, workspace_path=str(prepared.scan.path))
-        return {"id": session_id, "host": host.name, "state": entry["state"],
-                "container": entry["container"], "branch": entry.get("branch"), "error": None}
+        return {
+            "id": session_id,
+            "host": host.name,
+            "state": entry["state"],
+            "container": entry["container"],
+            "branch": entry.get("branch"),
+            "error": None,
+        }
 
     return list(await asyncio.gather(*(create(c) for c in items)))
 

@@ -55,8 +55,13 @@ async def find_session(
     return row, host_of(inventory, row)
 
 
-async def call(pool: Pool, host: Host, method: str, params: dict[str, Any],
-               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
+async def call(
+    pool: Pool,
+    host: Host,
+    method: str,
+    params: dict[str, Any],
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Any:
     link = await pool.agent(host)
     try:
         return await link.agent.call(method, params, on_event=on_event)

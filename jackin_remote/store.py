@@ -39,11 +39,11 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         sessions = self.db.table("sessions")
         if not sessions.exists():
-            sessions.create(SESSION_COLUMNS, pk="key")  # type: ignore[union-attr]
-            sessions.create_index(["id"])  # type: ignore[union-attr]
+            sessions.create(SESSION_COLUMNS, pk="key")
+            sessions.create_index(["id"])
         hosts = self.db.table("hosts")
         if not hosts.exists():
-            hosts.create(HOST_COLUMNS, pk="name")  # type: ignore[union-attr]
+            hosts.create(HOST_COLUMNS, pk="name")
 
     @classmethod
     def open_existing(cls) -> Store | None:
@@ -55,7 +55,7 @@ class Store:
         row = {key: entry.get(key) for key in SESSION_COLUMNS if key in entry}
         row.update(extra)
         row.update(key=f"{host}/{entry['id']}", host=host, host_state="ok", last_seen=time.time())
-        self.db.table("sessions").upsert(row, pk="key", alter=False)  # type: ignore[union-attr]
+        self.db.table("sessions").upsert(row, pk="key", alter=False)
 
     def merge_host(self, host: str, entries: Iterable[dict[str, Any]]) -> None:
         """Replace what we know of `host` with what it just told us."""
@@ -69,7 +69,7 @@ class Store:
             self.db.execute(
                 f"DELETE FROM sessions WHERE host = ? AND key NOT IN ({marks})", [host, *seen]
             )
-            self.db.table("hosts").upsert(  # type: ignore[union-attr]
+            self.db.table("hosts").upsert(
                 {"name": host, "state": "ok", "last_contact": now, "error": None, "checked": now},
                 pk="name",
             )
@@ -78,10 +78,8 @@ class Store:
         """The host did not answer: its sessions become `lost`, keeping their last-known data."""
         now = time.time()
         with self.db.conn:
-            self.db.execute(
-                "UPDATE sessions SET host_state = ? WHERE host = ?", [state, host]
-            )
-            self.db.table("hosts").upsert(  # type: ignore[union-attr]
+            self.db.execute("UPDATE sessions SET host_state = ? WHERE host = ?", [state, host])
+            self.db.table("hosts").upsert(
                 {"name": host, "state": state, "error": error, "checked": now}, pk="name"
             )
 

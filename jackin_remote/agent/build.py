@@ -23,7 +23,7 @@ VENDORED = ("docker", "requests", "urllib3", "idna", "certifi", "charset_normali
 HASH_LEN = 16
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
-MAIN = '''\
+MAIN = """\
 import os, sys
 _archive = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_archive, os.path.join(_archive, "_vendor")]
@@ -33,7 +33,7 @@ from agent_host.main import main
 _name = os.path.basename(_archive)
 _hash = _name[len("jackin-agent-"):-len(".pyz")] if _name.startswith("jackin-agent-") else None
 sys.exit(main(agent_hash=_hash))
-'''
+"""
 
 
 @dataclass(frozen=True)

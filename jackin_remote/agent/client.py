@@ -79,7 +79,7 @@ class AgentClient:
         request_id = message.get("id")
         if request_id is None:
             params = message.get("params") or {}
-            listener = self._listeners.get(params.get("request_id"))
+            listener = self._listeners.get(int(params.get("request_id") or 0))
             if listener is not None:
                 listener(str(message.get("method")), params)
             return
@@ -89,9 +89,7 @@ class AgentClient:
         if "error" in message:
             err = message["error"] or {}
             future.set_exception(
-                RemoteError(
-                    str(err.get("code")), str(err.get("message")), err.get("data")
-                )
+                RemoteError(str(err.get("code")), str(err.get("message")), err.get("data"))
             )
         else:
             future.set_result(message.get("result"))

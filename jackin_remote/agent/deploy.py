@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from agent_host.protocol import RemoteError
-from jackin_remote.agent.build import AgentArtifact
+from jackin_remote.agent.build import HASH_LEN, AgentArtifact
 from jackin_remote.agent.client import AgentClient, AgentClosed
 from jackin_remote.transport.base import Transport
 
@@ -27,6 +27,11 @@ class DeployError(Exception):
     pass
 
 
+REQUIRE_PYTHON = (
+    f"command -v python3 >/dev/null 2>&1 || {{ echo 'python3 not found' >&2; exit {NO_PYTHON}; }}"
+)
+
+
 def root_prelude(root: str) -> str:
     """sh lines that set $root, expanding a leading ~ on the host (the value is quoted)."""
     return (
@@ -39,7 +44,7 @@ def serve_script(root: str, artifact: AgentArtifact) -> str:
     return root_prelude(root) + (
         f'agent="$root/agent/{artifact.filename}"\n'
         f'[ -f "$agent" ] || exit {MISSING}\n'
-        f"command -v python3 >/dev/null 2>&1 || {{ echo 'python3 not found' >&2; exit {NO_PYTHON}; }}\n"
+        f"{REQUIRE_PYTHON}\n"
         f'exec env -i HOME="$HOME" USER="$(id -un)" LANG=C.UTF-8 PATH={CLEAN_PATH} '
         'python3 -I "$agent" serve --root "$root"\n'
     )
@@ -48,11 +53,10 @@ def serve_script(root: str, artifact: AgentArtifact) -> str:
 def install_script(root: str, artifact: AgentArtifact) -> str:
     check = (
         "import hashlib,sys;"
-        "print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()[:%d])"
-        % len(artifact.content_hash)
+        f"print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()[:{HASH_LEN}])"
     )
     return root_prelude(root) + (
-        f"command -v python3 >/dev/null 2>&1 || {{ echo 'python3 not found' >&2; exit {NO_PYTHON}; }}\n"
+        f"{REQUIRE_PYTHON}\n"
         'umask 077; mkdir -p "$root/agent" || exit 1\n'
         'tmp="$root/agent/.incoming.$$"\n'
         'cat > "$tmp" || { rm -f "$tmp"; exit 1; }\n'

@@ -58,7 +58,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def fail(error: JackinError, *, as_json: bool = False) -> NoReturn:
     if as_json:
-        print_json(error={"message": error.message, "hint": error.hint, "type": type(error).__name__})
+        print_json(
+            error={"message": error.message, "hint": error.hint, "type": type(error).__name__}
+        )
     else:
         err.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
         if error.hint:

@@ -21,9 +21,15 @@ from jackin_remote.cli.common import (
 from jackin_remote.errors import JackinError
 
 JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
-ON = typer.Option("local", "--on", help="Host, group, label:X or all; sessions go to the "
-                  "least-loaded matching host with free capacity.")
-ROLE = typer.Option(..., "--role", help="Role directory or git URL (jackin.role.toml + Dockerfile).")
+ON = typer.Option(
+    "local",
+    "--on",
+    help="Host, group, label:X or all; sessions go to the "
+    "least-loaded matching host with free capacity.",
+)
+ROLE = typer.Option(
+    ..., "--role", help="Role directory or git URL (jackin.role.toml + Dockerfile)."
+)
 RUNTIME = typer.Option("shell", "--runtime", help="claude|codex|amp|opencode|gemini|shell|demo")
 TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
 TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
@@ -32,16 +38,31 @@ ENV = typer.Option([], "--env", help="KEY=VALUE plain setting for the sandbox (r
 COUNT = typer.Option(1, "--count", help="Launch N sessions across the matching hosts.")
 ISOLATION = typer.Option(None, "--isolation", help="clone (git, default) | copy.")
 NAME = typer.Option(None, "--name", help="A name for the session (lowercase, digits, '-').")
-KEY_FROM = typer.Option(None, "--key-from", help="Laptop env var holding the runtime's API key "
-                        "(default: the runtime's own, e.g. ANTHROPIC_API_KEY).")
+KEY_FROM = typer.Option(
+    None,
+    "--key-from",
+    help="Laptop env var holding the runtime's API key "
+    "(default: the runtime's own, e.g. ANTHROPIC_API_KEY).",
+)
 INCLUDE = typer.Option([], "--include", help="Send this secret-shaped file anyway (repeatable).")
 WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
 
 
-def _options(on: str, role: str, runtime: str, workspace: Path, task: str | None,
-             task_file: Path | None, network: str, env: list[str], count: int,
-             isolation: str | None, name: str | None, key_from: str | None,
-             include: list[str]) -> Any:
+def _options(
+    on: str,
+    role: str,
+    runtime: str,
+    workspace: Path,
+    task: str | None,
+    task_file: Path | None,
+    network: str,
+    env: list[str],
+    count: int,
+    isolation: str | None,
+    name: str | None,
+    key_from: str | None,
+    include: list[str],
+) -> Any:
     from jackin_remote.launch import LaunchOptions, read_task
 
     return LaunchOptions(
@@ -126,9 +147,11 @@ def launch(
                 err.print(f"[red]{entry['id']} on {entry['host']}: {entry['state']}:[/] "
                           f"{entry['error']}")  # fmt: skip
             else:
-                out.print(f"[green]launched[/] {entry['id']} on {entry['host']} "
-                          f"({entry['container']})" + (f", branch {entry['branch']}"
-                                                       if entry.get("branch") else ""))
+                out.print(
+                    f"[green]launched[/] {entry['id']} on {entry['host']} "
+                    f"({entry['container']})"
+                    + (f", branch {entry['branch']}" if entry.get("branch") else "")
+                )
     if any(entry["error"] for entry in results):
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
@@ -192,8 +215,9 @@ def _session_json(row: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _session_call(ctx: typer.Context, ref: str, method: str, params: dict[str, Any],
-                  on_event: Any = None) -> tuple[dict[str, Any], Any]:
+def _session_call(
+    ctx: typer.Context, ref: str, method: str, params: dict[str, Any], on_event: Any = None
+) -> tuple[dict[str, Any], Any]:
     from jackin_remote.fleet import Pool
     from jackin_remote.sessions import call, find_session
     from jackin_remote.store import Store
@@ -274,20 +298,24 @@ def rm(
 
 def attach(ctx: typer.Context, session: str) -> None:
     """Attach this terminal to an interactive session's tmux (detach: Ctrl-b d)."""
+    from jackin_remote.agent.deploy import attach_script
     from jackin_remote.fleet import Pool
     from jackin_remote.sessions import find_session
     from jackin_remote.store import Store
+    from jackin_remote.sync import openssh_target
+    from jackin_remote.transport.openssh import openssh_argv
 
     inventory = load(ctx)
 
     async def go() -> list[str]:
         async with Pool(inventory) as pool:
             row, host = await find_session(pool, inventory, Store(), session)
-            link = await pool.agent(host)
-            from jackin_remote.agent.deploy import attach_script
-
-            return link.transport.interactive_argv(attach_script(host.root, pool.artifact(),
-                                                                 row["id"]))
+            await pool.agent(host)  # the agent that checks the session is on the host
+            script = attach_script(host.root, pool.artifact(), row["id"])
+            if host.is_local:
+                return ["/bin/sh", "-c", script]
+            # OpenSSH for a real terminal, pinned to the key our connection verified.
+            return openssh_argv(await openssh_target(pool, host), script, tty=True)
 
     try:
         argv = run(go())
@@ -299,8 +327,11 @@ def attach(ctx: typer.Context, session: str) -> None:
 def pull(
     ctx: typer.Context,
     session: str,
-    workspace: Path | None = typer.Option(None, "--workspace", help="Local repo to pull into "
-                                          "(default: where the session was launched from)."),
+    workspace: Path | None = typer.Option(
+        None,
+        "--workspace",
+        help="Local repo to pull into (default: where the session was launched from).",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Bring a session's work back: branch jackin/<session> (git) or .jackin/pulled/<session>/."""

@@ -109,9 +109,19 @@ class Contract:
     spec: dict[str, Any] = field(default_factory=dict)  # what the host agent creates
 
     SECTIONS = (
-        "identity", "routing", "filesystem", "credentials", "network", "docker_access",
-        "service_ports", "limits", "persistence", "plan", "recovery", "warnings",
-    )  # fmt: skip
+        "identity",
+        "routing",
+        "filesystem",
+        "credentials",
+        "network",
+        "docker_access",
+        "service_ports",
+        "limits",
+        "persistence",
+        "plan",
+        "recovery",
+        "warnings",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.SECTIONS}
@@ -191,9 +201,7 @@ def pick_isolation(requested: str | None, workspace: WorkspaceRef) -> Isolation:
     if requested not in ("clone", "copy"):
         raise ContractError(f"--isolation {requested!r}: expected clone or copy")
     if requested == "clone" and not workspace.is_git:
-        raise ContractError(
-            "--isolation clone needs a git workspace", hint="use --isolation copy"
-        )
+        raise ContractError("--isolation clone needs a git workspace", hint="use --isolation copy")
     return "clone" if requested == "clone" else "copy"
 
 
@@ -245,17 +253,35 @@ def resolve_contract(
                 "isolation": isolation,
                 "note": (
                     f"own clone on branch {branch}; synced from the laptop via {mirror}"
-                    if branch else f"own copy of the workspace; synced via {mirror}"
+                    if branch
+                    else f"own copy of the workspace; synced via {mirror}"
                 ),
             },
-            {"laptop": None, "host": "docker-init (the engine's)", "container":
-             "/usr/sbin/docker-init", "mode": "ro", "isolation": "shared",
-             "note": "the engine's tiny init (PID 1: reaps zombies), bind-mounted read-only"},
-            {"laptop": None, "host": None, "container": "/tmp", "mode": "tmpfs",
-             "isolation": "ephemeral", "note": "discarded when the container stops"},
-            {"laptop": None, "host": None, "container": home, "mode": "tmpfs",
-             "isolation": "ephemeral", "note": "agent home; discarded when the container stops"},
-        ],  # fmt: skip
+            {
+                "laptop": None,
+                "host": "docker-init (the engine's)",
+                "container": "/usr/sbin/docker-init",
+                "mode": "ro",
+                "isolation": "shared",
+                "note": "the engine's tiny init (PID 1: reaps zombies), bind-mounted read-only",
+            },
+            {
+                "laptop": None,
+                "host": None,
+                "container": "/tmp",
+                "mode": "tmpfs",
+                "isolation": "ephemeral",
+                "note": "discarded when the container stops",
+            },
+            {
+                "laptop": None,
+                "host": None,
+                "container": home,
+                "mode": "tmpfs",
+                "isolation": "ephemeral",
+                "note": "agent home; discarded when the container stops",
+            },
+        ],
         "root_filesystem": "read-only (the role image)",
         "engine_files": ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"],
         "working_tree": _working_tree_note(workspace),
@@ -264,28 +290,47 @@ def resolve_contract(
     }
 
     network = (
-        {"policy": "none", "enforcement": "host-enforced",
-         "enforced_by": "the container engine on the host: the sandbox has only a loopback "
-                        "interface", "reaches": []}
+        {
+            "policy": "none",
+            "enforcement": "host-enforced",
+            "enforced_by": "the container engine on the host: the sandbox has only a loopback "
+            "interface",
+            "reaches": [],
+        }
         if request.network == "none"
-        else {"policy": "open", "enforcement": "open",
-              "enforced_by": "nothing: the sandbox uses the engine's default bridge",
-              "reaches": ["the internet", "the host's network, incl. services on the bridge"]}
-    )  # fmt: skip
+        else {
+            "policy": "open",
+            "enforcement": "open",
+            "enforced_by": "nothing: the sandbox uses the engine's default bridge",
+            "reaches": ["the internet", "the host's network, incl. services on the bridge"],
+        }
+    )
 
     plan = [
-        Effect("start the host agent (deploy it if missing or outdated)",
-               f"{root}/agent/", "if missing"),
-        Effect("sync the workspace (rsync; skipped when the manifest hash matches)",
-               mirror, "if changed"),
-        Effect(f"upload the role and build image {role.image}",
-               f"{root}/roles/{role.name}/{role.content_hash[:12]}", "if missing"),
+        Effect(
+            "start the host agent (deploy it if missing or outdated)",
+            f"{root}/agent/",
+            "if missing",
+        ),
+        Effect(
+            "sync the workspace (rsync; skipped when the manifest hash matches)",
+            mirror,
+            "if changed",
+        ),
+        Effect(
+            f"upload the role and build image {role.image}",
+            f"{root}/roles/{role.name}/{role.content_hash[:12]}",
+            "if missing",
+        ),
         Effect("record the session (state: starting)", f"{root}/state.db"),
-        Effect(f"create the session checkout ({isolation}"
-               + (f", branch {branch})" if branch else ")"), work),
+        Effect(
+            f"create the session checkout ({isolation}"
+            + (f", branch {branch})" if branch else ")"),
+            work,
+        ),
         Effect(f"create and start container {name}", f"docker engine on {target.host}"),
         Effect("record the session on the laptop", "local state db (a cache)"),
-    ]  # fmt: skip
+    ]
 
     warnings = [
         "A Docker container is not a microVM: the sandbox shares the host's kernel, and a "
@@ -363,15 +408,19 @@ def resolve_contract(
             "host": target.host,
             "candidates": list(target.candidates),
             "transport": target.transport,
-            "workspace": {"name": workspace.name, "path": workspace.path,
-                          "branch": workspace.branch, "head": workspace.head},
+            "workspace": {
+                "name": workspace.name,
+                "path": workspace.path,
+                "branch": workspace.branch,
+                "head": workspace.head,
+            },
             "role": {"name": role.name, "source": role.source, "hash": role.content_hash},
             "runtime": runtime.name,
             "mode": mode,
             "task": request.task,
             "image": role.image,
             "container": name,
-        },  # fmt: skip
+        },
         routing={
             "backend": target.backend,
             "why": f"the backend set for host {target.host} in the inventory",
@@ -387,28 +436,36 @@ def resolve_contract(
         },
         service_ports=[],
         limits={
-            "memory": target.memory, "cpus": target.cpus, "pids": target.pids,
-            "user": f"{role.user} (non-root)", "capabilities": "all dropped",
+            "memory": target.memory,
+            "cpus": target.cpus,
+            "pids": target.pids,
+            "user": f"{role.user} (non-root)",
+            "capabilities": "all dropped",
             "no_new_privileges": True,
-        },  # fmt: skip
+        },
         persistence={
             "survives_container_exit": [f"{work} (the session checkout, until rm)"],
             "lost_on_stop": ["/tmp", home],
-            "shared": [f"{mirror} (workspace mirror, shared by this workspace's sessions; "
-                       "read when creating checkouts, never mounted)"],
+            "shared": [
+                f"{mirror} (workspace mirror, shared by this workspace's sessions; "
+                "read when creating checkouts, never mounted)"
+            ],
             "disk_budget": "none yet",
-        },  # fmt: skip
+        },
         plan=plan,
         recovery={
             "snapshot_before_start": False,
             "laptop_repo": "untouched: the agent works in its own checkout on the host",
             "get_the_work": f"jackin-remote pull {session_id}"
-            + (f" (fetches branch {branch})" if branch else
-               f" (copies into {workspace.path}/.jackin/pulled/{session_id}/)"),
+            + (
+                f" (fetches branch {branch})"
+                if branch
+                else f" (copies into {workspace.path}/.jackin/pulled/{session_id}/)"
+            ),
             "stop": f"jackin-remote stop {session_id} (keeps the checkout)",
             "rm": f"jackin-remote rm {session_id}: deletes the container and {work}; refuses "
-                  "while the work has not been pulled, unless --force",
-        },  # fmt: skip
+            "while the work has not been pulled, unless --force",
+        },
         warnings=warnings,
         spec=spec,
     )
@@ -420,11 +477,13 @@ def _command(runtime: Runtime, task: str | None) -> list[str]:
     # Interactive: the program runs in tmux; the container lives as long as the tmux session.
     argv = runtime.interactive_argv()
     return [
-        "/bin/sh", "-c",
+        "/bin/sh",
+        "-c",
         f'tmux new-session -d -s {TMUX_SESSION} -x 200 -y 50 "$@" && '
         f"while tmux has-session -t {TMUX_SESSION} 2>/dev/null; do sleep 2; done",
-        "jackin-tmux", *argv,
-    ]  # fmt: skip
+        "jackin-tmux",
+        *argv,
+    ]
 
 
 def _credentials(runtime: Runtime, request: LaunchRequest) -> list[dict[str, Any]]:

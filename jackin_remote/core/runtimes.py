@@ -28,40 +28,68 @@ RUNTIMES: dict[str, Runtime] = {
     runtime.name: runtime
     for runtime in (
         Runtime(
-            "claude", "ANTHROPIC_API_KEY",
-            ("claude", "--dangerously-skip-permissions", "--output-format", "stream-json",
-             "--verbose", "-p"),
+            "claude",
+            "ANTHROPIC_API_KEY",
+            (
+                "claude",
+                "--dangerously-skip-permissions",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "-p",
+            ),
             ("claude", "--dangerously-skip-permissions"),
             "Anthropic Claude Code",
             env=(("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),),
         ),
         Runtime(
-            "codex", "OPENAI_API_KEY",
-            ("codex", "exec", "--dangerously-bypass-approvals-and-sandbox",
-             "--skip-git-repo-check"),
+            "codex",
+            "OPENAI_API_KEY",
+            (
+                "codex",
+                "exec",
+                "--dangerously-bypass-approvals-and-sandbox",
+                "--skip-git-repo-check",
+            ),
             ("codex", "--dangerously-bypass-approvals-and-sandbox"),
             "OpenAI Codex CLI",
         ),
         Runtime(
-            "amp", "AMP_API_KEY", ("amp", "--dangerously-allow-all", "-x"),
-            ("amp", "--dangerously-allow-all"), "Sourcegraph Amp",
+            "amp",
+            "AMP_API_KEY",
+            ("amp", "--dangerously-allow-all", "-x"),
+            ("amp", "--dangerously-allow-all"),
+            "Sourcegraph Amp",
         ),
         Runtime(
-            "opencode", "ANTHROPIC_API_KEY", ("opencode", "run"), ("opencode",), "opencode",
+            "opencode",
+            "ANTHROPIC_API_KEY",
+            ("opencode", "run"),
+            ("opencode",),
+            "opencode",
         ),
         Runtime(
-            "gemini", "GEMINI_API_KEY", ("gemini", "--yolo", "-p"), ("gemini", "--yolo"),
+            "gemini",
+            "GEMINI_API_KEY",
+            ("gemini", "--yolo", "-p"),
+            ("gemini", "--yolo"),
             "Google Gemini CLI",
         ),
         Runtime(
-            "shell", None, ("/bin/sh", "-c"), ("/bin/bash", "-l"),
+            "shell",
+            None,
+            ("/bin/sh", "-c"),
+            ("/bin/bash", "-l"),
             "any command: the task is a shell command line",
         ),
         Runtime(
-            "demo", None, ("jackin-demo-agent",), ("/bin/bash", "-l"),
+            "demo",
+            None,
+            ("jackin-demo-agent",),
+            ("/bin/bash", "-l"),
             "a scripted stand-in agent (roles/test-agent) for demos and tests: edits, commits",
         ),
-    )  # fmt: skip
+    )
 }
 
 

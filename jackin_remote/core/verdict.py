@@ -37,7 +37,9 @@ def problems(facts: dict[str, Any], clock_skew: float | None) -> list[Problem]:
     found: list[Problem] = []
     docker = facts.get("docker") or {}
     if not docker.get("installed"):
-        found.append(Problem("fail", "no docker engine", "install docker (e.g. apt install docker.io)"))
+        found.append(
+            Problem("fail", "no docker engine", "install docker (e.g. apt install docker.io)")
+        )
     elif not docker.get("access"):
         reason = docker.get("error") or "the engine did not answer"
         hint = (

@@ -59,7 +59,3 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    def interactive_argv(self, command: str) -> list[str]:
-        """argv that runs `command` on the host with the caller's terminal attached (a PTY)."""

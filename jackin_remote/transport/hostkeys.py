@@ -41,7 +41,9 @@ class KeyWitness:
         if self.sources.pinned:
             self.trusted = [asyncssh.import_public_key(self.sources.pinned)]
             return self.trusted, [], []
-        trusted, cas, revoked = [], [], []
+        trusted: list[asyncssh.SSHKey] = []
+        cas: list[asyncssh.SSHKey] = []
+        revoked: list[asyncssh.SSHKey] = []
         for path in self.sources.known_hosts_files:
             table = _read_known_hosts(path)
             if table is None:

@@ -79,6 +79,3 @@ class LocalTransport(Transport):
 
     async def close(self) -> None:
         return None
-
-    def interactive_argv(self, command: str) -> list[str]:
-        return ["/bin/sh", "-c", command]

@@ -72,7 +72,7 @@ async def _handshake(
             host.ssh_address,
             known_hosts=witness.known_hosts,
             client_factory=lambda: _WitnessClient(witness),
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise host_key_error(host, witness) from None
@@ -237,26 +237,7 @@ class SSHTransport(Transport):
     async def close(self) -> None:
         self.conn.close()
 
-    def interactive_argv(self, command: str) -> list[str]:
-        return openssh_argv(self.host, tty=True) + ["--", wrap(command)]
-
 
 def wrap(command: str) -> str:
     """Run our POSIX sh script whatever the user's login shell is (bash, zsh, fish...)."""
     return "/bin/sh -c " + shlex.quote(command)
-
-
-def openssh_argv(host: Host, *, tty: bool = False) -> list[str]:
-    """The OpenSSH client argv for this host (attach, rsync's -e). Same key policy as asyncssh."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]  # fmt: skip
-    if tty:
-        argv.append("-t")
-    if host.port is not None:
-        argv += ["-p", str(host.port)]
-    if host.user is not None:
-        argv += ["-l", host.user]
-    if host.identity_file is not None:
-        argv += ["-i", str(Path(host.identity_file).expanduser()), "-o", "IdentitiesOnly=yes"]
-    return argv + [host.ssh_address]
-

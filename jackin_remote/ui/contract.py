@@ -66,8 +66,13 @@ def _credentials(items: list[dict[str, Any]]) -> RenderableType:
     rows = []
     for item in items:
         value = item["value"] or "(not set on the laptop)"
-        rows.append((item["name"], f"from ${item['source']} ({item['source_kind']}) -> "
-                     f"{item['delivery']} {item['delivered_as']} = {value}"))
+        rows.append(
+            (
+                item["name"],
+                f"from ${item['source']} ({item['source_kind']}) -> "
+                f"{item['delivery']} {item['delivered_as']} = {value}",
+            )
+        )
         rows.append(("", f"exposure: {item['exposure']}"))
     return _kv(rows)
 

@@ -55,8 +55,17 @@ def _short_os(name: Any) -> str:
 
 def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
     table = Table(title="hosts check", title_justify="left")
-    for column in ("host", "status", "verdict", "rtt", "system", "resources", "tools", "agent",
-                   "skew"):
+    for column in (
+        "host",
+        "status",
+        "verdict",
+        "rtt",
+        "system",
+        "resources",
+        "tools",
+        "agent",
+        "skew",
+    ):
         table.add_column(column, no_wrap=column in ("host", "status", "verdict", "rtt"))
     notes: list[Text] = []
     for entry in entries:

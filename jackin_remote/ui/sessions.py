@@ -34,8 +34,18 @@ def _memory(value: Any) -> str:
 
 def sessions_table(rows: Sequence[dict[str, Any]], now: float | None = None) -> Table:
     table = Table(title="sessions", title_justify="left")
-    for column in ("session", "host", "workspace", "role", "runtime", "state", "agent", "age",
-                   "cpu", "mem"):
+    for column in (
+        "session",
+        "host",
+        "workspace",
+        "role",
+        "runtime",
+        "state",
+        "agent",
+        "age",
+        "cpu",
+        "mem",
+    ):
         table.add_column(column, no_wrap=True)  # fmt: skip
     for row in rows:
         state = row.get("shown_state") or row["state"]

@@ -55,7 +55,7 @@ def test_launch_ls_logs_diff_pull_rm(cli: CLI, target: tuple[str, Path], tmp_pat
     pulled = cli.json("-i", str(inventory), "pull", sid)
     assert pulled["branch"] == f"jackin/{sid}"
     assert git(ws, "show", f"jackin/{sid}:hello.txt") == "hello from the sandbox"
-    # The uncommitted note travelled (as the working-tree commit); secrets and ignored files did not.
+    # The uncommitted note travelled (the working-tree commit); secrets and ignored files did not.
     assert git(ws, "show", f"jackin/{sid}:NOTES.md") == "uncommitted note"
     tree = git(ws, "ls-tree", "-r", "--name-only", f"jackin/{sid}")
     assert ".env" not in tree.split() and "build/out.bin" not in tree
@@ -76,7 +76,9 @@ def _tree_digest(path: Path) -> dict[str, str]:
         for name in dirs + files:
             full = Path(base) / name
             stat = full.lstat()
-            digest[str(full.relative_to(path))] = f"{stat.st_mode}:{stat.st_size}:{stat.st_mtime_ns}"
+            digest[str(full.relative_to(path))] = (
+                f"{stat.st_mode}:{stat.st_size}:{stat.st_mtime_ns}"
+            )
     return digest
 
 
@@ -108,12 +110,23 @@ def test_explain_has_no_side_effects(
     after = (_tree_digest(laptop), _tree_digest(ws), _host_state(host, host_root))
     assert after == before
     assert not (laptop / "jackin").exists()
-    for title in ("identity", "routing", "filesystem", "credentials", "network", "docker access",
-                  "limits", "persistence", "host-side effects", "recovery", "warnings"):
+    for title in (
+        "identity",
+        "routing",
+        "filesystem",
+        "credentials",
+        "network",
+        "docker access",
+        "limits",
+        "persistence",
+        "host-side effects",
+        "recovery",
+        "warnings",
+    ):
         assert title in human  # fmt: skip
     (contract,) = data["contracts"]
     assert contract["identity"]["host"] == host
-    assert [effect["action"] for effect in contract["plan"]][0].startswith("start the host agent")
+    assert contract["plan"][0]["action"].startswith("start the host agent")
 
 
 def test_count_spreads_sessions_over_the_matching_hosts(

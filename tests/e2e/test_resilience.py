@@ -29,9 +29,19 @@ def test_a_dropped_ssh_link_leaves_the_session_running(
     cli: CLI, fleet_inventory: Path, tmp_path: Path
 ) -> None:
     ws = make_workspace(tmp_path / "ws")
-    (session,) = launch(cli, fleet_inventory, ws, "--on", "fleet-2", "--runtime", "shell",
-                        "--network", "none", "--task",
-                        "echo started; until [ -e go ]; do sleep 0.5; done; echo finished")
+    (session,) = launch(
+        cli,
+        fleet_inventory,
+        ws,
+        "--on",
+        "fleet-2",
+        "--runtime",
+        "shell",
+        "--network",
+        "none",
+        "--task",
+        "echo started; until [ -e go ]; do sleep 0.5; done; echo finished",
+    )
     sid = session["id"]
     follower = subprocess.Popen(
         [sys.executable, "-m", "jackin_remote", "-i", str(fleet_inventory), "logs", "-f", sid],
@@ -130,7 +140,8 @@ def test_ls_cached_needs_no_network_and_never_imports_asyncssh(
     probe = (
         "import sys, json\n"
         "from jackin_remote.cli import app\n"
-        f"sys.argv = ['jackin-remote', '-i', {str(local_inventory)!r}, 'ls', '--cached', '--json']\n"
+        f"sys.argv = ['jackin-remote', '-i', {str(local_inventory)!r}, 'ls', '--cached',"
+        " '--json']\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "print('ASYNCSSH', 'asyncssh' in sys.modules)\n"
     )

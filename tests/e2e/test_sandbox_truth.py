@@ -53,7 +53,9 @@ def listener() -> Iterator[int]:
     server.close()
 
 
-def run_task(cli: CLI, inventory: Path, ws: Path, task: str, *args: str) -> tuple[str, dict[str, Any]]:
+def run_task(
+    cli: CLI, inventory: Path, ws: Path, task: str, *args: str
+) -> tuple[str, dict[str, Any]]:
     (session,) = launch(cli, inventory, ws, "--runtime", "shell", "--task", task, *args)
     wait_for(cli, inventory, session["id"])
     out = cli.run("-i", str(inventory), "logs", session["id"], check=True).stdout

@@ -123,9 +123,7 @@ def test_proxy_jump_through_another_host(
 
 
 @pytest.mark.xdist_group("disruptive")
-def test_changed_host_key_is_refused_without_logging_in(
-    cli: CLI, fleet_inventory: Path
-) -> None:
+def test_changed_host_key_is_refused_without_logging_in(cli: CLI, fleet_inventory: Path) -> None:
     container = f"jackin-{DISRUPTIVE_HOST}"
     with fleet_mod.rekeyed(DISRUPTIVE_HOST):
         logins_before = _accepted_logins(container)

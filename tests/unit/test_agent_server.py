@@ -14,9 +14,7 @@ from agent_host.server import Context, Server
 
 
 def serve(lines: list[dict[str, Any] | bytes], handlers: dict[str, Any]) -> list[dict[str, Any]]:
-    data = b"".join(
-        line if isinstance(line, bytes) else protocol.encode(line) for line in lines
-    )
+    data = b"".join(line if isinstance(line, bytes) else protocol.encode(line) for line in lines)
     out = io.BytesIO()
     Server("/tmp", handlers, out).serve(io.BytesIO(data))
     return [json.loads(line) for line in out.getvalue().splitlines()]

@@ -14,8 +14,14 @@ def test_a_good_host_is_ready() -> None:
 
 
 def test_docker_permission_points_at_the_docker_group() -> None:
-    facts = {**GOOD, "docker": {"installed": True, "access": False,
-                                "error": "permission denied on the docker socket"}}
+    facts = {
+        **GOOD,
+        "docker": {
+            "installed": True,
+            "access": False,
+            "error": "permission denied on the docker socket",
+        },
+    }
     found = problems(facts, 0.0)
     assert verdict(found) == "unusable"
     assert "docker group" in found[0].hint
