@@ -1,0 +1,63 @@
+"""The real Claude Code CLI, launched by jackin-remote in local mode, offline: its Write tool
+creates a file, `pull` brings it back, and the API key never leaks out of its one delivery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+from tests.e2e.helpers import git, make_workspace, wait_for
+from tests.e2e.test_sandbox_truth import docker0_address
+from tests.fakes.messages_api import MessagesAPI, write_then_done
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "claude-test"
+SECRET = "sk-ant-test-0123456789-never-print-me"
+pytestmark = pytest.mark.docker
+
+
+def test_claude_writes_a_file_and_pull_brings_it_back(
+    cli: CLI, local_inventory: Path, tmp_path: Path, laptop: Path
+) -> None:
+    if not (ROLE / "vendor" / "claude").exists():
+        pytest.skip("Claude Code binary missing: run scripts/prepare-claude-role")
+    ws = make_workspace(tmp_path / "ws")
+    cli.env["MY_ANTHROPIC_KEY"] = SECRET
+    with MessagesAPI(write_then_done("/workspace/hello.txt", "written by claude\n")) as api:
+        args = ["-i", str(local_inventory), "launch", "--role", str(ROLE), "--runtime", "claude",
+                "--key-from", "MY_ANTHROPIC_KEY", "--network", "open",
+                "--env", f"ANTHROPIC_BASE_URL={api.url_for(docker0_address())}",
+                "--task", "create hello.txt", str(ws)]  # fmt: skip
+        launched = cli.run(*args[:-1], "--json", args[-1], timeout=900)
+        assert launched.returncode == 0, launched.stderr
+        (session,) = json.loads(launched.stdout)["sessions"]
+        sid = session["id"]
+        row = wait_for(cli, local_inventory, sid, timeout=300)
+        logs = cli.run("-i", str(local_inventory), "logs", sid, check=True).stdout
+        assert row["state"] == "exited", logs
+        assert [c.headers.get("x-api-key") for c in api.main_calls()] == [SECRET, SECRET]
+    assert '"subtype":"success"' in logs.replace(" ", "")
+    credential = session["contract"]["credentials"][0]
+    assert credential["source"] == "MY_ANTHROPIC_KEY" and credential["value"] == "<redacted>"
+
+    pulled = cli.json("-i", str(local_inventory), "pull", sid)
+    assert git(ws, "show", f"{pulled['branch']}:hello.txt") == "written by claude"
+
+    # The key went to the sandbox's environment and nowhere else jackin writes or prints.
+    ls_json = cli.run("-i", str(local_inventory), "ls", "--json", check=True).stdout
+    for text in (launched.stdout, launched.stderr, logs, ls_json):
+        assert SECRET not in text
+    for path in [*laptop.rglob("*"), *(tmp_path / "host-root").rglob("*.db*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    inspect = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Args}} {{json .Path}}", row["container"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert SECRET not in inspect.stdout  # not in the sandbox's argv
+    cli.run("-i", str(local_inventory), "rm", sid, check=True)
