@@ -136,9 +136,10 @@ async def pool_cleanup(argv: list[str]) -> None:
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.reuse:  # hosts another run already started: do not touch the fleet
         info = fleet_mod.load_state()
-        wanted = [f"fleet-{k}" for k in range(1, args.hosts + 1)]
-        info = fleet_mod.FleetInfo(info.inventory, info.known_hosts, info.identity_file,
-                                   [info.host(name) for name in wanted])  # fmt: skip
+        usable = [h for h in info.hosts if h.name not in args.skip][: args.hosts]
+        if len(usable) < args.hosts:
+            raise SystemExit(f"only {len(usable)} usable hosts are running")
+        info = fleet_mod.FleetInfo(info.inventory, info.known_hosts, info.identity_file, usable)
     else:
         info = fleet_mod.fleet_up(args.hosts)
     names = [h.name for h in info.hosts]
@@ -237,6 +238,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="use running hosts as they are")
+    parser.add_argument("--skip", nargs="*", default=[], help="with --reuse: hosts to leave out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jk-bench-") as tmp:
         result = asyncio.run(bench(args, Path(tmp)))

@@ -1,0 +1,83 @@
+"""attach: a real terminal into an interactive session's tmux; detaching leaves it running."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+from tests.e2e.helpers import launch, make_workspace, session_row, wait_for
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"never saw {needle!r}; got {seen[-2000:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.fixture(params=["local", "fleet-1"])
+def target(request: pytest.FixtureRequest, local_inventory: Path) -> tuple[str, Path]:
+    if request.param == "local":
+        return "local", local_inventory
+    return request.param, request.getfixturevalue("fleet_inventory")
+
+
+def test_attach_then_detach_leaves_the_session_running(
+    cli: CLI, target: tuple[str, Path], tmp_path: Path
+) -> None:
+    host, inventory = target
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, inventory, ws, "--on", host, "--runtime", "shell",
+                        "--network", "none")  # fmt: skip
+    sid = session["id"]
+    wait_for(cli, inventory, sid, {"running"})
+    env = {**cli.env, "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.chdir(cli.cwd)
+        argv = [sys.executable, "-m", "jackin_remote", "-i", str(inventory), "attach", sid]
+        os.execvpe(argv[0], argv, env)
+    try:
+        time.sleep(1)
+        os.write(fd, b"echo ATTACHED-$((40+2))\r")
+        read_until(fd, b"ATTACHED-42")
+        os.write(fd, b"\x02d")  # tmux prefix, then d: detach
+        read_until(fd, b"detached")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    assert session_row(cli, inventory, sid)["state"] == "running"
+    screen = cli.run("-i", str(inventory), "logs", sid, check=True).stdout
+    assert "ATTACHED-42" in screen
+    cli.run("-i", str(inventory), "stop", sid, check=True)
+    assert session_row(cli, inventory, sid)["state"] == "stopped"
+    cli.run("-i", str(inventory), "rm", "--force", sid, check=True)
+
+
+def test_attach_refuses_a_task_session(cli: CLI, local_inventory: Path, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--task", "sleep 30")  # fmt: skip
+    proc = cli.run("-i", str(local_inventory), "attach", session["id"])
+    assert proc.returncode != 0 and "logs -f" in proc.stderr
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
