@@ -3,7 +3,6 @@ rm — in local mode and over SSH on test hosts, through the same code path."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -82,18 +81,19 @@ def _tree_digest(path: Path) -> dict[str, str]:
     return digest
 
 
-def _host_state(host: str, root: Path) -> str:
+def _host_state(host: str, root: Path, container: str) -> str:
+    """What explain could have made on the host: its root, and a container of that name."""
     if host == "local":
-        listing = "\n".join(sorted(_tree_digest(root))) if root.exists() else "<no root>"
+        made = "\n".join(sorted(_tree_digest(root))) if root.exists() else "<no root>"
+        exists = ["docker", "ps", "-a", "-q", "--filter", f"name={container}"]
     else:
-        listing = fleet_mod.docker_exec(
-            f"jackin-{host}", "sh", "-c",
-            "find /home/jackin/.jackin 2>/dev/null | sort; docker ps -aq | sort; "
-            "docker images -q | sort",
-        ).stdout  # fmt: skip
-    containers = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True).stdout
-    images = subprocess.run(["docker", "images", "-q"], capture_output=True, text=True).stdout
-    return hashlib.sha256((listing + containers + images).encode()).hexdigest()
+        made = fleet_mod.docker_exec(
+            f"jackin-{host}", "sh", "-c", f"ls -la {root} 2>&1 || true"
+        ).stdout
+        exists = ["docker", "exec", f"jackin-{host}", "docker", "ps", "-a", "-q",
+                  "--filter", f"name={container}"]  # fmt: skip
+    containers = subprocess.run(exists, capture_output=True, text=True, check=True).stdout
+    return made + "|" + containers
 
 
 def test_explain_has_no_side_effects(
@@ -101,14 +101,23 @@ def test_explain_has_no_side_effects(
 ) -> None:
     host, inventory = target
     ws = make_workspace(tmp_path / "ws")
-    host_root = tmp_path / "host-root"
-    before = (_tree_digest(laptop), _tree_digest(ws), _host_state(host, host_root))
-    args = ["-i", str(inventory), "explain", "--on", host, "--role", TEST_ROLE, "--runtime",
-            "demo", "--task", TASK, str(ws)]  # fmt: skip
+    # A host root of this test's own, so that other tests' sessions cannot blur the picture.
+    if host == "local":
+        selector, host_root = "local", tmp_path / "host-root"
+    else:
+        selector, host_root = "probe", Path(f"/home/jackin/explain-{os.urandom(4).hex()}")
+        fleet_hosts = (inventory / "fleet.toml").read_text()
+        block = fleet_hosts.split(f"[hosts.{host}]", 1)[1].split("\n[", 1)[0]
+        (inventory / "probe.toml").write_text(f'[hosts.probe]{block}root = "{host_root}"\n')
+    args = ["-i", str(inventory), "explain", "--on", selector, "--role", TEST_ROLE,
+            "--runtime", "demo", "--task", TASK, str(ws)]  # fmt: skip
+    container = cli.json(*args)["contracts"][0]["identity"]["container"]
+    before = (_tree_digest(laptop), _tree_digest(ws), _host_state(host, host_root, container))
     human = cli.run(*args, check=True).stdout
     data = cli.json(*args)
-    after = (_tree_digest(laptop), _tree_digest(ws), _host_state(host, host_root))
+    after = (_tree_digest(laptop), _tree_digest(ws), _host_state(host, host_root, container))
     assert after == before
+    assert "No such file" in before[2] or "<no root>" in before[2]
     assert not (laptop / "jackin").exists()
     for title in (
         "identity",
@@ -125,7 +134,7 @@ def test_explain_has_no_side_effects(
     ):
         assert title in human  # fmt: skip
     (contract,) = data["contracts"]
-    assert contract["identity"]["host"] == host
+    assert contract["identity"]["host"] == selector
     assert contract["plan"][0]["action"].startswith("start the host agent")
 
 
