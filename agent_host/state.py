@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from agent_host import layout
 
@@ -120,10 +120,6 @@ class Store:
             "SELECT COUNT(*) FROM sessions WHERE state IN ('starting', 'running')"
         ).fetchone()
         return int(row[0])
-
-    def iter_ids(self) -> Iterator[str]:
-        for row in self._db.execute("SELECT id FROM sessions"):
-            yield row[0]
 
 
 def _record(row: sqlite3.Row) -> Dict[str, Any]:

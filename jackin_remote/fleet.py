@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -68,8 +68,6 @@ class HostLink:
     transport: Transport
     connect_seconds: float
     started: StartedAgent | None = None
-    agent_seconds: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def agent(self) -> AgentClient:
@@ -165,7 +163,6 @@ class Pool:
         from jackin_remote.agent.deploy import DeployError, start_agent
 
         link = await self.link(host)
-        start = time.perf_counter()
         try:
             link.started = await start_agent(link.transport, host.root, self.artifact())
         except (DeployError, AgentClosed, RemoteError) as exc:
@@ -173,7 +170,6 @@ class Pool:
                 host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
                 hint="run `jackin-remote hosts check` for details",
             ) from None  # fmt: skip
-        link.agent_seconds = time.perf_counter() - start
         return link
 
     async def agent(self, host: Host) -> HostLink:

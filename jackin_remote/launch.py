@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from jackin_remote.fleet import Pool
     from jackin_remote.roles import Role
     from jackin_remote.store import Store
+    from jackin_remote.sync import ProgressCallback
     from jackin_remote.workspace import WorkspaceScan
 
 Step = Callable[[str, str], None]  # (host, message)
@@ -183,7 +184,12 @@ def running_counts(store: Store | None) -> dict[str, int]:
 
 # -- apply -------------------------------------------------------------------------------------
 async def apply(
-    pool: Pool, prepared: Prepared, plan: Sequence[Contract], store: Store, step: Step
+    pool: Pool,
+    prepared: Prepared,
+    plan: Sequence[Contract],
+    store: Store,
+    step: Step,
+    progress: ProgressCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Apply each contract's plan. Hosts are prepared once each (sync, image), concurrently; a
     failure on one host fails only its sessions."""
@@ -192,7 +198,7 @@ async def apply(
         by_host.setdefault(contract.identity["host"], []).append(contract)
     hosts = {h.name: h for h in prepared.hosts}
     results = await asyncio.gather(
-        *(_apply_host(pool, prepared, hosts[name], items, store, step)
+        *(_apply_host(pool, prepared, hosts[name], items, store, step, progress)
           for name, items in by_host.items())
     )  # fmt: skip
     return [entry for batch in results for entry in batch]
@@ -205,6 +211,7 @@ async def _apply_host(
     items: list[Contract],
     store: Store,
     step: Step,
+    progress: ProgressCallback | None,
 ) -> list[dict[str, Any]]:
     from agent_host.protocol import RemoteError
     from jackin_remote.roles import ensure_role_image
@@ -214,7 +221,7 @@ async def _apply_host(
         step(host.name, "starting the host agent")
         link = await pool.agent(host)
         step(host.name, "syncing the workspace")
-        (synced,) = await sync_workspace(pool, [host], prepared.scan)
+        (synced,) = await sync_workspace(pool, [host], prepared.scan, progress=progress)
         if synced.error is not None:
             raise synced.error
         step(host.name, "preparing the role image")

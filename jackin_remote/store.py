@@ -83,11 +83,6 @@ class Store:
                 {"name": host, "state": state, "error": error, "checked": now}, pk="name"
             )
 
-    def forget_hosts_not_in(self, names: Iterable[str]) -> None:
-        keep = list(names)
-        marks = ",".join("?" for _ in keep) or "''"
-        self.db.execute(f"DELETE FROM sessions WHERE host NOT IN ({marks})", keep)
-
     def clear(self) -> None:
         self.db.execute("DELETE FROM sessions")
         self.db.execute("DELETE FROM hosts")

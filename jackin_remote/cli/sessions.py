@@ -133,11 +133,17 @@ def launch(
         if not as_json:
             err.print(f"[dim]{host}:[/] {message.rstrip()}", highlight=False)
 
-    async def go() -> list[dict[str, Any]]:
+    async def go(progress: Any = None) -> list[dict[str, Any]]:
         async with Pool(prepared.inventory) as pool:
-            return await apply(pool, prepared, items, Store(), step)
+            return await apply(pool, prepared, items, Store(), step, progress)
 
-    results = run(go())
+    from jackin_remote.ui.progress import SyncProgressBar, wants_progress
+
+    if not as_json and wants_progress(prepared.scan):
+        with SyncProgressBar() as bar:
+            results = run(go(bar))
+    else:
+        results = run(go())
     by_id = {c.identity["session"]: c for c in items}
     if as_json:
         print_json(sessions=[{**r, "contract": by_id[r["id"]].to_dict()} for r in results])

@@ -91,7 +91,3 @@ RUNTIMES: dict[str, Runtime] = {
         ),
     )
 }
-
-
-def runtime_names() -> list[str]:
-    return sorted(RUNTIMES)
