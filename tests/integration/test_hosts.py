@@ -167,3 +167,20 @@ def test_a_stopped_host_is_unreachable_and_the_others_still_report(
 
     states = {h["name"]: h["status"] for h in json.loads(proc.stdout)["hosts"]}
     assert states == {DISRUPTIVE_HOST: "unreachable", "fleet-1": "ok", "local": "ok"}
+
+
+def test_an_ssh_config_alias_supplies_hostname_port_user_and_key(
+    cli: CLI, fleet: fleet_mod.FleetInfo, tmp_path: Path, laptop: Path
+) -> None:
+    host = fleet.host("fleet-2")
+    ssh_dir = laptop / "home" / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "config").write_text(
+        f"Host buildbox\n  HostName 127.0.0.1\n  Port {host.port}\n  User jackin\n"
+        f"  IdentityFile {fleet.identity_file}\n"
+    )
+    inv = tmp_path / "alias.toml"
+    inv.write_text(f'[hosts.box]\naddress = "buildbox"\nhost_key = "{host.host_key}"\n')
+    entry = cli.json("-i", str(inv), "hosts", "check", "--on", "box")["hosts"][0]
+    assert entry["status"] == "ok", entry
+    assert entry["facts"]["hostname"] == "fleet-2"
