@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -62,6 +63,53 @@ def timed_run(
             f"{what} failed ({done.returncode}): {shlex.join(argv)}\n{done.stdout}{done.stderr}"
         )
     return wall, done
+
+
+class CpuMeter:
+    """CPU seconds burnt by our child processes (the tool under test, and what it waited for)
+    and inside the given fleet containers (sshd, the agent, the host's idle dockerd).
+
+    On a shared 2-core machine the wall clock mostly measures everyone else's load; CPU seconds
+    say what a tool itself costs. Host CPU comes from each container's cgroup (v1 or v2).
+    """
+
+    def __init__(self, containers: Sequence[str]) -> None:
+        self.files = [_cgroup_cpu_file(c) for c in containers]
+
+    def read(self) -> tuple[float, float | None]:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = usage.ru_utime + usage.ru_stime
+        if not self.files or any(f is None for f in self.files):
+            return children, None
+        return children, sum(_cgroup_cpu_seconds(f) for f in self.files if f is not None)
+
+
+def _cgroup_cpu_file(container: str) -> Path | None:
+    done = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", container], capture_output=True, text=True
+    )
+    cid = done.stdout.strip()
+    if done.returncode != 0 or not cid:
+        return None
+    for path in (
+        Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"),  # v1, cgroupfs driver
+        Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat"),  # v2, cgroupfs driver
+        Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),  # v2, systemd
+    ):
+        if path.exists():
+            return path
+    return None
+
+
+def _cgroup_cpu_seconds(path: Path) -> float:
+    text = path.read_text()
+    if path.name == "cpuacct.usage":
+        return int(text) / 1e9
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise ValueError(f"{path}: no usage_usec")
 
 
 def jackin_cli() -> str:

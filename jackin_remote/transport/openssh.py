@@ -79,10 +79,15 @@ def write_known_hosts(target: SSHTarget) -> Path:
     return path
 
 
+_OPENSSH_TEMP_SUFFIX = 17
+
+
 def control_dir() -> Path:
     """Where master sockets live: the state dir if short enough, else a private /tmp dir."""
     preferred = paths.state_dir() / "cm"
-    if len(os.fsencode(str(preferred))) + 1 + _HASH_LEN <= _SUN_PATH_BUDGET:
+    # OpenSSH binds "<ControlPath>.<16 random chars>" first, then renames it into place.
+    length = len(os.fsencode(str(preferred))) + 1 + _HASH_LEN + _OPENSSH_TEMP_SUFFIX
+    if length <= _SUN_PATH_BUDGET:
         preferred.mkdir(parents=True, exist_ok=True, mode=0o700)
         return preferred
     tag = hashlib.sha256(os.fsencode(str(preferred))).hexdigest()[:8]

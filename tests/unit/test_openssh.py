@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shlex
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def test_control_path_stays_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     directory = control_dir()
     assert len(str(directory)) + 41 <= 100
     assert directory.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("length", range(30, 70, 3))
+def test_the_master_socket_and_its_temporary_name_fit_in_sun_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: int
+) -> None:
+    # Regression: a 50-byte state dir passed the check, then OpenSSH's own temporary name
+    # ("<path>.<16 chars>") was too long for a unix socket and every launch failed.
+    home = Path("/tmp") / ("j" * max(1, length - len("/tmp/") - len("/state/cm")))
+    monkeypatch.setenv("JACKIN_HOME", str(home))
+    try:
+        directory = control_dir()
+        assert len(os.fsencode(str(directory))) + 1 + 40 + 17 <= 100
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_remote_shell_round_trips_and_destination_brackets_ipv6() -> None:
