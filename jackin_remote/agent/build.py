@@ -1,7 +1,7 @@
 """Build the host agent zipapp: agent_host/ plus its pure-Python dependencies, vendored.
 
 The archive is byte-for-byte reproducible (sorted entries, fixed timestamps), so its content hash
-names it: `jackin-agent-<hash>.pyz`. A host that already has that name needs nothing sent.
+names it: a host that already has `jackin-agent-<hash>` needs nothing sent.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ VENDORED = ("docker", "requests", "urllib3", "idna", "certifi", "charset_normali
 HASH_LEN = 16
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
+# Runs from the archive or, as deployed, from its unpacked directory: jackin-agent-<hash>[.pyz].
 MAIN = """\
 import os, sys
 _archive = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +32,9 @@ import warnings
 warnings.filterwarnings("ignore", module="requests")
 from agent_host.main import main
 _name = os.path.basename(_archive)
-_hash = _name[len("jackin-agent-"):-len(".pyz")] if _name.startswith("jackin-agent-") else None
+if _name.endswith(".pyz"):
+    _name = _name[: -len(".pyz")]
+_hash = _name[len("jackin-agent-"):] if _name.startswith("jackin-agent-") else None
 sys.exit(main(agent_hash=_hash))
 """
 
@@ -42,15 +45,12 @@ class AgentArtifact:
     content_hash: str
 
     @property
-    def filename(self) -> str:
-        return agent_filename(self.content_hash)
+    def dirname(self) -> str:
+        """The unpacked, byte-compiled copy a host runs (a zipapp cannot cache bytecode)."""
+        return f"jackin-agent-{self.content_hash}"
 
     def read(self) -> bytes:
         return self.path.read_bytes()
-
-
-def agent_filename(content_hash: str) -> str:
-    return f"jackin-agent-{content_hash}.pyz"
 
 
 def _package_files(package_dir: Path, arc_prefix: str) -> list[tuple[str, Path]]:

@@ -1,8 +1,9 @@
-"""Put the agent zipapp on a host (only when its hash is new there) and start `serve`.
+"""Put the agent on a host (only when its hash is new there) and start `serve`.
 
-The common path is one exec: the serve script starts the agent if `<root>/agent/<name>.pyz`
-exists and exits with MISSING otherwise; only then is the archive streamed over stdin into a
-temp file, checked against its hash and moved into place atomically.
+The common path is one exec: the serve script starts the agent if
+`<root>/agent/jackin-agent-<hash>/` exists and exits with MISSING otherwise; only then is the
+zipapp streamed over stdin into a temp file, checked against its hash, unpacked, byte-compiled
+and renamed into place atomically.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def root_prelude(root: str) -> str:
 
 def serve_script(root: str, artifact: AgentArtifact) -> str:
     return root_prelude(root) + (
-        f'agent="$root/agent/{artifact.filename}"\n'
-        f'[ -f "$agent" ] || exit {MISSING}\n'
+        f'agent="$root/agent/{artifact.dirname}"\n'
+        f'[ -f "$agent/__main__.py" ] || exit {MISSING}\n'
         f"{REQUIRE_PYTHON}\n"
         f'exec env -i HOME="$HOME" USER="$(id -un)" LANG=C.UTF-8 PATH={CLEAN_PATH} '
         'python3 -I "$agent" serve --root "$root"\n'
@@ -51,21 +52,34 @@ def serve_script(root: str, artifact: AgentArtifact) -> str:
 
 
 def install_script(root: str, artifact: AgentArtifact) -> str:
+    """sh that receives the archive on stdin, checks its hash, unpacks and byte-compiles it
+    (a zipapp cannot cache bytecode: every start would recompile the docker SDK), then renames
+    the directory into place, so a half-written agent is never found."""
     check = (
         "import hashlib,sys;"
         f"print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()[:{HASH_LEN}])"
+    )
+    unpack = (
+        "import compileall,sys,zipfile;zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2]);"
+        "sys.exit(0 if compileall.compile_dir(sys.argv[2],quiet=1) else 1)"
     )
     return root_prelude(root) + (
         f"{REQUIRE_PYTHON}\n"
         'umask 077; mkdir -p "$root/agent" || exit 1\n'
         'tmp="$root/agent/.incoming.$$"\n'
-        'cat > "$tmp" || { rm -f "$tmp"; exit 1; }\n'
-        f'sum=$(python3 -I -c {shlex.quote(check)} "$tmp")\n'
-        f'if [ "$sum" != {artifact.content_hash} ]; then rm -f "$tmp"; '
+        'cat > "$tmp.pyz" || { rm -f "$tmp.pyz"; exit 1; }\n'
+        f'sum=$(python3 -I -c {shlex.quote(check)} "$tmp.pyz")\n'
+        f'if [ "$sum" != {artifact.content_hash} ]; then rm -f "$tmp.pyz"; '
         f"echo 'upload corrupted' >&2; exit {CORRUPT}; fi\n"
-        f'mv -f "$tmp" "$root/agent/{artifact.filename}" || exit 1\n'
-        'for old in "$root"/agent/jackin-agent-*.pyz; do\n'
-        f'  [ "$old" = "$root/agent/{artifact.filename}" ] || rm -f "$old"\n'
+        f'python3 -I -c {shlex.quote(unpack)} "$tmp.pyz" "$tmp" '
+        '|| { rm -rf "$tmp" "$tmp.pyz"; exit 1; }\n'
+        'rm -f "$tmp.pyz"\n'
+        f'target="$root/agent/{artifact.dirname}"\n'
+        # Another controller may have installed it meanwhile: theirs is identical, keep it.
+        'if [ -e "$target" ]; then rm -rf "$tmp"; '
+        'else mv "$tmp" "$target" || { rm -rf "$tmp"; exit 1; }; fi\n'
+        'for old in "$root"/agent/jackin-agent-*; do\n'
+        '  [ "$old" = "$target" ] || rm -rf "$old"\n'
         "done\n"
     )
 
@@ -112,6 +126,6 @@ def attach_script(root: str, artifact: AgentArtifact, session_id: str) -> str:
     """sh that hands the caller's terminal to a session's tmux, through the agent's checks."""
     return root_prelude(root) + (
         f'exec env -i HOME="$HOME" TERM="${{TERM:-xterm-256color}}" LANG=C.UTF-8 '
-        f'PATH={CLEAN_PATH} python3 -I "$root/agent/{artifact.filename}" attach '
+        f'PATH={CLEAN_PATH} python3 -I "$root/agent/{artifact.dirname}" attach '
         f'--root "$root" {shlex.quote(session_id)}\n'
     )

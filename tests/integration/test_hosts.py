@@ -49,12 +49,17 @@ def test_check_reports_every_host_and_a_second_deploy_sends_nothing(
 
 def test_a_missing_agent_is_redeployed_atomically(cli: CLI, fleet_inventory: Path) -> None:
     cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "fleet-2")
-    fleet_mod.docker_exec("jackin-fleet-2", "sh", "-c", "rm -f /home/jackin/.jackin/agent/*.pyz")
+    fleet_mod.docker_exec("jackin-fleet-2", "sh", "-c", "rm -rf /home/jackin/.jackin/agent/*")
     entry = cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "fleet-2")["hosts"][0]
     assert entry["agent"]["deployed"] is True and entry["agent"]["bytes_sent"] > 100_000
     listing = agent_files("jackin-fleet-2")
-    assert f"jackin-agent-{entry['agent']['hash']}.pyz" in listing
+    assert f"jackin-agent-{entry['agent']['hash']}" in listing
     assert ".incoming" not in listing
+    unpacked = f"/home/jackin/.jackin/agent/jackin-agent-{entry['agent']['hash']}"
+    compiled = fleet_mod.docker_exec(
+        "jackin-fleet-2", "ls", f"{unpacked}/agent_host/__pycache__"
+    ).stdout
+    assert ".pyc" in compiled  # byte-compiled once at deploy, not at every start
 
 
 def test_unknown_host_key_is_refused_then_trusted(

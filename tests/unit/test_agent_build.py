@@ -18,7 +18,7 @@ def test_build_is_reproducible_and_cached(tmp_path: Path) -> None:
     first = build_agent(tmp_path)
     again = build_agent(tmp_path)
     assert first == again
-    assert first.filename == f"jackin-agent-{first.content_hash}.pyz"
+    assert first.dirname == f"jackin-agent-{first.content_hash}"
 
 
 def test_archive_vendors_its_dependencies_without_compiled_code(tmp_path: Path) -> None:
