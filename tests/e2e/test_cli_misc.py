@@ -1,0 +1,56 @@
+"""CLI paths not covered elsewhere: editing hosts, agent failures, rebuilding the local view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import CLI
+from tests.e2e.helpers import launch, make_workspace, wait_for
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx4ZGtpYqR5Zi1rZXktZm9yLWEtdGVzdC1vbmx5LTAx"
+
+
+def test_hosts_add_list_show_rm_keep_comments(cli: CLI, tmp_path: Path) -> None:
+    inv = tmp_path / "inventory"
+    inv.mkdir()
+    (inv / "hosts.toml").write_text('# our fleet\n[hosts.alpha]\naddress = "10.0.0.1"\n')
+    cli.run("-i", str(inv), "hosts", "add", "beta", "--address", "10.0.0.2", "--user", "dev",
+            "--label", "gpu", "--capacity", "2", check=True)  # fmt: skip
+    listed = cli.json("-i", str(inv), "hosts", "list", "--on", "label:gpu")["hosts"]
+    assert [(h["name"], h["user"], h["capacity"]) for h in listed] == [("beta", "dev", 2)]
+    shown = cli.json("-i", str(inv), "hosts", "show", "beta")["host"]
+    assert shown["source"].endswith("hosts.toml:4") or "hosts.toml" in shown["source"]
+    bad = cli.run("-i", str(inv), "hosts", "add", "beta", "--address", "10.0.0.3")
+    assert bad.returncode == 2 and "beta" in bad.stderr
+    refused = cli.run("-i", str(inv), "hosts", "add", "gamma", "--address", "-oProxyCommand=x")
+    assert refused.returncode == 2
+    cli.run("-i", str(inv), "hosts", "rm", "alpha", check=True)
+    text = (inv / "hosts.toml").read_text()
+    assert text.startswith("# our fleet") and "alpha" not in text and "[hosts.beta]" in text
+
+
+def test_an_agent_that_cannot_be_installed_is_agent_error(cli: CLI, tmp_path: Path) -> None:
+    inv = tmp_path / "inv.toml"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the root should be\n")
+    inv.write_text(f'[hosts.local]\ntransport = "local"\nroot = "{blocker}/root"\n')
+    data = cli.json("-i", str(inv), "hosts", "check", "--on", "local", ok_codes=(3,))
+    entry = data["hosts"][0]
+    assert entry["status"] == "agent_error" and entry["verdict"] == "unusable"
+    assert "agent" in entry["error"]["message"]
+
+
+def test_the_local_view_can_be_rebuilt_from_the_hosts(
+    cli: CLI, local_inventory: Path, tmp_path: Path, laptop: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--task", "true")  # fmt: skip
+    wait_for(cli, local_inventory, session["id"])
+    db = laptop / "jackin" / "state" / "jackin.db"
+    db.unlink()
+    assert cli.json("-i", str(local_inventory), "ls", "--cached")["sessions"] == []
+    rebuilt = cli.json("-i", str(local_inventory), "ls", "--rebuild")["sessions"]
+    assert [row["id"] for row in rebuilt] == [session["id"]]
+    assert rebuilt[0]["state"] == "exited"
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
