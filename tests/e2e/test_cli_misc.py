@@ -13,7 +13,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx4ZGtpYqR5Zi1rZXktZm9yLWEtdGVzdC1vb
 def test_hosts_add_list_show_rm_keep_comments(cli: CLI, tmp_path: Path) -> None:
     inv = tmp_path / "inventory"
     inv.mkdir()
-    (inv / "hosts.toml").write_text('# our fleet\n[hosts.alpha]\naddress = "10.0.0.1"\n')
+    (inv / "hosts.toml").write_text('# our fleet\n\n[hosts.alpha]\naddress = "10.0.0.1"\n')
     cli.run("-i", str(inv), "hosts", "add", "beta", "--address", "10.0.0.2", "--user", "dev",
             "--label", "gpu", "--capacity", "2", check=True)  # fmt: skip
     listed = cli.json("-i", str(inv), "hosts", "list", "--on", "label:gpu")["hosts"]
