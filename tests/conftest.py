@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -15,8 +16,9 @@ import pytest
 
 from tests import fleet as fleet_mod
 
-# Hosts fleet-1..3 are shared and never disturbed; fleet-4 is for tests that stop or rekey a host
-# (they share the xdist group "disruptive", so they never run at the same time).
+# Hosts fleet-1..3 are shared and never disturbed; fleet-4 is for tests that stop, pause or rekey
+# a host. Those are marked `disruptive` and hold a lock file while they run, so they never
+# overlap, whichever pytest-xdist worker runs them.
 FLEET_SIZE = 4
 STABLE_HOSTS = ("fleet-1", "fleet-2", "fleet-3")
 DISRUPTIVE_HOST = "fleet-4"
@@ -88,6 +90,14 @@ def fleet_inventory(fleet: fleet_mod.FleetInfo, local_inventory: Path) -> Path:
     return local_inventory
 
 
+def add_host_copy(inventory: Path, host: str, name: str, root: str) -> None:
+    """Declare `name`: the fleet host `host` under another name, with a host root of its own,
+    so a test's files on that host cannot meet other tests' (which run at the same time)."""
+    block = (inventory / "fleet.toml").read_text().split(f"[hosts.{host}]", 1)[1]
+    (inventory / f"{name}.toml").write_text(f'[hosts.{name}]{block.split(chr(10) + "[", 1)[0]}'
+                                            f'root = "{root}"\n')  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "fleet" in getattr(item, "fixturenames", ()):
@@ -95,7 +105,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "xdist_group: run these tests in one xdist worker")
+    config.addinivalue_line("markers", "disruptive: stops, pauses or rekeys the fleet's fleet-4")
+
+
+@pytest.fixture(autouse=True)
+def _one_disruptive_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("disruptive") is None:
+        yield
+        return
+    lock_path = fleet_mod.ROOT / ".fleet" / "disruptive.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(autouse=True)

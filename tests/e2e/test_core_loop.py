@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import fleet as fleet_mod
-from tests.conftest import CLI
+from tests.conftest import CLI, add_host_copy
 from tests.e2e.helpers import TEST_ROLE, git, launch, make_workspace, managed_containers, wait_for
 
 TASK = "write hello.txt: hello from the sandbox"
@@ -106,9 +106,7 @@ def test_explain_has_no_side_effects(
         selector, host_root = "local", tmp_path / "host-root"
     else:
         selector, host_root = "probe", Path(f"/home/jackin/explain-{os.urandom(4).hex()}")
-        fleet_hosts = (inventory / "fleet.toml").read_text()
-        block = fleet_hosts.split(f"[hosts.{host}]", 1)[1].split("\n[", 1)[0]
-        (inventory / "probe.toml").write_text(f'[hosts.probe]{block}root = "{host_root}"\n')
+        add_host_copy(inventory, host, selector, str(host_root))
     args = ["-i", str(inventory), "explain", "--on", selector, "--role", TEST_ROLE,
             "--runtime", "demo", "--task", TASK, str(ws)]  # fmt: skip
     container = cli.json(*args)["contracts"][0]["identity"]["container"]

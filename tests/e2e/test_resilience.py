@@ -61,7 +61,7 @@ def test_a_dropped_ssh_link_leaves_the_session_running(
     cli.run("-i", str(fleet_inventory), "rm", "--force", sid, check=True)
 
 
-@pytest.mark.xdist_group("disruptive")
+@pytest.mark.disruptive
 def test_sessions_on_an_unreachable_host_show_as_lost_then_come_back(
     cli: CLI, fleet_inventory: Path, tmp_path: Path
 ) -> None:

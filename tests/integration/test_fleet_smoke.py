@@ -42,7 +42,7 @@ def test_every_host_answers_strict_ssh(two_hosts: fleet_mod.FleetInfo) -> None:
         assert proc.stdout.startswith("Python 3.")
 
 
-@pytest.mark.xdist_group("disruptive")
+@pytest.mark.disruptive
 def test_changed_host_key_is_refused(fleet: fleet_mod.FleetInfo) -> None:
     host = fleet.host(DISRUPTIVE_HOST)
     with fleet_mod.rekeyed(host.name) as new_key:
@@ -53,7 +53,7 @@ def test_changed_host_key_is_refused(fleet: fleet_mod.FleetInfo) -> None:
     assert ssh(fleet, host, "true").returncode == 0, "original host key not restored"
 
 
-@pytest.mark.xdist_group("disruptive")
+@pytest.mark.disruptive
 def test_stopped_host_comes_back_on_the_same_port(fleet: fleet_mod.FleetInfo) -> None:
     host = fleet.host(DISRUPTIVE_HOST)
     fleet_mod.stop_host(host.name)

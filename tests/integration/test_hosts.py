@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import fleet as fleet_mod
-from tests.conftest import CLI, DISRUPTIVE_HOST, STABLE_HOSTS
+from tests.conftest import CLI, DISRUPTIVE_HOST, STABLE_HOSTS, add_host_copy
 
 pytestmark = pytest.mark.fleet
 ON_STABLE = ",".join(("local", *STABLE_HOSTS))
@@ -48,14 +49,16 @@ def test_check_reports_every_host_and_a_second_deploy_sends_nothing(
 
 
 def test_a_missing_agent_is_redeployed_atomically(cli: CLI, fleet_inventory: Path) -> None:
-    cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "fleet-2")
-    fleet_mod.docker_exec("jackin-fleet-2", "sh", "-c", "rm -rf /home/jackin/.jackin/agent/*")
-    entry = cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "fleet-2")["hosts"][0]
+    root = f"/home/jackin/redeploy-{os.urandom(4).hex()}"
+    add_host_copy(fleet_inventory, "fleet-2", "probe", root)
+    cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "probe")
+    fleet_mod.docker_exec("jackin-fleet-2", "sh", "-c", f"rm -rf {root}/agent/*")
+    entry = cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "probe")["hosts"][0]
     assert entry["agent"]["deployed"] is True and entry["agent"]["bytes_sent"] > 100_000
-    listing = agent_files("jackin-fleet-2")
+    listing = fleet_mod.docker_exec("jackin-fleet-2", "ls", "-a", f"{root}/agent").stdout
     assert f"jackin-agent-{entry['agent']['hash']}" in listing
     assert ".incoming" not in listing
-    unpacked = f"/home/jackin/.jackin/agent/jackin-agent-{entry['agent']['hash']}"
+    unpacked = f"{root}/agent/jackin-agent-{entry['agent']['hash']}"
     compiled = fleet_mod.docker_exec(
         "jackin-fleet-2", "ls", f"{unpacked}/agent_host/__pycache__"
     ).stdout
@@ -132,7 +135,7 @@ def test_proxy_jump_through_another_host(
     assert entry["facts"]["hostname"] == "fleet-3"
 
 
-@pytest.mark.xdist_group("disruptive")
+@pytest.mark.disruptive
 def test_changed_host_key_is_refused_without_logging_in(cli: CLI, fleet_inventory: Path) -> None:
     container = f"jackin-{DISRUPTIVE_HOST}"
     with fleet_mod.rekeyed(DISRUPTIVE_HOST):
@@ -157,7 +160,7 @@ def _accepted_logins(container: str) -> int:
     return logs.count("Accepted publickey")
 
 
-@pytest.mark.xdist_group("disruptive")
+@pytest.mark.disruptive
 def test_a_stopped_host_is_unreachable_and_the_others_still_report(
     cli: CLI, fleet_inventory: Path
 ) -> None:
