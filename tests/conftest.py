@@ -85,8 +85,19 @@ def fleet() -> fleet_mod.FleetInfo:
 
 @pytest.fixture
 def fleet_inventory(fleet: fleet_mod.FleetInfo, local_inventory: Path) -> Path:
-    """The fleet's generated inventory plus a local host with a tmp root, in one directory."""
-    (local_inventory / "fleet.toml").write_text(fleet.inventory.read_text())
+    """fleet-1..FLEET_SIZE plus a local host with a tmp root, in one directory.
+
+    Only the hosts this run brought up: .fleet/inventory lists every fleet container on the
+    machine, including stopped ones a `ls` across all hosts would then report as unreachable."""
+    blocks = [
+        f'[hosts.{h.name}]\naddress = "{fleet_mod.ADDRESS}"\nport = {h.port}\n'
+        f'user = "{fleet_mod.USER}"\nidentity_file = "{fleet.identity_file}"\n'
+        f'host_key = "{h.host_key}"\nlabels = ["fleet"]\n'
+        for h in fleet.hosts
+    ]
+    members = ", ".join(f'"{h.name}"' for h in fleet.hosts)
+    text = "\n".join(blocks) + f"\n[groups]\nfleet = [{members}]\n"
+    (local_inventory / "fleet.toml").write_text(text)
     return local_inventory
 
 
