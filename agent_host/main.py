@@ -11,12 +11,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from agent_host import facts
 from agent_host.protocol import Message
 from agent_host.server import Context, Handler, Server
 
 
 def _facts(ctx: Context, params: Message) -> Dict[str, Any]:
+    from agent_host import facts  # not at startup: most commands never ask for facts
+
     return facts.collect(ctx.root)
 
 
