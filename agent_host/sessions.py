@@ -24,7 +24,7 @@ from agent_host.protocol import (
     RemoteError,
 )
 from agent_host.server import Context
-from agent_host.state import Store
+from agent_host.state import COLUMNS, Store
 
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 _CONTAINER = re.compile(r"^jk-[0-9a-z]{8}(-[a-z0-9-]+)?$")
@@ -393,6 +393,9 @@ def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str,
         entry.update(by_id.get(entry["id"], {}))
 
 
+PUBLIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("owner_pid", "spec"))
+
+
 def _public(
     record: Optional[Dict[str, Any]], extra: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
@@ -400,31 +403,7 @@ def _public(
     if record is None:
         raise RemoteError(E_NOT_FOUND, "no such session")
     spec = record.get("spec") or {}
-    entry = {
-        key: record.get(key)
-        for key in (
-            "id",
-            "name",
-            "workspace",
-            "role",
-            "runtime",
-            "image",
-            "container",
-            "mode",
-            "isolation",
-            "state",
-            "agent_status",
-            "branch",
-            "base_commit",
-            "pulled_commit",
-            "exit_code",
-            "error",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "updated_at",
-        )
-    }
+    entry = {key: record.get(key) for key in PUBLIC_COLUMNS}
     entry["task"] = spec.get("task")
     entry["network"] = spec.get("network")
     entry["launch_commit"] = spec.get("launch_commit")

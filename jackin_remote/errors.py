@@ -4,7 +4,8 @@ Third-party exceptions (asyncssh, docker, tomlkit, OSError...) are mapped to the
 so callers and the CLI handle only our own types:
 
     JackinError                 anything we raise on purpose; message + hint for a person
-    ├── InventoryError          a bad inventory file: file, line, field
+    ├── LocatedError            a bad file we read: file, line, field
+    │   └── InventoryError      (the role manifest's RoleError is one too)
     ├── UsageError              bad command-line input (names, selectors, flags)
     ├── HostError               one host failed; carries its HostState
     │   └── HostKeyError        host key unknown or changed (never connect on these)
@@ -35,10 +36,11 @@ class UsageError(JackinError):
     exit_code = 2
 
 
-class InventoryError(JackinError):
-    """An inventory problem, located as precisely as we can: file:line, field."""
+class LocatedError(JackinError):
+    """A problem in a file we read, located as precisely as we can: file:line, field."""
 
     exit_code = 2
+    unnamed_file: str | None = None  # what to call the file when none is known
 
     def __init__(
         self,
@@ -52,12 +54,18 @@ class InventoryError(JackinError):
         self.file = file
         self.line = line
         self.field = field
-        where = file or "<inventory>"
-        if line is not None:
-            where = f"{where}:{line}"
-        prefix = f"{where}: " + (f"{field}: " if field else "")
-        super().__init__(prefix + message, hint=hint)
         self.reason = message
+        where = file or self.unnamed_file
+        prefix = ""
+        if where is not None:
+            prefix = f"{where}:{line}: " if line is not None else f"{where}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(prefix + message, hint=hint)
+
+
+class InventoryError(LocatedError):
+    unnamed_file = "<inventory>"
 
 
 class HostError(JackinError):

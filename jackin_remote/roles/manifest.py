@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from jackin_remote.core.names import NAME_RULE, is_valid_name
-from jackin_remote.errors import JackinError
+from jackin_remote.errors import LocatedError
 from jackin_remote.inventory.loader import toml_type_name
 from jackin_remote.inventory.toml_lines import KeyPath, SourceIndex, index_source
 
@@ -81,30 +81,8 @@ _EXAMPLES = {
 }
 
 
-class RoleError(JackinError):
+class RoleError(LocatedError):
     """A bad role: where (`file:line`), which field, what is wrong, and what to do."""
-
-    exit_code = 2
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | None = None,
-        line: int | None = None,
-        field: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        self.file = file
-        self.line = line
-        self.field = field
-        self.reason = message
-        prefix = ""
-        if file is not None:
-            prefix = f"{file}:{line}: " if line is not None else f"{file}: "
-        if field:
-            prefix += f"{field}: "
-        super().__init__(prefix + message, hint=hint)
 
 
 @dataclass(frozen=True)
