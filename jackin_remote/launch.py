@@ -139,7 +139,8 @@ def _workspace_ref(scan: WorkspaceScan) -> WorkspaceRef:
         file_count=len(scan.files),
         total_bytes=scan.total_bytes,
         excluded_secrets=tuple(scan.excluded_secrets),
-        tracked_secrets=tuple(getattr(scan, "tracked_secrets", ())),
+        tracked_secrets=tuple(scan.tracked_secrets),
+        skipped=tuple(scan.skipped),
     )
 
 

@@ -28,7 +28,6 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.errors import UsageError
@@ -76,30 +75,6 @@ class WorkspaceScan:
     skipped: tuple[str, ...]  # nested repos / submodules, special files: not synced
     manifest_hash: str
     total_bytes: int
-
-    @property
-    def travel(self) -> dict[str, Any]:
-        """The contract's view of what travels (plain data; the UI renders it)."""
-        warnings = [
-            f"tracked secret-shaped file travels (it is in git history): {path}"
-            for path in self.tracked_secrets
-        ]
-        if self.skipped:
-            warnings.append(f"not synced (nested repository or special file): {len(self.skipped)}")
-        return {
-            "workspace": self.name,
-            "path": str(self.path),
-            "kind": "git" if self.is_git else "directory",
-            "head": self.head,
-            "branch": self.branch,
-            # The user expects the agent to see their working tree: uncommitted changes travel
-            # and become one commit on the session branch, reviewable like the agent's own work.
-            "working_tree": "travels (uncommitted changes included)" if self.dirty else "clean",
-            "files": len(self.files),
-            "bytes": self.total_bytes,
-            "excluded_secrets": list(self.excluded_secrets),
-            "warnings": warnings,
-        }
 
 
 # -- pure decisions -------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class WorkspaceRef:
     total_bytes: int
     excluded_secrets: tuple[str, ...] = ()
     tracked_secrets: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # nested repos, submodules, special files: not synced
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,11 @@ def resolve_contract(
         warnings.append(
             "Secret-shaped files are committed in this repo and travel with its history: "
             + ", ".join(workspace.tracked_secrets[:5])
+        )
+    if workspace.skipped:
+        warnings.append(
+            f"{len(workspace.skipped)} path(s) do not travel (nested repositories, submodules or "
+            "special files): " + ", ".join(workspace.skipped[:5])
         )
     if workspace.excluded_secrets:
         warnings.append(

@@ -101,6 +101,12 @@ def test_missing_credential_is_a_warning() -> None:
     assert any("ANTHROPIC_API_KEY is not set" in w for w in contract.warnings)
 
 
+def test_paths_that_do_not_travel_are_warned_about() -> None:
+    workspace = WorkspaceRef("/w", "w-1", True, None, None, False, 1, 1, skipped=("vendor/lib",))
+    warnings = resolve(LaunchRequest("shell"), workspace).warnings
+    assert any("do not travel" in w and "vendor/lib" in w for w in warnings)
+
+
 def test_container_is_not_a_microvm_warning_always_present() -> None:
     assert any("not a microVM" in w for w in resolve(LaunchRequest("shell")).warnings)
 
