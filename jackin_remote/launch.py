@@ -53,6 +53,7 @@ class LaunchOptions:
     name: str | None = None
     key_from: str | None = None
     include: tuple[str, ...] = ()
+    role_cache: Path | None = None  # where a git role is fetched (None: the laptop cache)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def prepare(
     check_session_name(options.name)
     env = parse_env(list(options.env))
     hosts = select_hosts(inventory, options.selector)
-    role = load_role(options.role)
+    role = load_role(options.role, options.role_cache)
     scan = scan_workspace(options.workspace, include=options.include)
     key_env = pick_runtime(options.runtime, _role_ref(role)).key_env
     source = options.key_from or key_env

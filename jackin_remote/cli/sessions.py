@@ -96,12 +96,18 @@ def explain(
     include: list[str] = INCLUDE, as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
-    try:
-        options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
-                           isolation, name, key_from, include)  # fmt: skip
-        _, items = _resolve(ctx, options)
-    except JackinError as error:
-        fail(error, as_json=as_json)
+    import dataclasses
+    import tempfile
+
+    # A git role is fetched into a temporary directory, gone when explain is done.
+    with tempfile.TemporaryDirectory(prefix="jackin-explain-") as scratch:
+        try:
+            options = _options(on, role, runtime, workspace, task, task_file, network, env,
+                               count, isolation, name, key_from, include)  # fmt: skip
+            options = dataclasses.replace(options, role_cache=Path(scratch))
+            _, items = _resolve(ctx, options)
+        except JackinError as error:
+            fail(error, as_json=as_json)
     if as_json:
         print_json(contracts=[c.to_dict() for c in items])
     else:

@@ -38,11 +38,14 @@ def image_tag(role: Role) -> str:
     return _host_image_tag(role.name, role.content_hash)
 
 
-def load_role(source: str | Path) -> Role:
-    """Read and validate a role from a directory (or its manifest file) or a git URL."""
+def load_role(source: str | Path, cache: Path | None = None) -> Role:
+    """Read and validate a role from a directory (or its manifest file) or a git URL.
+
+    A git URL is fetched into the laptop's role cache, or into `cache` (explain passes a
+    temporary directory: it must leave nothing behind)."""
     text = str(source)
     git = parse_git_source(text) if isinstance(source, str) else None
-    directory = fetch_git_role(git) if git is not None else _local_directory(Path(source))
+    directory = fetch_git_role(git, cache) if git is not None else _local_directory(Path(source))
     manifest_path = directory / MANIFEST_NAME
     manifest, index = _read_manifest(manifest_path)
     _check_dockerfile(directory, manifest, manifest_path, index)

@@ -62,9 +62,9 @@ def parse_git_source(source: str) -> GitSource | None:
     return GitSource(url, ref if has_ref else None)
 
 
-def fetch_git_role(source: GitSource) -> Path:
-    """A fresh shallow checkout of `source` in the cache; returns its directory."""
-    base = paths.cache_dir() / "roles"
+def fetch_git_role(source: GitSource, cache: Path | None = None) -> Path:
+    """A fresh shallow checkout of `source` in the cache (or in `cache`); returns its directory."""
+    base = cache or paths.cache_dir() / "roles"
     base.mkdir(parents=True, exist_ok=True)
     dest = base / source.key
     tmp = Path(tempfile.mkdtemp(prefix=f".{source.key}.", dir=base))

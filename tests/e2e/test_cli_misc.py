@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tests.conftest import CLI
-from tests.e2e.helpers import launch, make_workspace, wait_for
+from tests.e2e.helpers import TEST_ROLE, git, launch, make_workspace, wait_for
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx4ZGtpYqR5Zi1rZXktZm9yLWEtdGVzdC1vbmx5LTAx"
 
@@ -54,3 +55,19 @@ def test_the_local_view_can_be_rebuilt_from_the_hosts(
     assert [row["id"] for row in rebuilt] == [session["id"]]
     assert rebuilt[0]["state"] == "exited"
     cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
+
+
+def test_explain_of_a_git_role_leaves_nothing_on_the_laptop(
+    cli: CLI, local_inventory: Path, tmp_path: Path, laptop: Path
+) -> None:
+    role_repo = tmp_path / "role-repo"
+    shutil.copytree(TEST_ROLE, role_repo)
+    git(role_repo, "init", "-q", "-b", "main")
+    git(role_repo, "add", ".")
+    git(role_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "role")
+    ws = make_workspace(tmp_path / "ws")
+    data = cli.json("-i", str(local_inventory), "explain", "--role", f"git+file://{role_repo}",
+                    "--runtime", "demo", "--task", "t", str(ws))  # fmt: skip
+    assert data["contracts"][0]["identity"]["role"]["name"] == "test-agent"
+    assert not (laptop / "jackin").exists()
+    assert not (tmp_path / "host-root").exists()
