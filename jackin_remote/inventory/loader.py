@@ -14,7 +14,6 @@ with a hint; no other exception escapes for any bytes a file may hold.
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
 import math
 import os
@@ -38,6 +37,10 @@ from jackin_remote.inventory.model import (
     Limits,
 )
 from jackin_remote.inventory.toml_lines import KeyPath, SourceIndex, index_source
+from jackin_remote.inventory.values import ValueProblem as _Problem
+from jackin_remote.inventory.values import expect_str as _expect_str
+from jackin_remote.inventory.values import shown as _show
+from jackin_remote.inventory.values import toml_type_name
 
 ENV_VAR = "JACKIN_INVENTORY"
 DEFAULT_DIR = Path("inventory")
@@ -97,15 +100,6 @@ _PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9._/~-]+$")
 _IDENTITY_FILE_RE = re.compile(r"^[A-Za-z0-9._/~@+=,-]{1,4096}$")
 _MEMORY_RE = re.compile(r"^[0-9]{1,15}[kmg]?$")
 _NAME_HINT = f"names use {NAME_RULE}"
-
-
-class _Problem(Exception):
-    """A value is wrong; the caller knows where it is and turns this into an InventoryError."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 # ---- sources -------------------------------------------------------------------------------
@@ -334,31 +328,6 @@ def _refuse_secrets(document: dict[str, Any], ctx: _FileContext) -> None:
 # ---- generic checks ------------------------------------------------------------------------
 
 
-_TOML_TYPE_NAMES: tuple[tuple[type, str], ...] = (
-    (bool, "boolean"),  # before int: bool is an int subclass
-    (int, "integer"),
-    (float, "float"),
-    (str, "string"),
-    (list, "array"),
-    (dict, "table"),
-    (dt.datetime, "datetime"),  # before date: datetime is a date subclass
-    (dt.date, "date"),
-    (dt.time, "time"),
-)
-
-
-def toml_type_name(value: object) -> str:
-    for python_type, name in _TOML_TYPE_NAMES:
-        if isinstance(value, python_type):
-            return name
-    return type(value).__name__
-
-
-def _show(text: str) -> str:
-    """A value for a message: quoted, and short enough to read."""
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
 def _suggest(word: str, choices: Sequence[str]) -> str | None:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
@@ -400,12 +369,6 @@ def _check_name(name: str, path: KeyPath, ctx: _FileContext, *, what: str) -> No
 
 
 # ---- value validators (pure: raise _Problem, the caller adds the location) ------------------
-
-
-def _expect_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Problem(f"expected string, got {toml_type_name(value)}")
-    return value
 
 
 def _expect_int(value: object) -> int:

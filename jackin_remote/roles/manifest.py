@@ -17,8 +17,11 @@ from typing import Any
 
 from jackin_remote.core.names import NAME_RULE, is_valid_name
 from jackin_remote.errors import LocatedError
-from jackin_remote.inventory.loader import toml_type_name
 from jackin_remote.inventory.toml_lines import KeyPath, SourceIndex, index_source
+from jackin_remote.inventory.values import ValueProblem as _Problem
+from jackin_remote.inventory.values import expect_str as _expect_str
+from jackin_remote.inventory.values import shown as _show
+from jackin_remote.inventory.values import toml_type_name
 
 MANIFEST_NAME = "jackin.role.toml"
 MANIFEST_VERSION = 1
@@ -93,15 +96,6 @@ class Manifest:
     runtimes: tuple[str, ...]
     user: str
     description: str = ""
-
-
-class _Problem(Exception):
-    """A value is wrong; the caller knows where it is written."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -196,16 +190,6 @@ def _refuse_privileges(document: dict[str, Any], where: _Where) -> None:
 
 
 # ---- value validators (pure: raise _Problem) -------------------------------------------------
-
-
-def _show(text: str) -> str:
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
-def _expect_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Problem(f"expected string, got {toml_type_name(value)}")
-    return value
 
 
 def _version(value: object) -> int:
