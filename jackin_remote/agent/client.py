@@ -24,6 +24,9 @@ class AgentClosed(Exception):
         self.stderr = stderr
 
 
+MAX_RECORDED = 20  # listener failures kept for inspection; more are counted, not kept
+
+
 class AgentClient:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
@@ -33,6 +36,10 @@ class AgentClient:
         self._reader: asyncio.Task[None] | None = None
         self._closed: AgentClosed | None = None
         self.hello: Message = {}
+        # Exceptions raised by event listeners or by handling one odd message: recorded, never
+        # allowed to end the reader (a dead reader leaves every pending call waiting for ever).
+        self.listener_errors: list[BaseException] = []
+        self.dropped_messages = 0
 
     async def start(self) -> Message:
         """Start reading replies and say hello; returns the agent's hello."""
@@ -59,35 +66,54 @@ class AgentClient:
             self._listeners.pop(request_id, None)
 
     async def _read_loop(self) -> None:
-        while True:
-            line = await self._channel.readline()
-            if not line:
-                break
-            try:
-                message = protocol.decode(line)
-            except RemoteError:
-                continue  # noise on the channel must not kill the session
-            self._dispatch(message)
-        returncode = await self._channel.wait()
-        stderr = (await self._channel.read_stderr()).decode(errors="replace").strip()
-        self._closed = AgentClosed(returncode, stderr)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(self._closed)
+        try:
+            while True:
+                line = await self._channel.readline()
+                if not line:
+                    break
+                try:
+                    message = protocol.decode(line)
+                except RemoteError:
+                    continue  # noise on the channel must not kill the session
+                try:
+                    self._dispatch(message)
+                except Exception as exc:  # a malformed message: drop it, keep reading
+                    self._record(exc)
+                    self.dropped_messages += 1
+            returncode = await self._channel.wait()
+            stderr = (await self._channel.read_stderr()).decode(errors="replace").strip()
+            self._closed = AgentClosed(returncode, stderr)
+        finally:
+            # However the reader ends, no caller may be left waiting on a reply.
+            if self._closed is None:
+                self._closed = AgentClosed(None, "the connection to the host agent was lost")
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(self._closed)
+
+    def _record(self, exc: BaseException) -> None:
+        if len(self.listener_errors) < MAX_RECORDED:
+            self.listener_errors.append(exc)
 
     def _dispatch(self, message: Message) -> None:
         request_id = message.get("id")
         if request_id is None:
-            params = message.get("params") or {}
-            listener = self._listeners.get(int(params.get("request_id") or 0))
+            params = message.get("params")
+            if not isinstance(params, dict):
+                return
+            listener = self._listeners.get(_int(params.get("request_id")))
             if listener is not None:
-                listener(str(message.get("method")), params)
+                try:
+                    listener(str(message.get("method")), params)
+                except Exception as exc:  # the caller's rendering bug must not stop the replies
+                    self._record(exc)
             return
         future = self._pending.get(request_id)
         if future is None or future.done():
             return
         if "error" in message:
-            err = message["error"] or {}
+            err = message["error"]
+            err = err if isinstance(err, dict) else {"code": "error", "message": err}
             future.set_exception(
                 RemoteError(str(err.get("code")), str(err.get("message")), err.get("data"))
             )
@@ -104,3 +130,8 @@ class AgentClient:
                 self._reader.cancel()
                 with contextlib.suppress(BaseException):
                     await self._reader
+
+
+def _int(value: Any) -> int:
+    """A request id from the wire, 0 (no listener) when it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 from jackin_remote.errors import JackinError
+from jackin_remote.ui.safe import SafeConsole, line, visible
 
 SCHEMA_VERSION = "v1"
 
@@ -24,8 +24,9 @@ EXIT_SOME_HOSTS_FAILED = 3
 T = TypeVar("T")
 
 # Piped output is read by people in logs too: give tables room instead of 80 columns.
-out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # never break a path in two
+# SafeConsole: no markup, and external text is shown literally (see ui/safe.py).
+out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+err = SafeConsole(stderr=True, soft_wrap=True)  # never break a path in two
 
 
 @dataclass
@@ -52,6 +53,12 @@ def print_json(**data: Any) -> None:
     sys.stdout.write(json.dumps(envelope(**data), indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_text(text: str, *, raw: bool = False) -> None:
+    """External text (logs, diffs) to stdout: control characters shown visibly unless `raw`."""
+    sys.stdout.write(text if raw else visible(text))
+    sys.stdout.flush()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -62,7 +69,8 @@ def fail(error: JackinError, *, as_json: bool = False) -> NoReturn:
             error={"message": error.message, "hint": error.hint, "type": type(error).__name__}
         )
     else:
-        err.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+        # Messages quote hosts, paths and git's words: external text, never markup.
+        err.print(line(("error:", "bold red"), " ", error.message))
         if error.hint:
-            err.print(f"  [dim]hint: {error.hint}[/]")
+            err.print(line(("  hint: ", "dim"), (error.hint, "dim")))
     raise typer.Exit(error.exit_code)

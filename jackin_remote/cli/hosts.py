@@ -19,6 +19,7 @@ from jackin_remote.cli.common import (
     run,
 )
 from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.ui.safe import line
 
 app = typer.Typer(help="Inventory hosts: list, show, add, rm, check, trust.", no_args_is_help=True)
 
@@ -69,7 +70,7 @@ def show(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
         print_json(host=data)
         return
     for key, value in data.items():
-        out.print(f"[bold]{key:>14}[/]  {value if value not in (None, []) else '-'}")
+        out.print(line((f"{key:>14}", "bold"), f"  {value if value not in (None, []) else '-'}"))
 
 
 def _edit_target(ctx: typer.Context, file: Path | None) -> Path:
@@ -121,7 +122,7 @@ def add(
     if as_json:
         print_json(added=name, file=str(target))
     else:
-        out.print(f"added host [bold]{name}[/] to {target}")
+        out.print(line("added host ", (name, "bold"), f" to {target}"))
 
 
 @app.command("rm")
@@ -138,7 +139,7 @@ def remove(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
     if as_json:
         print_json(removed=name, file=str(changed))
     else:
-        out.print(f"removed host [bold]{name}[/] from {changed}")
+        out.print(line("removed host ", (name, "bold"), f" from {changed}"))
 
 
 @app.command("check")
@@ -215,7 +216,7 @@ def trust(
         if as_json:
             print_json(host=name, trusted=True, recorded=False)
         else:
-            out.print(f"{name}: host key already trusted")
+            out.print(line(f"{name}: host key already trusted"))
         return
     seen = fingerprint(witness.presented)
     if host.host_key:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,10 @@ from jackin_remote.cli.common import (
     out,
     print_json,
     run,
+    write_text,
 )
 from jackin_remote.errors import JackinError
+from jackin_remote.ui.safe import line
 
 JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
 ON = typer.Option(
@@ -46,6 +47,9 @@ KEY_FROM = typer.Option(
 )
 INCLUDE = typer.Option([], "--include", help="Send this secret-shaped file anyway (repeatable).")
 WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
+RAW = typer.Option(
+    False, "--raw", help="Pass the text through untouched (escape sequences included)."
+)
 
 
 def _options(
@@ -137,7 +141,7 @@ def launch(
 
     def step(host: str, message: str) -> None:
         if not as_json:
-            err.print(f"[dim]{host}:[/] {message.rstrip()}", highlight=False)
+            err.print(line((f"{host}:", "dim"), " ", message.rstrip()))
 
     async def go(progress: Any = None) -> list[dict[str, Any]]:
         async with Pool(prepared.inventory) as pool:
@@ -156,14 +160,14 @@ def launch(
     else:
         for entry in results:
             if entry["error"]:
-                err.print(f"[red]{entry['id']} on {entry['host']}: {entry['state']}:[/] "
-                          f"{entry['error']}")  # fmt: skip
+                err.print(line((f"{entry['id']} on {entry['host']}: {entry['state']}:", "red"),
+                               " ", entry["error"]))  # fmt: skip
             else:
-                out.print(
-                    f"[green]launched[/] {entry['id']} on {entry['host']} "
-                    f"({entry['container']})"
-                    + (f", branch {entry['branch']}" if entry.get("branch") else "")
-                )
+                out.print(line(
+                    ("launched", "green"), f" {entry['id']} on {entry['host']} ",
+                    f"({entry['container']})",
+                    f", branch {entry['branch']}" if entry.get("branch") else "",
+                ))  # fmt: skip
     if any(entry["error"] for entry in results):
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
@@ -214,8 +218,8 @@ def ls(
 
         out.print(sessions_table(rows))
         for result in failed:
-            err.print(f"[yellow]{result.host.name}: {result.state}:[/] "
-                      f"{getattr(result.error, 'reason', result.error)}")  # fmt: skip
+            err.print(line((f"{result.host.name}: {result.state}:", "yellow"), " ",
+                           getattr(result.error, "reason", result.error)))  # fmt: skip
     if failed:
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
@@ -251,13 +255,20 @@ def logs(
     session: str,
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the session ends."),
     tail: int | None = typer.Option(None, "--tail", help="Only the last N lines."),
+    raw: bool = RAW,
     as_json: bool = JSON,
 ) -> None:
-    """Show a session's output (task mode) or its tmux screen (interactive mode)."""
+    """Show a session's output (task mode) or its tmux screen (interactive mode).
+
+    Control characters the agent printed are shown visibly (`\x1b`); --raw passes them through.
+    """
+    held = ""  # a "\r" at a chunk's end may be the first half of a "\r\n" line ending
 
     def on_event(_method: str, params: dict[str, Any]) -> None:
-        sys.stdout.write(params.get("data", ""))
-        sys.stdout.flush()
+        nonlocal held
+        chunk = held + str(params.get("data", ""))
+        held = "\r" if chunk.endswith("\r") and not raw else ""
+        write_text(chunk[: len(chunk) - len(held)], raw=raw)
 
     try:
         row, result = _session_call(ctx, session, "session.logs",
@@ -270,7 +281,7 @@ def logs(
     if as_json:
         print_json(session=row["id"], host=row["host"], text=result["text"])
     else:
-        sys.stdout.write(result["text"])
+        write_text(held + str(result["text"]), raw=raw)
 
 
 def stop(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
@@ -282,7 +293,7 @@ def stop(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
     if as_json:
         print_json(session=row["id"], host=row["host"], state=result["state"])
     else:
-        out.print(f"{row['id']} on {row['host']}: {result['state']}")
+        out.print(line(f"{row['id']} on {row['host']}: {result['state']}"))
 
 
 def rm(
@@ -305,7 +316,7 @@ def rm(
         print_json(session=row["id"], host=row["host"], removed=True,
                    discarded_unpulled=result["discarded_unpulled"])  # fmt: skip
     else:
-        out.print(f"removed {row['id']} from {row['host']}")
+        out.print(line(f"removed {row['id']} from {row['host']}"))
 
 
 def attach(ctx: typer.Context, session: str) -> None:
@@ -341,41 +352,56 @@ def pull(
     session: str,
     workspace: Path | None = typer.Option(
         None,
+        "--into",
         "--workspace",
-        help="Local repo to pull into (default: where the session was launched from).",
+        help="Local repo/directory to pull into (default: the workspace this laptop launched "
+        "the session from; required for a session launched elsewhere).",
+    ),
+    max_size: str = typer.Option(
+        "4G", "--max-size", help="Refuse work larger than this (bytes, or 500M, 2G...)."
     ),
     as_json: bool = JSON,
 ) -> None:
     """Bring a session's work back: branch jackin/<session> (git) or .jackin/pulled/<session>/."""
     from jackin_remote.fleet import Pool
-    from jackin_remote.review import pull_session
+    from jackin_remote.review import parse_size, pull_session, pull_target
     from jackin_remote.sessions import find_session
     from jackin_remote.store import Store
 
-    inventory = load(ctx)
+    try:
+        limit = parse_size(max_size)
+        inventory = load(ctx)
+    except JackinError as error:
+        fail(error, as_json=as_json)
     store = Store()
 
     async def go() -> tuple[dict[str, Any], Any]:
         async with Pool(inventory) as pool:
             row, host = await find_session(pool, inventory, store, session)
-            target = workspace or (Path(row["workspace_path"]) if row.get("workspace_path")
-                                   else Path("."))  # fmt: skip
+            target = pull_target(host.name, row, workspace)  # the laptop's record, not a host's
             link = await pool.agent(host)
-            return row, await pull_session(link, row, target)
+            return row, await pull_session(link, row, target, max_bytes=limit)
 
     try:
         row, result = run(go())
     except JackinError as error:
         fail(error, as_json=as_json)
     data = {key: value for key, value in vars(result).items() if key != "session"}
+    data["skipped"] = [{"path": name, "why": why} for name, why in result.skipped]
+    data["outside_links"] = [{"path": name, "target": to} for name, to in result.outside_links]
     if as_json:
         print_json(session=row["id"], host=row["host"], **data)
     else:
         where = data.get("branch") or data.get("path")
-        out.print(f"pulled {row['id']} from {row['host']} into {where}")
+        out.print(line(f"pulled {row['id']} from {row['host']} into {where}"))
+        for name, target in result.outside_links:
+            err.print(line(("warning:", "yellow"), " link ", (name, "bold"), " -> ", target,
+                           " points outside the pulled tree: not created"))  # fmt: skip
+        for name, why in result.skipped:
+            err.print(line(("warning:", "yellow"), " skipped ", (name, "bold"), f": {why}"))
 
 
-def diff(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
+def diff(ctx: typer.Context, session: str, raw: bool = RAW, as_json: bool = JSON) -> None:
     """Show what a session changed, against where it started."""
     try:
         row, result = _session_call(ctx, session, "session.diff", {})
@@ -384,7 +410,7 @@ def diff(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
     if as_json:
         print_json(session=row["id"], host=row["host"], **result)
     else:
-        sys.stdout.write(result["text"])
+        write_text(str(result["text"]), raw=raw)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,8 @@
-"""The session contract as a rich panel: DESIGN.md's sections, in order."""
+"""The session contract as a rich panel: DESIGN.md's sections, in order.
+
+Every value is shown through ui/safe.py: paths, names and the task come from the workspace, the
+role and the command line, and must never be read as markup or reach the terminal as escapes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from jackin_remote.ui.safe import line, text
 
 TITLES = {
     "identity": "identity", "routing": "routing", "filesystem": "filesystem",
@@ -22,7 +28,7 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, value in rows:
-        table.add_row(key, "-" if value in (None, "", []) else str(value))
+        table.add_row(text(key), text("-" if value in (None, "", []) else value))
     return table
 
 
@@ -49,8 +55,8 @@ def _filesystem(data: dict[str, Any]) -> RenderableType:
     for column in ("laptop", "host", "container", "mode", "isolation"):
         table.add_column(column, style="dim" if column == "laptop" else None)
     for mount in data["mounts"]:
-        table.add_row(mount["laptop"] or "-", mount["host"] or "-", mount["container"],
-                      mount["mode"], mount["isolation"])  # fmt: skip
+        table.add_row(*(text(cell) for cell in (mount["laptop"] or "-", mount["host"] or "-",
+                        mount["container"], mount["mode"], mount["isolation"])))  # fmt: skip
     extra = _kv([
         ("root fs", data["root_filesystem"]),
         ("working tree", data["working_tree"]),
@@ -91,19 +97,20 @@ def _section(name: str, data: Any) -> RenderableType:
     if name == "docker_access":
         return _kv([("access", data["access"]), ("", data["detail"])])
     if name == "service_ports":
-        return Text("none" if not data else ", ".join(map(str, data)))
+        return text("none" if not data else ", ".join(map(str, data)))
     if name == "plan":
         table = Table.grid(padding=(0, 1))
         for index, effect in enumerate(data, 1):
-            table.add_row(f"{index}.", effect["action"], Text(effect["target"], style="cyan"),
-                          Text(f"({effect['when']})", style="dim"))  # fmt: skip
+            table.add_row(Text(f"{index}."), text(effect["action"]),
+                          text(effect["target"], style="cyan"),
+                          text(f"({effect['when']})", style="dim"))  # fmt: skip
         return table
     if name == "warnings":
-        return Group(*(Text(f"! {w}", style="yellow") for w in data)) if data else Text("none")
+        return Group(*(text(f"! {w}", style="yellow") for w in data)) if data else Text("none")
     if isinstance(data, dict):
         return _kv([(k.replace("_", " "), ", ".join(v) if isinstance(v, list) else v)
                     for k, v in data.items()])  # fmt: skip
-    return Text(str(data))
+    return text(data)
 
 
 def contract_panel(contract: dict[str, Any]) -> Panel:
@@ -115,7 +122,7 @@ def contract_panel(contract: dict[str, Any]) -> Panel:
     identity = contract["identity"]
     return Panel(
         Group(*parts[:-1]),
-        title=f"session contract {identity['session']}",
-        subtitle=f"{identity['host']} / {identity['runtime']}",
+        title=line(f"session contract {identity['session']}"),
+        subtitle=line(f"{identity['host']} / {identity['runtime']}"),
         expand=False,
     )

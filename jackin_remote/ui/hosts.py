@@ -1,4 +1,8 @@
-"""Tables for `hosts list` and `hosts check`."""
+"""Tables for `hosts list` and `hosts check`.
+
+Facts and error messages are a host's answers: every cell goes through ui/safe.py, and numbers
+are formatted only when they are numbers, so a host that answers nonsense cannot break the table.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jackin_remote.inventory.model import Host
+from jackin_remote.ui.safe import line, text
 
 STATUS_STYLE = {
     "ok": "green",
@@ -29,20 +34,38 @@ def hosts_table(hosts: Sequence[Host]) -> Table:
         address = "-" if host.is_local else f"{host.ssh_address}:{host.port or 22}"
         if host.jump:
             address += f" via {host.jump}"
-        table.add_row(
+        table.add_row(*(text(cell) for cell in (
             host.name, host.transport, address, host.user or "-", ",".join(host.labels) or "-",
-            str(host.capacity), host.root, host.where,
-        )  # fmt: skip
+            host.capacity, host.root, host.where,
+        )))  # fmt: skip
     return table
 
 
+def _number(value: Any, spec: str, suffix: str = "", scale: float = 1) -> str:
+    """`value` formatted with `spec`, or "-" when the host did not give a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value / scale:{spec}}{suffix}"
+
+
 def _gib(value: Any) -> str:
-    return f"{value / 1024**3:.1f}G" if isinstance(value, int | float) else "-"
+    return _number(value, ".1f", "G", 1024**3)
+
+
+def _load(load: Any) -> str:
+    return "load " + (_number(load[0], ".2f") if isinstance(load, list) and load else "-")
+
+
+def _resources(facts: dict[str, Any]) -> str:
+    memory = (facts.get("memory") or {}).get("total")
+    free = (facts.get("disk") or {}).get("free")
+    return (f"{facts.get('cpus')} cpu, {_gib(memory)} mem, {_gib(free)} free, "
+            f"{_load(facts.get('load'))}")  # fmt: skip
 
 
 def _docker_cell(docker: dict[str, Any]) -> Text:
     if docker.get("access"):
-        return Text(str(docker.get("version")), style="green")
+        return text(docker.get("version"), style="green")
     if docker.get("installed"):
         return Text("no access", style="red")
     return Text("missing", style="red")
@@ -69,36 +92,35 @@ def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
         table.add_column(column, no_wrap=column in ("host", "status", "verdict", "rtt"))
     notes: list[Text] = []
     for entry in entries:
-        status = Text(entry["status"], style=STATUS_STYLE.get(entry["status"], ""))
-        verdict = Text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], ""))
+        name = text(entry["name"])
+        status = text(entry["status"], style=STATUS_STYLE.get(entry["status"], ""))
+        verdict = text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], ""))
         facts = entry.get("facts")
         if facts is None:
-            table.add_row(entry["name"], status, verdict, *["-"] * 6)
+            table.add_row(name, status, verdict, *["-"] * 6)
             error = entry.get("error") or {}
-            notes.append(Text.assemble((f"{entry['name']}: ", "bold"), error.get("message", "")))
+            notes.append(line((f"{entry['name']}: ", "bold"), error.get("message", "")))
             if error.get("hint"):
-                notes.append(Text(f"  hint: {error['hint']}", style="dim"))
+                notes.append(line((f"  hint: {error['hint']}", "dim")))
             continue
         agent = entry["agent"]
-        load = facts.get("load")
         docker = facts.get("docker") or {}
-        tools = Text.assemble(
+        tools = line(
             f"python {facts.get('python')}  docker ", _docker_cell(docker),
             f"  rsync {facts.get('rsync') or 'missing'}  git {facts.get('git') or 'missing'}",
+            multiline=False,
         )  # fmt: skip
         table.add_row(
-            entry["name"], status, verdict,
-            f"{entry['latency_ms']:.1f}ms",
-            f"{_short_os(facts.get('os'))}, {facts.get('kernel')}, {facts.get('arch')}",
-            f"{facts.get('cpus')} cpu, {_gib((facts.get('memory') or {}).get('total'))} mem, "
-            f"{_gib((facts.get('disk') or {}).get('free'))} free, "
-            f"load {load[0]:.2f}" if load else "load -",
+            name, status, verdict,
+            text(_number(entry.get("latency_ms"), ".1f", "ms")),
+            text(f"{_short_os(facts.get('os'))}, {facts.get('kernel')}, {facts.get('arch')}"),
+            text(_resources(facts)),
             tools,
-            f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'})",
-            f"{entry['clock_skew_s']:+.2f}s",
+            text(f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'})"),
+            text(_number(entry.get("clock_skew_s"), "+.2f", "s")),
         )  # fmt: skip
         for problem in entry.get("problems", []):
             style = "red" if problem["severity"] == "fail" else "yellow"
-            notes.append(Text.assemble((f"{entry['name']}: ", "bold"), (problem["message"], style)))
-            notes.append(Text(f"  hint: {problem['hint']}", style="dim"))
+            notes.append(line((f"{entry['name']}: ", "bold"), (problem["message"], style)))
+            notes.append(line((f"  hint: {problem['hint']}", "dim")))
     return Group(table, *notes) if notes else table

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from jackin_remote.sync import SyncProgress, is_big_sync
+from jackin_remote.ui.safe import visible
 from jackin_remote.workspace import WorkspaceScan
 
 
@@ -27,10 +28,11 @@ class SyncProgressBar:
 
     def __init__(self, console: Console | None = None) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            # No markup: the description is a host name, shown literally (ui/safe.py).
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
             console=console or Console(stderr=True),
             transient=True,
@@ -42,7 +44,7 @@ class SyncProgressBar:
         if event.phase == "rsync":
             if task is None:
                 self._tasks[event.host] = self._progress.add_task(
-                    event.host, total=100, status="syncing"
+                    visible(event.host, multiline=False), total=100, status="syncing"
                 )
             return
         if task is None:
@@ -52,7 +54,7 @@ class SyncProgressBar:
         elif event.phase == "done":
             self._progress.update(task, completed=100, status="done")
         elif event.phase == "failed":
-            self._progress.update(task, status="[red]failed")
+            self._progress.update(task, status="failed")
 
     def __enter__(self) -> SyncProgressBar:
         self._progress.start()

@@ -1,13 +1,19 @@
-"""The fleet view: one table of every session on every host."""
+"""The fleet view: one table of every session on every host.
+
+Rows are what hosts answered (a compromised host chooses every string and number in them):
+cells go through ui/safe.py, and numbers are formatted only when they are numbers.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
-from rich.text import Text
+
+from jackin_remote.ui.safe import text
 
 STATE_STYLE = {
     "running": "green", "starting": "cyan", "exited": "blue", "crashed": "red",
@@ -16,8 +22,12 @@ STATE_STYLE = {
 STATUS_STYLE = {"blocked": "bold yellow", "done": "green", "working": "cyan", "idle": "dim"}
 
 
-def age(since: float | None, now: float | None = None) -> str:
-    if not since:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def age(since: Any, now: float | None = None) -> str:
+    if not since or not _is_number(since):
         return "-"
     seconds = max(0, int((now or time.time()) - since))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -27,7 +37,7 @@ def age(since: float | None, now: float | None = None) -> str:
 
 
 def _memory(value: Any) -> str:
-    if not isinstance(value, int | float):
+    if not _is_number(value):
         return "-"
     return f"{value / 1024**2:.0f}M" if value < 1024**3 else f"{value / 1024**3:.1f}G"
 
@@ -48,21 +58,22 @@ def sessions_table(rows: Sequence[dict[str, Any]], now: float | None = None) -> 
     ):
         table.add_column(column, no_wrap=True)  # fmt: skip
     for row in rows:
-        state = row.get("shown_state") or row["state"]
-        state_text = Text(state, style=STATE_STYLE.get(state, ""))
+        state = str(row.get("shown_state") or row["state"])
+        state_text = text(state, style=STATE_STYLE.get(state, ""))
         if state == "lost":
-            state_text.append(
+            state_text.append_text(text(
                 f" (was {row['state']}; last contact {age(row.get('last_contact'), now)} ago)",
                 style="dim",
-            )
+            ))  # fmt: skip
         live = state == "running"
+        agent_status = str(row.get("agent_status") or "unknown")
+        cpu = row.get("cpu_percent")
         table.add_row(
-            row["id"] + (f" ({row['name']})" if row.get("name") else ""),
-            row["host"], row["workspace"], row["role"], row["runtime"], state_text,
-            Text(row.get("agent_status") or "unknown",
-                 style=STATUS_STYLE.get(row.get("agent_status") or "", "")),
-            age(row.get("created_at"), now),
-            f"{row['cpu_percent']:.0f}%" if live and row.get("cpu_percent") is not None else "-",
-            _memory(row.get("memory_bytes")) if live else "-",
+            text(f"{row['id']}" + (f" ({row['name']})" if row.get("name") else "")),
+            *(text(row[key]) for key in ("host", "workspace", "role", "runtime")), state_text,
+            text(agent_status, style=STATUS_STYLE.get(agent_status, "")),
+            text(age(row.get("created_at"), now)),
+            text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
+            text(_memory(row.get("memory_bytes")) if live else "-"),
         )  # fmt: skip
     return table

@@ -1,0 +1,253 @@
+"""Tables and panels rendered to strings by a fixed-width rich Console: what a person reads.
+
+A plain rich Console (markup on, as rich defaults) is used on purpose: the renderables must be
+safe by themselves, not only thanks to the CLI's SafeConsole.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+from rich.console import Console, RenderableType
+
+from jackin_remote.cli.common import fail
+from jackin_remote.core.contract import (
+    LaunchRequest,
+    RoleRef,
+    TargetRef,
+    WorkspaceRef,
+    resolve_contract,
+)
+from jackin_remote.errors import JackinError
+from jackin_remote.inventory.model import Host
+from jackin_remote.ui.contract import contract_panel
+from jackin_remote.ui.hosts import check_table, hosts_table
+from jackin_remote.ui.safe import SafeConsole, line, visible
+from jackin_remote.ui.sessions import sessions_table
+
+WIDTHS = (80, 120, 200)
+# What a hostile host, agent or workspace can put in a string: markup, OSC 52 (clipboard),
+# OSC 0 (title), a screen clear, an overwrite, BEL, backspace, a C1 CSI and a bidi override.
+HOSTILE = "x[/b][/red][bold]\x1b]52;c;cHduZWQ=\x07\x1b]0;pwned\x07\x1b[2J\rY\x08\x9b31m\u202eZ"
+RAW_CONTROLS = ("\x1b", "\x07", "\x08", "\r", "\x9b", "\u202e")
+
+
+def render(renderable: RenderableType, width: int, *, terminal: bool = False) -> str:
+    console = Console(file=io.StringIO(), width=width, force_terminal=terminal,
+                      color_system="standard" if terminal else None)  # fmt: skip
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def plain(output: str) -> str:
+    """`output` without rich's own colour codes (SGR); anything else left is the data's."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", output)
+
+
+def assert_inert(output: str) -> None:
+    for char in RAW_CONTROLS:
+        assert char not in plain(output), (char, output)
+
+
+# -- visible() -------------------------------------------------------------------------------
+
+
+def test_visible_shows_every_control_and_format_character() -> None:
+    shown = visible(HOSTILE)
+    assert_inert(shown)
+    assert shown.startswith("x[/b][/red][bold]\\x1b]52;c;cHduZWQ=\\x07\\x1b]0;pwned\\x07")
+    assert "\\x1b[2J\\rY\\x08\\x9b31m\\u202eZ" in shown
+
+
+def test_visible_keeps_lines_tabs_and_real_text_but_not_a_lone_carriage_return() -> None:
+    assert visible("a\tb\r\nc\n") == "a\tb\nc\n"
+    assert visible("100%\rdone") == "100%\\rdone"
+    text = "caf\u00e9 \u65e5\u672c \U0001f469\u200d\U0001f4bb"  # accents, CJK, a ZWJ emoji
+    assert visible(text) == text
+    assert visible("a\nb\tc", multiline=False) == "a\\nb\\tc"
+    assert visible("\u2066\u2069\ufeff\U000e0041") == "\\u2066\\u2069\\ufeff\\U000e0041"
+
+
+def test_safe_console_prints_strings_literally() -> None:
+    console = SafeConsole(file=io.StringIO(), width=200, force_terminal=True)
+    console.print(HOSTILE)
+    console.print(line(("error:", "bold red"), " ", HOSTILE))
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert_inert(output)
+    assert "x[/b][/red][bold]" in plain(output) and "\\x1b]52;c;" in plain(output)
+
+
+def test_error_printer_shows_markup_and_escapes_literally(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import typer
+
+    with pytest.raises(typer.Exit):
+        fail(JackinError(f"git failed on {HOSTILE}", hint=f"see {HOSTILE}"))
+    err = capsys.readouterr().err
+    assert f"git failed on {visible(HOSTILE)}" in err.replace("\n", "")
+    assert_inert(err)
+
+
+# -- hosts list ------------------------------------------------------------------------------
+
+
+HOSTS = [
+    Host("local", transport="local", root="/tmp/jackin-root"),
+    Host("web-1", address="10.0.0.5", port=2222, user="ops", labels=("gpu", "eu"), capacity=6,
+         jump="bastion"),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_hosts_table(width: int) -> None:
+    output = render(hosts_table(HOSTS), width)
+    for header in ("name", "address", "capacity"):
+        assert header in output
+    assert "local" in output and "web-1" in output
+    if width >= 120:
+        assert "10.0.0.5:2222 via bastion" in output
+        assert "gpu,eu" in output and "/tmp/jackin-root" in output
+        row = next(r for r in output.splitlines() if "web-1" in r)
+        assert " 6 " in row and " ops " in row
+
+
+# -- hosts check -----------------------------------------------------------------------------
+
+
+def check_entry(**facts: Any) -> dict[str, Any]:
+    base = {
+        "os": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0", "arch": "x86_64", "cpus": 4,
+        "memory": {"total": 8 * 1024**3}, "disk": {"free": 50 * 1024**3, "path": "/"},
+        "python": "3.11.2", "rsync": "3.2.7", "git": "2.39.2",
+        "docker": {"installed": True, "access": True, "version": "24.0.5"},
+    }  # fmt: skip
+    base.update(facts)
+    return {
+        "name": "web-1", "status": "ok", "verdict": "ready", "latency_ms": 1.25,
+        "clock_skew_s": -0.5, "facts": base, "problems": [],
+        "agent": {"version": "0.4.0", "deployed": False},
+    }  # fmt: skip
+
+
+def test_check_table_resources_with_and_without_load() -> None:
+    with_load = render(check_table([check_entry(load=[0.52, 0.4, 0.3])]), 200)
+    assert "4 cpu, 8.0G mem, 50.0G free, load 0.52" in with_load
+    # A missing load used to swallow the whole cell ("load -" alone).
+    without = render(check_table([check_entry()]), 200)
+    assert "4 cpu, 8.0G mem, 50.0G free, load -" in without
+    assert "Debian 12, 6.1.0, x86_64" in without
+    assert "python 3.11.2  docker 24.0.5  rsync 3.2.7  git 2.39.2" in without
+    assert "1.2ms" in without and "-0.50s" in without and "0.4.0 (current)" in without
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_check_table_at_every_width(width: int) -> None:
+    entries = [
+        check_entry(load=[1.0]),
+        {"name": "db-2", "status": "unreachable", "verdict": "unusable",
+         "error": {"message": "connection refused", "hint": "is sshd running?"}},
+    ]  # fmt: skip
+    output = render(check_table(entries), width)
+    assert "web-1" in output and "db-2" in output and "unreachable" in output
+    assert "db-2: connection refused" in output and "hint: is sshd running?" in output
+
+
+def test_check_table_shows_a_hostile_hosts_answers_literally() -> None:
+    entry = check_entry(load=["lots"], cpus=HOSTILE, kernel=HOSTILE, python=HOSTILE,
+                        docker={"installed": True, "access": True, "version": HOSTILE})  # fmt: skip
+    entry["problems"] = [{"severity": "fail", "message": HOSTILE, "hint": HOSTILE}]
+    failed = {"name": "db-2", "status": "agent_error", "verdict": "unusable",
+              "error": {"message": HOSTILE, "hint": HOSTILE}}  # fmt: skip
+    for terminal in (False, True):
+        output = render(check_table([entry, failed]), 200, terminal=terminal)
+        assert_inert(output)
+        assert "load -" in output and "db-2: x[/b][/red][bold]\\x1b]52" in plain(output)
+
+
+# -- ls --------------------------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+
+
+def session_row(**fields: Any) -> dict[str, Any]:
+    row = {
+        "id": "abcd2345", "name": "fix-login", "host": "web-1", "workspace": "app-1a2b3c",
+        "role": "test-agent", "runtime": "demo", "state": "running", "agent_status": "working",
+        "created_at": NOW - 3 * 3600, "cpu_percent": 12.4, "memory_bytes": 300 * 1024**2,
+    }  # fmt: skip
+    row.update(fields)
+    return row
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sessions_table(width: int) -> None:
+    rows = [
+        session_row(),
+        session_row(id="efgh6789", name=None, host="db-2", state="exited", agent_status="done",
+                    created_at=NOW - 90),  # fmt: skip
+        session_row(id="jkmn0123", name=None, state="running", shown_state="lost",
+                    last_contact=NOW - 7200),  # fmt: skip
+    ]
+    output = render(sessions_table(rows, now=NOW), width)
+    assert "sessions" in output and "abcd2345" in output
+    if width >= 200:
+        assert "abcd2345 (fix-login)" in output
+        first = next(r for r in output.splitlines() if "abcd2345" in r)
+        for cell in ("web-1", "app-1a2b3c", "test-agent", "demo", "running", "working", "3h",
+                     "12%", "300M"):  # fmt: skip
+            assert cell in first, (cell, first)
+        second = next(r for r in output.splitlines() if "efgh6789" in r)
+        assert "exited" in second and "done" in second and "1m" in second
+        assert "12%" not in second  # only live sessions show usage
+        assert "lost (was running; last contact 2h ago)" in output
+
+
+def test_sessions_table_shows_a_hostile_hosts_rows_literally() -> None:
+    rows = [session_row(name=HOSTILE, workspace=HOSTILE, role="[/red]", runtime=HOSTILE,
+                        state=HOSTILE, agent_status=HOSTILE, created_at="soon",
+                        cpu_percent="lots", memory_bytes=float("nan"))]  # fmt: skip
+    for terminal in (False, True):
+        output = render(sessions_table(rows, now=NOW), 400, terminal=terminal)
+        assert_inert(output)
+        assert "x[/b][/red][bold]\\x1b]52;c;cHduZWQ=\\x07" in plain(output)
+
+
+# -- the contract panel ----------------------------------------------------------------------
+
+ROLE = RoleRef("test-agent", "ab" * 32, "jackin-role-test-agent:abababababab", "agent",
+               ("shell", "demo"), "/roles/test-agent")  # fmt: skip
+TARGET = TargetRef("web-1", "ssh", "10.0.0.5", "~/.jackin", "docker", "2g", 1.5, 256)
+
+
+def contract(path: str = "/home/me/app", task: str = "echo hi") -> dict[str, Any]:
+    workspace = WorkspaceRef(path, "app-123abc", True, "c0ffee" * 6 + "abcd", "main", True,
+                             12, 3400, excluded_secrets=(".env",), tracked_secrets=())  # fmt: skip
+    request = LaunchRequest("shell", task=task, network="none")
+    return resolve_contract("abcd2345", TARGET, ROLE, workspace, request).to_dict()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_contract_panel(width: int) -> None:
+    output = render(contract_panel(contract()), width)
+    titles = ("identity", "routing", "filesystem", "credentials", "network", "docker access",
+              "limits", "persistence", "host-side effects (plan)", "recovery", "warnings")  # fmt: skip
+    positions = [output.index(title) for title in titles]
+    assert positions == sorted(positions)  # DESIGN.md's order
+    assert "session contract abcd2345" in output
+    assert "abcd2345" in output and "web-1" in output and "test-agent" in output
+    if width >= 120:
+        assert "/home/me/app" in output and "echo hi" in output
+        assert "none: no credential enters the sandbox" in output
+        assert "host-enforced" in output and ".env" in output
+
+
+def test_contract_panel_shows_hostile_paths_and_tasks_literally() -> None:
+    data = contract(path=f"/home/me/{HOSTILE}", task=HOSTILE)
+    for terminal in (False, True):
+        output = render(contract_panel(data), 400, terminal=terminal)
+        assert_inert(output)
+        assert "/home/me/x[/b][/red][bold]\\x1b]52;c;cHduZWQ=\\x07" in plain(output)
