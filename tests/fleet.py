@@ -8,6 +8,9 @@
 Hosts are shared by every test (and every xdist worker) that asks for them: `fleet_up` only
 starts what is missing. `stop_host` and `rekey_host` disturb a shared host; put it back before
 the test ends (`start_host`, `rekeyed`).
+
+The hosts belong to this checkout (scripts/fleet names them jackin-<hash of the path>-fleet-K), so
+a test reaches a host's container through `container("fleet-K")`, never a literal name.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class FleetError(RuntimeError):
 @dataclass(frozen=True)
 class FleetHost:
     name: str  # fleet-K, as in the inventory
-    container: str  # jackin-fleet-K
+    container: str  # jackin-<ns>-fleet-K: this checkout's container for it
     port: int  # sshd on 127.0.0.1; fixed for the container's life, across stop/start
     ip: str  # on the outer docker bridge; empty if it was stopped when the state was written
     host_key: str  # "ssh-ed25519 AAAA..."
@@ -114,6 +117,11 @@ def load_state() -> FleetInfo:
     )
 
 
+def container(name: str) -> str:
+    """The docker container of fleet host `name` (fleet-K) in this checkout's fleet."""
+    return load_state().host(name).container
+
+
 def docker_exec(
     container: str, *argv: str, input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -140,30 +148,26 @@ def rekey_host(name: str) -> str:
 
     Clients holding the old key in known_hosts must now refuse to connect.
     """
-    container = _container(name)
-    docker_exec(container, "sh", "-c", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null")
-    return _reload_sshd(container)
+    box = container(name)
+    docker_exec(box, "sh", "-c", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null")
+    return _reload_sshd(box)
 
 
 @contextlib.contextmanager
 def rekeyed(name: str) -> Iterator[str]:
     """rekey_host for the duration of a with-block, then the original keys come back."""
-    container = _container(name)
+    box = container(name)
     save = f"mkdir -p {SAVED_KEYS_DIR} && cp -p /etc/ssh/ssh_host_* {SAVED_KEYS_DIR}/"
-    docker_exec(container, "sh", "-c", save)
+    docker_exec(box, "sh", "-c", save)
     try:
         yield rekey_host(name)
     finally:
         restore = f"cp -p {SAVED_KEYS_DIR}/* /etc/ssh/ && rm -rf {SAVED_KEYS_DIR}"
-        docker_exec(container, "sh", "-c", restore)
-        _reload_sshd(container)
+        docker_exec(box, "sh", "-c", restore)
+        _reload_sshd(box)
 
 
-def _container(name: str) -> str:
-    return name if name.startswith("jackin-") else f"jackin-{name}"
-
-
-def _reload_sshd(container: str, timeout: float = 30) -> str:
+def _reload_sshd(container: str, timeout: float = 120) -> str:
     """SIGHUPs sshd (PID 1, it re-execs itself) and waits until it serves the key on disk."""
     pub = docker_exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout
     key = " ".join(pub.split()[:2])

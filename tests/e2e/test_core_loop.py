@@ -17,7 +17,7 @@ TASK = "write hello.txt: hello from the sandbox"
 
 
 def docker_prefix(host: str) -> tuple[str, ...]:
-    return () if host == "local" else ("docker", "exec", f"jackin-{host}")
+    return () if host == "local" else ("docker", "exec", fleet_mod.container(host))
 
 
 @pytest.fixture(params=["local", "fleet-1"])
@@ -88,9 +88,9 @@ def _host_state(host: str, root: Path, container: str) -> str:
         exists = ["docker", "ps", "-a", "-q", "--filter", f"name={container}"]
     else:
         made = fleet_mod.docker_exec(
-            f"jackin-{host}", "sh", "-c", f"ls -la {root} 2>&1 || true"
+            fleet_mod.container(host), "sh", "-c", f"ls -la {root} 2>&1 || true"
         ).stdout
-        exists = ["docker", "exec", f"jackin-{host}", "docker", "ps", "-a", "-q",
+        exists = ["docker", "exec", fleet_mod.container(host), "docker", "ps", "-a", "-q",
                   "--filter", f"name={container}"]  # fmt: skip
     containers = subprocess.run(exists, capture_output=True, text=True, check=True).stdout
     return made + "|" + containers

@@ -39,28 +39,30 @@ def test_check_reports_every_host_and_a_second_deploy_sends_nothing(
         assert abs(entry["clock_skew_s"]) < 2
         assert entry["verdict"] == "ready", entry["problems"]
     assert hosts["fleet-1"]["facts"]["user"] == "jackin"
-    before = agent_files("jackin-fleet-1")
+    before = agent_files(fleet_mod.container("fleet-1"))
 
     second = cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", ON_STABLE)
     for entry in second["hosts"]:
         assert entry["agent"]["deployed"] is False
         assert entry["agent"]["bytes_sent"] == 0
-    assert agent_files("jackin-fleet-1") == before
+    assert agent_files(fleet_mod.container("fleet-1")) == before
 
 
 def test_a_missing_agent_is_redeployed_atomically(cli: CLI, fleet_inventory: Path) -> None:
     root = f"/home/jackin/redeploy-{os.urandom(4).hex()}"
     add_host_copy(fleet_inventory, "fleet-2", "probe", root)
     cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "probe")
-    fleet_mod.docker_exec("jackin-fleet-2", "sh", "-c", f"rm -rf {root}/agent/*")
+    fleet_mod.docker_exec(fleet_mod.container("fleet-2"), "sh", "-c", f"rm -rf {root}/agent/*")
     entry = cli.json("-i", str(fleet_inventory), "hosts", "check", "--on", "probe")["hosts"][0]
     assert entry["agent"]["deployed"] is True and entry["agent"]["bytes_sent"] > 100_000
-    listing = fleet_mod.docker_exec("jackin-fleet-2", "ls", "-a", f"{root}/agent").stdout
+    listing = fleet_mod.docker_exec(
+        fleet_mod.container("fleet-2"), "ls", "-a", f"{root}/agent"
+    ).stdout
     assert f"jackin-agent-{entry['agent']['hash']}" in listing
     assert ".incoming" not in listing
     unpacked = f"{root}/agent/jackin-agent-{entry['agent']['hash']}"
     compiled = fleet_mod.docker_exec(
-        "jackin-fleet-2", "ls", f"{unpacked}/agent_host/__pycache__"
+        fleet_mod.container("fleet-2"), "ls", f"{unpacked}/agent_host/__pycache__"
     ).stdout
     assert ".pyc" in compiled  # byte-compiled once at deploy, not at every start
 
@@ -100,7 +102,9 @@ def test_accept_new_records_the_key_on_first_use(
     (line,) = (laptop / "jackin" / "config" / "known_hosts").read_text().splitlines()
     pattern, key_type, blob = line.split()
     assert pattern == f"[127.0.0.1]:{host.port}"
-    host_keys = fleet_mod.docker_exec("jackin-fleet-3", "sh", "-c", "cat /etc/ssh/*.pub").stdout
+    host_keys = fleet_mod.docker_exec(
+        fleet_mod.container("fleet-3"), "sh", "-c", "cat /etc/ssh/*.pub"
+    ).stdout
     assert f"{key_type} {blob}" in host_keys
     # Recorded: the next check trusts it without --accept-new.
     assert cli.json("-i", str(inv), "hosts", "check", "--on", "box")["hosts"][0]["status"] == "ok"
@@ -137,7 +141,7 @@ def test_proxy_jump_through_another_host(
 
 @pytest.mark.disruptive
 def test_changed_host_key_is_refused_without_logging_in(cli: CLI, fleet_inventory: Path) -> None:
-    container = f"jackin-{DISRUPTIVE_HOST}"
+    container = fleet_mod.container(DISRUPTIVE_HOST)
     with fleet_mod.rekeyed(DISRUPTIVE_HOST):
         logins_before = _accepted_logins(container)
         proc = cli.run("-i", str(fleet_inventory), "hosts", "check", "--on", DISRUPTIVE_HOST)
