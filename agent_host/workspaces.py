@@ -8,7 +8,8 @@ RPCs (the controller's sync):
         After the rsync: delete what is not in `files`, give a git mirror a fresh minimal
         .git/config (the laptop's never travels), then record the manifest atomically.
 
-Not an RPC: `make_checkout`, called when a session is created, gives the session its own copy.
+Not an RPC: `make_checkout`, called when a session is created, gives the session its own copy
+(never a hard link or an alternate: no inode is shared with the mirror or another session).
 
 Every git call uses `-c safe.directory=*` (the mirror may be chowned to the sandbox user) and
 ignores the host user's git config, hooks and templates. Python 3.9 compatible.
@@ -161,6 +162,7 @@ def commit(ctx: Context, params: Message) -> Dict[str, Any]:
             # The laptop's .git/config never travels (remote URLs may hold credentials):
             # init writes a fresh minimal one and the refs/objects dirs git needs.
             _git(mirror, "init", "-q", "--template=")
+            _check_mirror_head(mirror, workspace, head)
         _write_json_atomic(
             layout.manifest_file(ctx.root, workspace),
             {"manifest_hash": wanted, "head": head, "is_git": is_git,
@@ -170,6 +172,17 @@ def commit(ctx: Context, params: Message) -> Dict[str, Any]:
 
 
 HANDLERS = {"workspace.status": status, "workspace.commit": commit}
+
+
+def _check_mirror_head(mirror: str, workspace: str, head: Optional[str]) -> None:
+    """The synced objects hold the laptop's HEAD (and a repo without commits has none)."""
+    have = _git(mirror, "rev-parse", "-q", "--verify", "HEAD^{commit}", ok=(0, 1, 128)) or None
+    if have != head:
+        raise RemoteError(
+            E_FAILED,
+            "workspace %s: the synced git objects give HEAD %s, the laptop said %s; sync again"
+            % (workspace, have or "(none)", head or "(none)"),
+        )
 
 
 # -- pruning -----------------------------------------------------------------------------------
@@ -244,9 +257,12 @@ def make_checkout(root: str, workspace: str, session_id: str, isolation: str) ->
 def _clone(mirror: str, work: str, session_id: str) -> Dict[str, Any]:
     branch = "jackin/" + session_id
     head = _git(mirror, "rev-parse", "-q", "--verify", "HEAD^{commit}", ok=(0, 1, 128)) or None
-    # --local hardlinks the objects: cheap, and later rsyncs replace (never rewrite) files.
-    _git(os.path.dirname(work), "clone", "-q", "--local", "--no-checkout", "--template=",
-         mirror, work)  # fmt: skip
+    # --no-hardlinks: the session gets its own copy of every object file. A hard link would
+    # share the inode with the mirror: once the checkout is chowned to the sandbox user, the
+    # agent could chmod and rewrite an object that every later session checks out.
+    # (No --shared / --reference either: alternates would read the mirror's objects.)
+    _git(os.path.dirname(work), "clone", "-q", "--local", "--no-hardlinks", "--no-checkout",
+         "--template=", mirror, work)  # fmt: skip
     _git(work, "symbolic-ref", "HEAD", "refs/heads/" + branch)
     if head:
         _git(work, "update-ref", "refs/heads/" + branch, head)

@@ -5,6 +5,10 @@ already in sync get no rsync at all (the common case, and the one that must be f
 get an rsync of exactly the scanned file list, over an OpenSSH ControlMaster that trusts only the
 host key our asyncssh connection verified, then `workspace.commit` prunes what is no longer in
 the list and records the new manifest. A host that fails never stops the others.
+
+A git workspace's `.git` never travels as is: a second rsync sends the git payload built in the
+laptop cache (a pack of exactly HEAD's history, see workspace.build_git_payload) into the
+mirror's `.git/`. It is built once per HEAD, the first time a host needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from jackin_remote.core.hoststate import HostState
@@ -29,7 +34,7 @@ from jackin_remote.transport.openssh import (
     rsync_remote_shell,
 )
 from jackin_remote.transport.rsync import RsyncTally, rsync_argv, rsync_info
-from jackin_remote.workspace import WorkspaceScan
+from jackin_remote.workspace import GitPayload, WorkspaceScan, build_git_payload
 
 MAX_RSYNCS = 4  # rsync is CPU-bound at both ends: more in parallel only queues on the cores
 BIG_SYNC_BYTES = 5 * 1024 * 1024
@@ -79,9 +84,14 @@ async def sync_workspace(
     *,
     progress: ProgressCallback | None = None,
     max_rsyncs: int = MAX_RSYNCS,
+    cache: Path | None = None,
 ) -> list[HostResult[SyncOutcome]]:
-    """Bring every host's mirror of `scan` up to date; one result per host, in order."""
+    """Bring every host's mirror of `scan` up to date; one result per host, in order.
+
+    `cache` holds the git payloads (default: the laptop's cache dir).
+    """
     rsyncs = asyncio.Semaphore(max_rsyncs)
+    payload = _PayloadOnce(scan, cache)
     show = progress is not None and is_big_sync(scan)
 
     def emit(event: SyncProgress) -> None:
@@ -90,7 +100,7 @@ async def sync_workspace(
 
     async def one(link: HostLink) -> SyncOutcome:
         try:
-            outcome = await _sync_host(pool, link, scan, rsyncs, emit if show else None)
+            outcome = await _sync_host(pool, link, scan, payload, rsyncs, emit if show else None)
         except BaseException:
             emit(SyncProgress(link.host.name, "failed"))
             raise
@@ -100,10 +110,29 @@ async def sync_workspace(
     return await pool.map(hosts, one)
 
 
+class _PayloadOnce:
+    """The git payload, built (or found in the cache) at most once per sync, only if needed."""
+
+    def __init__(self, scan: WorkspaceScan, cache: Path | None) -> None:
+        self.scan, self.cache = scan, cache
+        self._lock = asyncio.Lock()
+        self._value: GitPayload | None = None
+
+    async def get(self) -> GitPayload:
+        async with self._lock:
+            if self._value is None:
+                from jackin_remote import paths
+
+                cache = self.cache or paths.cache_dir() / "git"
+                self._value = await asyncio.to_thread(build_git_payload, self.scan, cache)
+            return self._value
+
+
 async def _sync_host(
     pool: Pool,
     link: HostLink,
     scan: WorkspaceScan,
+    payload: _PayloadOnce,
     rsyncs: asyncio.Semaphore,
     progress: ProgressCallback | None,
 ) -> SyncOutcome:
@@ -114,16 +143,22 @@ async def _sync_host(
     mirror = _expect_str(host, status, "mirror")
     if status.get("in_sync") is True:
         return SyncOutcome(scan.name, scan.manifest_hash, mirror, skipped=True)
+    git = await payload.get() if scan.is_git else None
+    files = list(scan.files)
+    tally = RsyncTally()
     async with rsyncs:
         if progress is not None:
             progress(SyncProgress(host.name, "rsync", 0.0))
         start = time.perf_counter()
-        tally, warnings = await _rsync(pool, link, scan, mirror, progress)
+        warnings = await _rsync(pool, link, str(scan.path), scan.files, mirror, tally, progress)
+        if git is not None:
+            await _rsync(pool, link, str(git.directory), git.files, f"{mirror}/.git", tally, None)
+            files += [f".git/{name}" for name in git.files]
         seconds = time.perf_counter() - start
     committed = await link.agent.call(
         "workspace.commit",
         {"workspace": scan.name, "manifest_hash": scan.manifest_hash,
-         "files": list(scan.files), "head": scan.head},
+         "files": files, "head": scan.head},
     )  # fmt: skip
     counted = not rsync_info().openrsync
     return SyncOutcome(
@@ -159,19 +194,22 @@ async def openssh_target(pool: Pool, host: Host) -> SSHTarget:
 async def _rsync(
     pool: Pool,
     link: HostLink,
-    scan: WorkspaceScan,
-    mirror: str,
+    source: str,
+    files: Sequence[str],
+    dest: str,
+    tally: RsyncTally,
     progress: ProgressCallback | None,
-) -> tuple[RsyncTally, tuple[str, ...]]:
+) -> tuple[str, ...]:
+    """rsync `files` (relative to `source`) into the host's `dest`; the warnings it gave."""
     host = link.host
     info = rsync_info()
     if host.is_local:
-        argv = rsync_argv(info, str(scan.path), mirror, progress=progress is not None)
+        argv = rsync_argv(info, source, dest, progress=progress is not None)
     else:
         target = await openssh_target(pool, host)
         await ensure_master(target)
         shell = rsync_remote_shell(openssh_base_argv(target))
-        argv = rsync_argv(info, str(scan.path), rsync_destination(host, mirror),
+        argv = rsync_argv(info, source, rsync_destination(host, dest),
                           remote_shell=shell, progress=progress is not None)  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -180,17 +218,16 @@ async def _rsync(
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdin and process.stdout and process.stderr
-    tally = RsyncTally()
-    feed = asyncio.create_task(_feed_list(process.stdin, scan.files))
+    feed = asyncio.create_task(_feed_list(process.stdin, files))
     errors = asyncio.create_task(process.stderr.read())
     await _read_output(process.stdout, tally, host.name, progress)
     await feed
     stderr = (await errors).decode(errors="replace")
     code = await process.wait()
     if code == 0:
-        return tally, ()
+        return ()
     if code == _RSYNC_VANISHED:
-        return tally, ("some files vanished during the sync; the next sync picks that up",)
+        return ("some files vanished during the sync; the next sync picks that up",)
     if code == _SSH_FAILED or "ssh:" in stderr or "Host key verification failed" in stderr:
         raise openssh_error(host, code, stderr)
     tail = " / ".join(stderr.strip().splitlines()[-_STDERR_TAIL:]) or "(no output)"

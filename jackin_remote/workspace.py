@@ -7,8 +7,12 @@ are pure functions; `scan_workspace` is the thin I/O shell around them.
 What travels for a git workspace is the WORKING TREE, as the user sees it now:
 - tracked files as they are on disk (uncommitted edits included; deleted ones do not travel),
 - untracked files that .gitignore does not ignore,
-- the git metadata a host needs to clone the history (HEAD, refs, objects), never `.git/config`
-  (remote URLs may embed credentials), hooks, logs or the index.
+- for git, never the laptop's `.git` itself: `build_git_payload` (at sync time, not at scan)
+  packs exactly the objects reachable from HEAD (`git pack-objects --revs` of HEAD) into a cache
+  dir keyed by HEAD, with a detached HEAD file. Other branches, tags, stashes, reflogs, dangling
+  blobs (a `.env` staged once) and amended-away commits stay on the laptop, as do `.git/config`
+  (remote URLs may embed credentials), hooks, logs and the index. The session needs HEAD and the
+  history it is built on, nothing more.
 On the host, the session's clone commits the difference from HEAD as one reviewable commit.
 
 Secret-shaped files (`.env*`, keys, credential stores...) stay behind unless tracked (they are in
@@ -18,6 +22,8 @@ explicitly with `include`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -25,14 +31,14 @@ import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.errors import UsageError
 
-MANIFEST_VERSION = "jackin-manifest-v1"
+MANIFEST_VERSION = "jackin-manifest-v2"  # v2: git travels as a pack of HEAD
 SLUG_MAX = 40
 JACKIN_DIR = ".jackin"  # local jackin state (pulled work...): never travels
 
@@ -56,9 +62,8 @@ _SECRET_GLOBS = (
 _SECRET_DIRS = frozenset({".aws", ".ssh"})
 # Templates that document a .env without values: these are meant to be shared.
 _ENV_TEMPLATES = frozenset({".env.example", ".env.sample", ".env.template"})
-# The part of .git a host needs to clone; everything else (config, hooks, index...) stays.
-_GIT_FILES = ("HEAD", "packed-refs", "shallow")
-_GIT_TREES = ("objects", "refs", "reftable")
+PAYLOAD_KEEP = 3  # packs kept per workspace in the laptop cache (concurrent launches of others)
+UNBORN_HEAD = "ref: refs/heads/main\n"  # a repository without commits: nothing to pack
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,18 @@ class WorkspaceScan:
     tracked_secrets: tuple[str, ...]  # secret-shaped paths that travel because git tracks them
     skipped: tuple[str, ...]  # nested repos / submodules, special files: not synced
     manifest_hash: str
-    total_bytes: int
+    total_bytes: int  # of the working tree files
+    # What the host's git objects are made from: HEAD plus the shallow boundary, if any.
+    # None when not git or when HEAD has no commit. Part of the manifest hash.
+    git_key: str | None = None
+
+
+@dataclass(frozen=True)
+class GitPayload:
+    """The git part of a sync: `files` (relative to `directory`) go to the mirror's `.git/`."""
+
+    directory: Path
+    files: tuple[str, ...]
 
 
 # -- pure decisions -------------------------------------------------------------------------
@@ -108,12 +124,24 @@ def workspace_name(resolved: Path) -> str:
     return name
 
 
-def manifest_hash(entries: Iterable[tuple[str, int, int, int]], *, is_git: bool) -> str:
-    """sha256 over sorted (relpath, size, mtime_ns, mode): stat only, no file is read."""
-    digest = hashlib.sha256(f"{MANIFEST_VERSION} git={int(is_git)}\n".encode())
+def manifest_hash(
+    entries: Iterable[tuple[str, int, int, int]], *, is_git: bool, git_key: str | None = None
+) -> str:
+    """sha256 over sorted (relpath, size, mtime_ns, mode) and the git key: stat only."""
+    header = f"{MANIFEST_VERSION} git={int(is_git)} key={git_key or '-'}\n"
+    digest = hashlib.sha256(header.encode())
     for relpath, size, mtime_ns, mode in sorted(entries):
         digest.update(os.fsencode(relpath) + f"\0{size}\0{mtime_ns}\0{mode:o}\n".encode())
     return digest.hexdigest()
+
+
+def git_key(head: str | None, shallow: bytes | None) -> str | None:
+    """Names the object set a host gets: HEAD's history, cut at the shallow boundary if any."""
+    if head is None:
+        return None
+    if not shallow:
+        return head
+    return f"{head}-s{hashlib.sha256(shallow).hexdigest()[:16]}"
 
 
 def check_include(raw: str) -> str:
@@ -186,6 +214,7 @@ def _git_env() -> dict[str, str]:
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
         env.pop(name, None)  # a hook's environment must not redirect our reads
     env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_NO_LAZY_FETCH"] = "1"  # a partial clone must not reach its remote from here
     return env
 
 
@@ -261,10 +290,9 @@ def _scan_git(root: Path, include: Sequence[str]) -> WorkspaceScan:
     # diff-index exits 1 on changes, 128 without a HEAD commit (then any file is new).
     dirty = changes.returncode == 1 or any(rel not in tracked_set for rel in files)
     dirty = dirty or (changes.returncode != 0 and bool(files))
-    for rel, st in _git_metadata(root):
-        files[rel] = st
+    key = git_key(head_sha, _read_small(root / ".git" / "shallow"))
     return _build(root, True, head_sha, branch_name, dirty, files, excluded, tracked_secrets,
-                  skipped)  # fmt: skip
+                  skipped, key)  # fmt: skip
 
 
 def _scan_plain(root: Path, include: Sequence[str]) -> WorkspaceScan:
@@ -311,6 +339,7 @@ def _build(
     excluded: list[str],
     tracked_secrets: list[str],
     skipped: list[str],
+    key: str | None = None,
 ) -> WorkspaceScan:
     entries = [(rel, st.st_size, st.st_mtime_ns, st.st_mode) for rel, st in files.items()]
     return WorkspaceScan(
@@ -324,8 +353,9 @@ def _build(
         excluded_secrets=tuple(sorted(excluded)),
         tracked_secrets=tuple(sorted(tracked_secrets)),
         skipped=tuple(sorted(skipped)),
-        manifest_hash=manifest_hash(entries, is_git=is_git),
+        manifest_hash=manifest_hash(entries, is_git=is_git, git_key=key),
         total_bytes=sum(st.st_size for st in files.values()),
+        git_key=key,
     )
 
 
@@ -349,30 +379,103 @@ def _inside(root: Path, rel: str) -> bool:
     return parent.resolve() == parent and parent.is_relative_to(root)
 
 
-def _git_metadata(root: Path) -> list[tuple[str, os.stat_result]]:
-    found: list[tuple[str, os.stat_result]] = []
-    base = str(root)
-    for name in _GIT_FILES:
-        st = _lstat(base, f".git/{name}")
-        if st is not None and stat.S_ISREG(st.st_mode):
-            found.append((f".git/{name}", st))
-    for tree in _GIT_TREES:
-        _walk_regular(os.path.join(base, ".git", tree), f".git/{tree}/", found)
-    return found
-
-
-def _walk_regular(directory: str, prefix: str, found: list[tuple[str, os.stat_result]]) -> None:
-    """Regular files under `directory` (never following symlinks), with lstat results."""
+def _read_small(path: Path) -> bytes | None:
     try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for entry in entries:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+# -- the git payload (written to the laptop cache at sync time, never at scan) ----------------
+
+
+def build_git_payload(scan: WorkspaceScan, cache: Path) -> GitPayload:
+    """The mirror's `.git`: a detached HEAD and one pack of exactly HEAD's history.
+
+    Cached under `cache/<workspace>/<git_key>/`: a HEAD already packed costs one stat, so every
+    host (and every later launch) reuses it. Built in a temporary dir and renamed into place
+    under a lock, so concurrent launches never see half a pack.
+    """
+    assert scan.is_git, scan
+    base = cache / scan.name
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _flocked(base / ".lock"):
+        if scan.git_key is None:
+            target = base / "unborn"
+            if not target.is_dir():
+                _atomic_dir(target, lambda tmp: (tmp / "HEAD").write_text(UNBORN_HEAD))
+        else:
+            target = base / scan.git_key
+            if not target.is_dir():
+                _atomic_dir(target, lambda tmp: _pack_head(scan, tmp))
+        os.utime(target)  # most recently used: kept by the trim below
+        _trim(base, keep=PAYLOAD_KEEP)
+        files: list[str] = []
+        _walk_regular(str(target), "", files)
+    return GitPayload(target, tuple(sorted(files)))
+
+
+def _pack_head(scan: WorkspaceScan, into: Path) -> None:
+    assert scan.head is not None
+    pack_dir = into / "objects" / "pack"
+    pack_dir.mkdir(parents=True)
+    # --revs reads revisions from stdin: HEAD's commit alone. Not --all, not --reflog, not
+    # --indexed-objects, not --keep-unreachable: nothing but what HEAD's history holds.
+    proc = subprocess.Popen(
+        ["git", "--no-optional-locks", "-C", str(scan.path), "pack-objects", "--revs", "-q",
+         str(pack_dir / "pack")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_git_env(),
+    )  # fmt: skip
+    _, err = proc.communicate(f"{scan.head}\n".encode())
+    if proc.returncode != 0:
+        raise UsageError(
+            f"{scan.path}: `git pack-objects` of HEAD failed: {err.decode(errors='replace')}",
+            hint="check that the repository is healthy (`git fsck`)",
+        )
+    (into / "HEAD").write_text(f"{scan.head}\n")
+    shallow = _read_small(scan.path / ".git" / "shallow")
+    if shallow:
+        (into / "shallow").write_bytes(shallow)
+
+
+def _atomic_dir(target: Path, fill: Callable[[Path], object]) -> None:
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    try:
+        fill(tmp)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _trim(base: Path, *, keep: int) -> None:
+    """Drop the least recently used payloads beyond `keep` (a launch holds the lock)."""
+    entries = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    entries.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _walk_regular(directory: str, prefix: str, found: list[str]) -> None:
+    """Relative paths of the regular files under `directory`, never following symlinks."""
+    for entry in os.scandir(directory):
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             _walk_regular(entry.path, prefix + entry.name + "/", found)
         elif stat.S_ISREG(st.st_mode):
-            found.append((prefix + entry.name, st))
+            found.append(prefix + entry.name)
 
 
 def _lstat(root: Path | str, rel: str) -> os.stat_result | None:

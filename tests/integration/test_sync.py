@@ -259,7 +259,7 @@ async def test_sync_to_two_hosts_over_openssh(
         for result in results:
             assert result.ok, result.error
             assert result.value is not None and not result.value.skipped
-            assert result.value.files_sent == len(scan.files)
+            assert result.value.files_sent == len(scan.files) + 3  # + HEAD, pack, idx
             container = fleet_mod.container(result.host.name)
             mirror = result.value.mirror
             assert mirror == f"/home/jackin/.jackin/workspaces/{scan.name}/mirror"
@@ -306,7 +306,7 @@ async def test_sync_through_a_jump_host(
         inner_host = pool.inventory.hosts["inner"]
         [result] = await sync_workspace(pool, [inner_host], scan)
         assert result.ok, result.error
-        assert result.value is not None and result.value.files_sent == len(scan.files)
+        assert result.value is not None and result.value.files_sent == len(scan.files) + 3
         target = await openssh_target(pool, inner_host)
         assert target.jump is not None and target.jump.host.name == "fleet-1"
         await stop_master(target)

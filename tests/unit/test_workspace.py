@@ -11,6 +11,8 @@ import pytest
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.errors import UsageError
 from jackin_remote.workspace import (
+    GitPayload,
+    build_git_payload,
     is_secret_shaped,
     scan_workspace,
     workspace_name,
@@ -75,15 +77,58 @@ def test_git_working_tree_travels_without_ignored_or_secret_files(repo: Path) ->
     assert scan.total_bytes == sum(os.lstat(repo / f).st_size for f in scan.files)
 
 
-def test_only_the_git_metadata_needed_to_clone_travels(repo: Path) -> None:
-    git_files = [f for f in scan_workspace(repo).files if f.startswith(".git/")]
-    assert ".git/HEAD" in git_files
-    assert any(f.startswith(".git/objects/") for f in git_files)
-    assert any(f.startswith(".git/refs/heads/") for f in git_files)
-    # config may hold credentials in remote URLs; index, hooks, logs are local business.
-    for rel in git_files:
-        assert rel.split("/")[1] in ("HEAD", "objects", "refs", "packed-refs", "shallow"), rel
-    assert ".git/config" not in git_files
+def test_no_file_of_dot_git_travels_from_the_scan(repo: Path) -> None:
+    assert not [f for f in scan_workspace(repo).files if f.startswith(".git/")]
+
+
+def pack_objects(payload: GitPayload) -> set[str]:
+    (idx,) = [f for f in payload.files if f.endswith(".idx")]
+    out = subprocess.run(["git", "show-index"], stdin=(payload.directory / idx).open("rb"),
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return {line.split()[1] for line in out.splitlines()}
+
+
+def test_the_git_payload_is_a_pack_of_exactly_heads_history(repo: Path, tmp_path: Path) -> None:
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "second")
+    write(repo, "leak.txt", "staged once, then unstaged\n")
+    git(repo, "add", "leak.txt")
+    git(repo, "reset", "-q", "leak.txt")  # a dangling blob
+    git(repo, "stash", "-q", "-u")
+    git(repo, "branch", "other", "HEAD~1")
+    git(repo, "checkout", "-q", "other")
+    write(repo, "other.txt", "another branch\n")
+    git(repo, "add", "other.txt")
+    git(repo, "commit", "-q", "-m", "other")
+    git(repo, "checkout", "-q", "main")
+    scan = scan_workspace(repo)
+    payload = build_git_payload(scan, tmp_path / "cache")
+    assert payload.files[0] == "HEAD" and len(payload.files) == 3
+    assert (payload.directory / "HEAD").read_text() == f"{scan.head}\n"
+    wanted = {line.split()[0] for line in git(repo, "rev-list", "--objects", "HEAD").splitlines()}
+    assert pack_objects(payload) == wanted
+    # Cached by HEAD: a second build is the same directory, untouched.
+    mtime = (payload.directory / payload.files[1]).stat().st_mtime_ns
+    again = build_git_payload(scan_workspace(repo), tmp_path / "cache")
+    assert again == payload and (again.directory / again.files[1]).stat().st_mtime_ns == mtime
+
+
+def test_an_unborn_repo_sends_a_head_alone(tmp_path: Path) -> None:
+    root = tmp_path / "unborn"
+    root.mkdir()
+    git(root, "init", "-q")
+    write(root, "a.txt")
+    scan = scan_workspace(root)
+    assert scan.git_key is None
+    payload = build_git_payload(scan, tmp_path / "cache")
+    assert payload.files == ("HEAD",)
+
+
+def test_the_hash_follows_head_not_other_refs(repo: Path) -> None:
+    first = scan_workspace(repo).manifest_hash
+    git(repo, "branch", "elsewhere")
+    git(repo, "tag", "v1")
+    assert scan_workspace(repo).manifest_hash == first  # nothing of those travels
 
 
 def test_explicit_include_brings_an_ignored_secret(repo: Path) -> None:
