@@ -6,6 +6,11 @@ An image is tagged `jackin-role-<name>:<hash[:12]>` and labelled with the full h
 unchanged role is never rebuilt. A build is first tagged as a candidate and only takes the real
 tag once its user is checked to be non-root: a role cannot make its agent run as root.
 
+A build runs the role's RUN steps as root on this host. Its network is the operator's choice:
+"none" (the default: the steps get only a loopback interface, so a role cannot reach metadata
+services or internal hosts while it builds) or "default" (the engine's bridge). The classic
+builder has no way to drop capabilities, which is why the network is what we close.
+
 Python 3.9 compatible. The docker SDK is imported inside functions: `serve` must start fast.
 """
 
@@ -36,6 +41,10 @@ TAG_HASH_LEN = 12
 LABEL_MANAGED = "jackin.managed"
 LABEL_ROLE = "jackin.role"
 LABEL_HASH = "jackin.role.hash"
+LABEL_BUILD_NETWORK = "jackin.role.build-network"
+# The network of a role build, as the operator chose it (launch --build-network).
+BUILD_NETWORKS = ("none", "default")
+DEFAULT_BUILD_NETWORK = "none"
 BUILD_TIMEOUT = 3600  # seconds without any output from the engine before a build is given up
 PROBE_TIMEOUT = 120
 TAIL_LINES = 20
@@ -88,6 +97,17 @@ def check_dockerfile(context_dir: str, value: object) -> str:
     if not full.startswith(top + os.sep) or not os.path.isfile(full):
         raise RemoteError(E_INVALID_PARAMS, "dockerfile %r is not a file in the role" % value)
     return value
+
+
+def check_build_network(value: object) -> str:
+    """Absent means the safe default; anything else must be one of BUILD_NETWORKS."""
+    if value is None:
+        return DEFAULT_BUILD_NETWORK
+    if value not in BUILD_NETWORKS:
+        raise RemoteError(
+            E_INVALID_PARAMS, "bad build network %r: expected none or default" % (value,)
+        )
+    return str(value)
 
 
 def _check_user(value: object) -> str:
@@ -176,7 +196,13 @@ class _Lines:
 
 
 def _stream_build(
-    api: Any, ctx: Context, context_dir: str, dockerfile: str, tag: str, labels: Dict[str, str]
+    api: Any,
+    ctx: Context,
+    context_dir: str,
+    dockerfile: str,
+    tag: str,
+    labels: Dict[str, str],
+    network: str,
 ) -> Optional[str]:
     lines = _Lines(ctx)
     image_id = None
@@ -189,6 +215,8 @@ def _stream_build(
         decode=True,
         pull=False,
         labels=labels,
+        # None: the engine's default network; "none": RUN steps get only a loopback interface.
+        network_mode="none" if network == "none" else None,
     )
     for chunk in stream:
         if "error" in chunk:
@@ -343,6 +371,7 @@ def role_build(ctx: Context, params: Message) -> Dict[str, Any]:
     """Build the role's image unless it is already there; either way report the user's ids."""
     name, content_hash = _role_params(params)
     user = _check_user(params.get("user"))
+    network = check_build_network(params.get("network"))
     tag = image_tag(name, content_hash)
     context_dir = layout.role_dir(ctx.root, name, content_hash)
     started = time.time()
@@ -357,7 +386,7 @@ def role_build(ctx: Context, params: Message) -> Dict[str, Any]:
                 )
             dockerfile = check_dockerfile(context_dir, params.get("dockerfile"))
             image_id = _build_checked(
-                api, ctx, context_dir, dockerfile, tag, name, content_hash, user
+                api, ctx, context_dir, dockerfile, tag, (name, content_hash), user, network
             )
         uid, gid = image_user_ids(ctx.root, image_id, user, api)
     except RemoteError:
@@ -372,6 +401,7 @@ def role_build(ctx: Context, params: Message) -> Dict[str, Any]:
     return {
         "image": tag,
         "built": built,
+        "network": network if built else None,  # None: an existing image was reused as it is
         "seconds": round(time.time() - started, 3),
         "uid": uid,
         "gid": gid,
@@ -384,15 +414,21 @@ def _build_checked(
     context_dir: str,
     dockerfile: str,
     tag: str,
-    name: str,
-    content_hash: str,
+    role: Tuple[str, str],
     user: str,
+    network: str,
 ) -> str:
     """Build under a candidate tag; only a non-root user earns the real tag."""
     candidate = tag + "-candidate"
-    labels = {LABEL_MANAGED: "true", LABEL_ROLE: name, LABEL_HASH: content_hash}
+    name, content_hash = role
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_ROLE: name,
+        LABEL_HASH: content_hash,
+        LABEL_BUILD_NETWORK: network,
+    }
     try:
-        image_id = _stream_build(api, ctx, context_dir, dockerfile, candidate, labels)
+        image_id = _stream_build(api, ctx, context_dir, dockerfile, candidate, labels, network)
         if image_id is None:
             image_id = str(api.inspect_image(candidate)["Id"])
         uid, _ = image_user_ids(ctx.root, image_id, user, api)

@@ -54,6 +54,7 @@ class LaunchOptions:
     key_from: str | None = None
     include: tuple[str, ...] = ()
     role_cache: Path | None = None  # where a git role is fetched (None: the laptop cache)
+    build_network: str = "none"  # the role build's network: none | default
 
 
 @dataclass
@@ -112,6 +113,7 @@ def prepare(
         credential_present=bool(credential),
         isolation=options.isolation,
         name=options.name,
+        build_network=options.build_network,
     )
     return Prepared(inventory, hosts, role, scan, request, credential, options.count)
 
@@ -125,7 +127,8 @@ def _role_ref(role: Role) -> RoleRef:
         image=image_tag(role),
         user=role.user,
         runtimes=tuple(role.runtimes),
-        source=str(role.directory),
+        source=role.shown_source,
+        origin=role.origin,
     )
 
 
@@ -227,7 +230,12 @@ async def _apply_host(
         if synced.error is not None:
             raise synced.error
         step(host.name, "preparing the role image")
-        await ensure_role_image(link, prepared.role, lambda line: step(host.name, line))
+        await ensure_role_image(
+            link,
+            prepared.role,
+            lambda line: step(host.name, line),
+            network=prepared.request.build_network,
+        )
     except (JackinError, RemoteError) as exc:
         message = exc.message if isinstance(exc, RemoteError) else str(exc)
         return [_failed(c, message) for c in items]

@@ -46,6 +46,12 @@ KEY_FROM = typer.Option(
     "(default: the runtime's own, e.g. ANTHROPIC_API_KEY).",
 )
 INCLUDE = typer.Option([], "--include", help="Send this secret-shaped file anyway (repeatable).")
+BUILD_NETWORK = typer.Option(
+    "none",
+    "--build-network",
+    help="Network of the role image build: none (default: RUN steps get no network) | default "
+    "(the engine's network, for a Dockerfile that downloads).",
+)
 WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
 RAW = typer.Option(
     False, "--raw", help="Pass the text through untouched (escape sequences included)."
@@ -66,6 +72,7 @@ def _options(
     name: str | None,
     key_from: str | None,
     include: list[str],
+    build_network: str = "none",
 ) -> Any:
     from jackin_remote.launch import LaunchOptions, read_task
 
@@ -73,6 +80,7 @@ def _options(
         selector=on, role=role, runtime=runtime, workspace=workspace,
         task=read_task(task, task_file), network=network, env=tuple(env), count=count,
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
+        build_network=build_network,
     )  # fmt: skip
 
 
@@ -97,7 +105,7 @@ def explain(
     runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
-    include: list[str] = INCLUDE, as_json: bool = JSON,
+    include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -107,7 +115,8 @@ def explain(
     with tempfile.TemporaryDirectory(prefix="jackin-explain-") as scratch:
         try:
             options = _options(on, role, runtime, workspace, task, task_file, network, env,
-                               count, isolation, name, key_from, include)  # fmt: skip
+                               count, isolation, name, key_from, include,
+                               build_network)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             _, items = _resolve(ctx, options)
         except JackinError as error:
@@ -123,7 +132,7 @@ def launch(
     runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
-    include: list[str] = INCLUDE, as_json: bool = JSON,
+    include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.fleet import Pool
@@ -132,7 +141,7 @@ def launch(
 
     try:
         options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
-                           isolation, name, key_from, include)  # fmt: skip
+                           isolation, name, key_from, include, build_network)  # fmt: skip
         prepared, items = _resolve(ctx, options)
     except JackinError as error:
         fail(error, as_json=as_json)

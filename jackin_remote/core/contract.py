@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from agent_host.roles import BUILD_NETWORKS, DEFAULT_BUILD_NETWORK
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
 from jackin_remote.errors import UsageError
@@ -41,6 +42,7 @@ class RoleRef:
     user: str
     runtimes: tuple[str, ...]
     source: str
+    origin: str = "directory"  # "directory" or "git": where the role's Dockerfile came from
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class LaunchRequest:
     credential_present: bool = False
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
+    build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Contract:
     recovery: dict[str, Any]
     warnings: list[str]
     spec: dict[str, Any] = field(default_factory=dict)  # what the host agent creates
+    build: dict[str, Any] = field(default_factory=dict)  # how the role image is built
 
     SECTIONS = (
         "identity",
@@ -127,6 +131,7 @@ class Contract:
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.SECTIONS}
         data["plan"] = [asdict(effect) for effect in self.plan]
+        data["build"] = self.build
         data["spec"] = self.spec
         return data
 
@@ -218,6 +223,7 @@ def resolve_contract(
         raise ContractError(f"--network {request.network!r}: expected open or none")
     check_env(request.env)
     check_session_name(request.name)
+    build = _build(role, request.build_network)
     runtime = pick_runtime(request.runtime, role)
     isolation = pick_isolation(request.isolation, workspace)
     mode = "task" if request.task else "interactive"
@@ -319,7 +325,7 @@ def resolve_contract(
             "if changed",
         ),
         Effect(
-            f"upload the role and build image {role.image}",
+            f"upload the role and build image {role.image} (build network: {build['network']})",
             f"{root}/roles/{role.name}/{role.content_hash[:12]}",
             "if missing",
         ),
@@ -341,6 +347,12 @@ def resolve_contract(
         warnings.append(
             "Network is open: the agent can reach the internet and your host's network, and can "
             "send anything it can read (including the workspace and its credential) anywhere."
+        )
+    if build["network"] != "none":
+        warnings.append(
+            f"The role build has the network ({build['network']}): its RUN steps run as root "
+            "on the host's engine and can reach the internet, the host's network and cloud "
+            "metadata services (the role came from " + build["role_source"] + ")."
         )
     if credentials and any(c["available"] for c in credentials):
         warnings.append(
@@ -474,7 +486,38 @@ def resolve_contract(
         },
         warnings=warnings,
         spec=spec,
+        build=build,
     )
+
+
+def _build(role: RoleRef, network: str) -> dict[str, Any]:
+    """The role image build: where the role came from and what its RUN steps can reach.
+
+    `none` is the default for every role, not only for git ones: a local directory is often a
+    checkout of someone else's repository, and the roles this project ships build offline."""
+    if network not in BUILD_NETWORKS:
+        raise ContractError(
+            f"--build-network {network!r}: expected none or default",
+            hint="none: RUN steps get no network; default: the engine's network (for a "
+            "Dockerfile that downloads)",
+        )
+    return {
+        "role_origin": role.origin,
+        "role_source": f"{'git URL' if role.origin == 'git' else 'directory'} {role.source}",
+        "network": network,
+        "enforced_by": (
+            "the container engine on the host: RUN steps get only a loopback interface"
+            if network == "none"
+            else "nothing: RUN steps use the engine's default network"
+        ),
+        "reaches": []
+        if network == "none"
+        else ["the internet", "the host's network", "cloud metadata services"],
+        "runs_as": "the Dockerfile's USER (root unless it says otherwise), with the engine's "
+        "default capabilities: a build is not sandboxed like the session",
+        "when": "only if the image is missing on the host; an image already built from the "
+        "same role content is reused as it is",
+    }
 
 
 def _command(runtime: Runtime, task: str | None) -> list[str]:

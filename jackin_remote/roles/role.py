@@ -31,6 +31,12 @@ class Role:
     manifest_path: Path
     description: str = ""
     source: str = ""  # what the user gave: a path or a git URL
+    origin: str = "directory"  # "directory" or "git" (fetched from `source`)
+
+    @property
+    def shown_source(self) -> str:
+        """Where the role came from, as the contract names it: the git URL, or the directory."""
+        return self.source if self.origin == "git" else str(self.directory)
 
 
 def image_tag(role: Role) -> str:
@@ -61,6 +67,7 @@ def load_role(source: str | Path, cache: Path | None = None) -> Role:
         manifest_path=manifest_path,
         description=manifest.description,
         source=text,
+        origin="git" if git is not None else "directory",
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_host import layout
 from agent_host.protocol import E_DOCKER_UNAVAILABLE, Message, RemoteError
+from agent_host.roles import DEFAULT_BUILD_NETWORK, PROGRESS
 from jackin_remote.agent.deploy import root_prelude
 from jackin_remote.errors import JackinError
 from jackin_remote.roles import tree
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from jackin_remote.fleet import HostLink
 
 UPLOAD_TIMEOUT = 600.0
-_PROGRESS = "role.build.progress"
 # Renames without replacing: if another upload won the race, its (identical) copy stays.
 _RENAME = "import os,sys; os.rename(sys.argv[1], sys.argv[2])"
 
@@ -66,18 +66,23 @@ def upload_script(root: str, role: Role) -> str:
 
 
 async def ensure_role_image(
-    link: HostLink, role: Role, on_progress: Callable[[str], None] | None = None
+    link: HostLink,
+    role: Role,
+    on_progress: Callable[[str], None] | None = None,
+    network: str = DEFAULT_BUILD_NETWORK,
 ) -> dict[str, Any]:
-    """Make sure `role`'s image exists on the link's host.
+    """Make sure `role`'s image exists on the link's host; a build runs on `network`
+    ("none" or "default", the operator's choice; an image already there is reused as it is).
 
-    Returns {"image", "built", "uploaded", "uid", "gid"} (uid/gid: the role user in the image,
-    present when the host checked it, i.e. whenever a build was asked for).
+    Returns {"image", "built", "uploaded", "uid", "gid", "network"} (uid/gid: the role user in
+    the image, present when the host checked it, i.e. whenever a build was asked for; network:
+    what the build ran with, None when nothing was built).
     """
     host = link.host.name
     params: Message = {"name": role.name, "hash": role.content_hash}
     status = await _call(link, "role.status", params, role)
     if status.get("present"):
-        return {"image": status["image"], "built": False, "uploaded": False}
+        return {"image": status["image"], "built": False, "uploaded": False, "network": None}
     uploaded = False
     if not status.get("uploaded"):
         data = role_archive(role)
@@ -93,17 +98,18 @@ async def ensure_role_image(
         uploaded = True
 
     def forward(method: str, event: Message) -> None:
-        if method == _PROGRESS and on_progress is not None:
+        if method == PROGRESS and on_progress is not None:
             on_progress(str(event.get("line", "")))
 
-    build_params = {**params, "dockerfile": role.dockerfile, "user": role.user}
-    result = await _call(link, "role.build", build_params, role, on_event=forward)
+    build_params = {**params, "dockerfile": role.dockerfile, "user": role.user, "network": network}
+    result = await _call(link, "role.build", build_params, role, on_event=forward, network=network)
     return {
         "image": result["image"],
         "built": bool(result["built"]),
         "uploaded": uploaded,
         "uid": result.get("uid"),
         "gid": result.get("gid"),
+        "network": result.get("network"),
     }
 
 
@@ -113,6 +119,7 @@ async def _call(
     params: Message,
     role: Role,
     on_event: Callable[[str, Message], None] | None = None,
+    network: str | None = None,
 ) -> dict[str, Any]:
     try:
         result: dict[str, Any] = await link.agent.call(method, params, on_event=on_event)
@@ -122,6 +129,13 @@ async def _call(
             if exc.code == E_DOCKER_UNAVAILABLE
             else f"fix the role ({role.manifest_path}) or the host, then try again"
         )
+        if network == "none" and exc.code != E_DOCKER_UNAVAILABLE:
+            # The most likely cause of a build that works elsewhere: a RUN step that downloads.
+            hint += (
+                "; the build had no network (--build-network none, the default): if the "
+                "Dockerfile downloads, pass --build-network default to give it the engine's "
+                "network"
+            )
         raise RoleBuildError(
             f"{link.host.name}: role {role.name}: {exc.message}", hint=hint
         ) from None

@@ -220,6 +220,7 @@ async def test_role_builds_on_an_ssh_host(
             )
     assert first["built"] is True and first["uploaded"] is True, first
     assert any(line.startswith("Step 1/") for line in lines), lines
-    assert second == {"image": image_tag(role), "built": False, "uploaded": False}
+    assert first["network"] == "none"  # the default: the build had no network
+    assert second == {"image": image_tag(role), "built": False, "uploaded": False, "network": None}
     assert listed.returncode == 0, listed.stderr_text
     assert listed.stdout.decode().split() == [role.content_hash, "true"]
