@@ -1,6 +1,6 @@
 """Where things live under a host's root (default ~/.jackin). The one place that decides it.
 
-    <root>/agent/jackin-agent-<hash>.pyz      the agent itself
+    <root>/agent/jackin-agent-<hash>/         the agent itself (unpacked, byte-compiled)
     <root>/state.db                           sessions on this host (source of truth)
     <root>/workspaces/<ws>/mirror/            workspace mirror (rsync target)
     <root>/workspaces/<ws>/manifest.json      hash + file list of the last completed sync
@@ -14,32 +14,20 @@ Python 3.9 compatible.
 from __future__ import annotations
 
 import os
-import re
 
-from agent_host.protocol import E_INVALID_PARAMS, RemoteError
+from agent_host.wire import check_hash as _check_hash
+from agent_host.wire import check_name, check_session_id
 
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_SAFE_ID = re.compile(r"^[0-9a-z]{8}$")
-_SAFE_HASH = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-def check_name(value: object, what: str) -> str:
-    """Names reach paths and docker calls: validate again here, whatever the controller did."""
-    if not isinstance(value, str) or not _SAFE_NAME.match(value):
-        raise RemoteError(E_INVALID_PARAMS, "bad %s name: %r" % (what, value))
-    return value
-
-
-def check_session_id(value: object) -> str:
-    if not isinstance(value, str) or not _SAFE_ID.match(value):
-        raise RemoteError(E_INVALID_PARAMS, "bad session id: %r" % (value,))
-    return value
+__all__ = ["check_hash", "check_name", "check_session_id"]
 
 
 def check_hash(value: object) -> str:
-    if not isinstance(value, str) or not _SAFE_HASH.match(value):
-        raise RemoteError(E_INVALID_PARAMS, "bad content hash: %r" % (value,))
-    return value
+    return _check_hash(value, "content hash")
+
+
+def agent_dir(root: str) -> str:
+    """Where deployed agent versions live (`jackin-agent-<hash>/` each)."""
+    return os.path.join(root, "agent")
 
 
 def state_db(root: str) -> str:

@@ -8,12 +8,12 @@ Python 3.9 compatible.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import fields
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent_host import layout
+from agent_host import layout, testhooks
 from agent_host.protocol import (
     E_CONFLICT,
     E_DOCKER_UNAVAILABLE,
@@ -24,18 +24,31 @@ from agent_host.protocol import (
     RemoteError,
 )
 from agent_host.server import Context
-from agent_host.state import COLUMNS, Store
+from agent_host.state import Store
+from agent_host.wire import (
+    CAP_DROP,
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    LOG_MAX_FILES,
+    LOG_MAX_SIZE,
+    MANAGED_FILTER,
+    READ_ONLY_ROOT,
+    SANDBOX_UID_BASE,
+    SECURITY_OPT,
+    SHM_SIZE,
+    TMUX_SESSION,
+    AgentStatus,
+    LaunchSpec,
+    Network,
+    SessionRecord,
+    SessionState,
+    check_env_value,
+    check_session_id,
+)
 
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
-_CONTAINER = re.compile(r"^jk-[0-9a-z]{8}(-[a-z0-9-]+)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_TMPFS_OPTS = re.compile(r"^[a-z0-9=,]+$")
-_MEMORY = re.compile(r"^\d+[kmg]?$")
-SETUP_GRACE = 600.0  # a `starting` record older than this, whose setter-upper is gone, failed
+Range = Tuple[int, int]  # [start, end)
 STOP_TIMEOUT = 10
-ALLOWED_CAPS_DROP = ("ALL",)
-ALLOWED_SECURITY_OPT = ("no-new-privileges",)
+SETUP_GRACE = 600.0  # a `starting` record older than this, whose setter-upper is gone, failed
 
 
 def _docker() -> Any:
@@ -56,68 +69,36 @@ def _not_found() -> Any:
     return NotFound
 
 
-# -- spec validation: the agent re-checks what reaches docker, whatever the controller sent ---
-def check_spec(spec: Message) -> Message:
-    def need(key: str, pattern: "re.Pattern[str]") -> str:
-        value = spec.get(key)
-        if not isinstance(value, str) or not pattern.match(value):
-            raise RemoteError(E_INVALID_PARAMS, "spec.%s is invalid: %r" % (key, value))
-        return value
-
-    layout.check_session_id(spec.get("session_id"))
-    need("image", _IMAGE)
-    need("container", _CONTAINER)
-    need("user", _USER)
-    layout.check_name(spec.get("workspace"), "workspace")
-    layout.check_name(spec.get("role"), "role")
-    if spec.get("user") in ("root", "0"):
-        raise RemoteError(E_INVALID_PARAMS, "the agent never runs as root")
-    if spec.get("network") not in ("open", "none"):
-        raise RemoteError(E_INVALID_PARAMS, "spec.network must be open or none")
-    if spec.get("isolation") not in ("clone", "copy"):
-        raise RemoteError(E_INVALID_PARAMS, "spec.isolation must be clone or copy")
-    if spec.get("cap_drop") != list(ALLOWED_CAPS_DROP):
-        raise RemoteError(E_INVALID_PARAMS, "spec.cap_drop must be ['ALL']")
-    if spec.get("security_opt") != list(ALLOWED_SECURITY_OPT):
-        raise RemoteError(E_INVALID_PARAMS, "spec.security_opt must be ['no-new-privileges']")
-    command = spec.get("command")
-    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-        raise RemoteError(E_INVALID_PARAMS, "spec.command must be a non-empty list of strings")
-    for name, value in (spec.get("env") or {}).items():
-        if not _ENV_NAME.match(name) or not isinstance(value, str):
-            raise RemoteError(E_INVALID_PARAMS, "bad env entry %r" % name)
-    for path, options in (spec.get("tmpfs") or {}).items():
-        if not path.startswith("/") or ".." in path.split("/") or not _TMPFS_OPTS.match(options):
-            raise RemoteError(E_INVALID_PARAMS, "bad tmpfs entry %r" % path)
-    memory = spec.get("memory")
-    if memory is not None and not _MEMORY.match(str(memory)):
-        raise RemoteError(E_INVALID_PARAMS, "bad memory limit %r" % memory)
-    return spec
-
-
 # -- create ----------------------------------------------------------------------------------
 def create(ctx: Context, params: Message) -> Dict[str, Any]:
-    spec = check_spec(params.get("spec") or {})
+    """Make the sandbox a spec describes. Every field is checked here (LaunchSpec.from_wire),
+    whatever the controller did; what is never a choice (hardening, mounts, labels, image) is
+    derived from the spec, not read from the wire."""
+    spec = LaunchSpec.from_wire(params.get("spec"))
     secrets = params.get("secret_env") or {}
-    if set(secrets) != set(spec.get("secret_env") or []):
+    if not isinstance(secrets, dict) or set(secrets) != set(spec.secret_env):
         raise RemoteError(E_INVALID_PARAMS, "secret_env values must match spec.secret_env names")
-    session_id = spec["session_id"]
+    for name, value in secrets.items():
+        check_env_value(value, "secret_env." + name)
+    session_id = spec.session_id
     store = Store(ctx.root)
     try:
         if store.get(session_id) is not None:
             raise RemoteError(E_CONFLICT, "session %s already exists" % session_id)
         client = _docker()
         store.insert(_record(spec, os.getpid()))
+        testhooks.pause_host("host-create", ctx.root)
         try:
             checkout = _checkout(ctx.root, spec)
             store.update(
                 session_id,
-                base_commit=spec.get("base_commit"),
-                spec=_spec_with(spec, launch_commit=checkout.get("launch_commit")),
+                base_commit=checkout.get("base_commit") or spec.base_commit,
+                launch_commit=checkout.get("launch_commit"),
             )
-            image, uid, gid = _image_for_host_user(ctx, client, spec)
+            image, uid, gid = sandbox_identity(ctx.root, client, spec)
+            store.update(session_id, uid=uid)
             work = layout.work_dir(ctx.root, session_id)
-            if os.getuid() == 0 and uid != 0:
+            if os.getuid() == 0:
                 _chown_tree(work, uid, gid)
             container = _run_container(client, spec, secrets, image, work, uid, gid)
         except Exception as exc:
@@ -128,7 +109,7 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             )
             store.update(
                 session_id,
-                state="failed_setup",
+                state=SessionState.FAILED_SETUP.value,
                 error=message[:2000],
                 finished_at=time.time(),
                 owner_pid=None,
@@ -136,39 +117,36 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             raise
         store.update(
             session_id,
-            state="running",
+            state=SessionState.RUNNING.value,
             started_at=time.time(),
             owner_pid=None,
             image=image,
-            agent_status=agent_status("running", spec["mode"]),
+            agent_status=agent_status(SessionState.RUNNING.value, spec.mode.value),
         )
-        return _public(store.get(session_id), {"container_id": container.id[:12]})
+        entry = public_record(_existing(store.get(session_id)))
+        entry["container_id"] = container.id[:12]
+        return entry
     finally:
         store.close()
 
 
-def _record(spec: Message, pid: int) -> Dict[str, Any]:
+def _record(spec: LaunchSpec, pid: int) -> Dict[str, Any]:
     return {
-        "id": spec["session_id"], "name": spec.get("name"), "workspace": spec["workspace"],
-        "role": spec["role"], "runtime": spec["runtime"], "image": spec["image"],
-        "container": spec["container"], "mode": spec["mode"], "isolation": spec["isolation"],
-        "state": "starting", "agent_status": "unknown", "branch": spec.get("branch"),
-        "base_commit": spec.get("base_commit"), "owner_pid": pid, "spec": spec,
+        "id": spec.session_id, "name": spec.name, "workspace": spec.workspace,
+        "role": spec.role, "runtime": spec.runtime, "image": spec.image,
+        "container": spec.container, "mode": spec.mode.value,
+        "isolation": spec.isolation.value, "state": SessionState.STARTING.value,
+        "agent_status": AgentStatus.UNKNOWN.value, "branch": spec.branch,
+        "base_commit": spec.base_commit, "owner_pid": pid, "spec": spec.to_wire(),
     }  # fmt: skip
 
 
-def _spec_with(spec: Message, **extra: Any) -> Message:
-    merged = dict(spec)
-    merged.update(extra)
-    return merged
-
-
-def _checkout(root: str, spec: Message) -> Dict[str, Any]:
+def _checkout(root: str, spec: LaunchSpec) -> Dict[str, Any]:
     from agent_host.workspaces import make_checkout
 
-    if not os.path.isdir(layout.mirror_dir(root, spec["workspace"])):
-        raise RemoteError(E_NOT_FOUND, "workspace %s was never synced here" % spec["workspace"])
-    return make_checkout(root, spec["workspace"], spec["session_id"], spec["isolation"])
+    if not os.path.isdir(layout.mirror_dir(root, spec.workspace)):
+        raise RemoteError(E_NOT_FOUND, "workspace %s was never synced here" % spec.workspace)
+    return make_checkout(root, spec.workspace, spec.session_id, spec.isolation.value)
 
 
 def _chown_tree(path: str, uid: int, gid: int) -> None:
@@ -178,38 +156,100 @@ def _chown_tree(path: str, uid: int, gid: int) -> None:
             os.lchown(os.path.join(base, name), uid, gid)
 
 
-def _image_for_host_user(ctx: Context, client: Any, spec: Message) -> Tuple[str, int, int]:
-    """The image to run, and the uid/gid the agent has in it.
+# -- who the agent runs as ---------------------------------------------------------------------
+def _subuid_ranges(paths: Tuple[str, ...] = ("/etc/subuid", "/etc/subgid")) -> List[Range]:
+    ranges: List[Range] = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                ranges.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+    return ranges
 
-    The session checkout belongs to the host user. When that user is not root and its uid
-    differs from the role user's, a thin derived image gives the role user the host user's
-    uid/gid, so the agent can write its checkout without any chmod on the host.
+
+def pick_sandbox_uid(
+    taken: Callable[[int], bool], ranges: List[Range], base: int = SANDBOX_UID_BASE
+) -> int:
+    """The first id from `base` that no account, group or subordinate range uses. Pure."""
+    candidate = base
+    while candidate < base + 1000000:
+        inside = [end for start, end in ranges if start <= candidate < end]
+        if inside:
+            candidate = max(inside)
+            continue
+        if not taken(candidate):
+            return candidate
+        candidate += 1
+    raise RemoteError(E_FAILED, "no free uid for the sandbox above %d" % base)
+
+
+def _id_taken(value: int) -> bool:
+    import grp
+    import pwd
+
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(value)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def sandbox_identity(root: str, client: Any, spec: LaunchSpec) -> Tuple[str, int, int]:
+    """The image to run, and the uid/gid the agent has in it. Never 0.
+
+    - On a root host the agent gets a uid that no host account uses, so no login on the host
+      can read its /proc (environment, root filesystem) or its checkout.
+    - Otherwise it gets the host user's own uid (the account that runs jackin there and owns
+      the checkout, which already controls the docker engine).
+
+    A thin derived image (`<image>-u<uid>`) gives the role user that uid, so names still work.
     """
     from agent_host.roles import image_user_ids
 
-    image = spec["image"]
-    uid, gid = image_user_ids(ctx.root, image, spec["user"])
-    host_uid, host_gid = os.getuid(), os.getgid()
-    if host_uid == 0 or (uid, gid) == (host_uid, host_gid):
+    image = spec.image
+    uid, gid = image_user_ids(root, image, spec.user)
+    if uid == 0 or gid == 0:
+        raise RemoteError(
+            E_INVALID_PARAMS,
+            "role user %r is root (uid %d, gid %d) inside %s: the agent never runs as root"
+            % (spec.user, uid, gid, image),
+        )
+    if os.getuid() == 0:
+        target = pick_sandbox_uid(_id_taken, _subuid_ranges())
+        target_uid, target_gid = target, target
+    else:
+        target_uid, target_gid = os.getuid(), os.getgid()
+    if (uid, gid) == (target_uid, target_gid):
         return image, uid, gid
-    derived = "%s-u%d" % (image, host_uid)
+    derived = "%s-u%d" % (image, target_uid)
     try:
         client.images.get(derived)
     except _not_found():
-        _build_uid_image(client, image, derived, spec["user"], host_uid, host_gid)
-    return derived, host_uid, host_gid
+        _build_uid_image(client, image, derived, uid, target_uid, target_gid)
+    return derived, target_uid, target_gid
 
 
-def _build_uid_image(client: Any, base: str, tag: str, user: str, uid: int, gid: int) -> None:
+def _build_uid_image(client: Any, base: str, tag: str, old_uid: int, uid: int, gid: int) -> None:
     import io
 
+    # The role user is found by its uid (the spec may name it by name or number); its passwd
+    # and group entries are moved to the new ids and its home follows.
     dockerfile = (
         "FROM %s\nUSER root\n"
-        "RUN sed -i -E 's/^(%s:[^:]*):[0-9]+:[0-9]+:/\\1:%d:%d:/' /etc/passwd && "
-        'grp=$(id -gn %s) && sed -i -E "s/^($grp:[^:]*):[0-9]+:/\\1:%d:/" /etc/group && '
-        "home=$(getent passwd %s | cut -d: -f6) && "
-        '{ [ ! -d "$home" ] || chown -R %d:%d "$home"; }\n'
-        "USER %s\n" % (base, user, uid, gid, user, gid, user, uid, gid, user)
+        "RUN set -e; name=$(getent passwd %d | cut -d: -f1 || true); "
+        'if [ -n "$name" ]; then grp=$(id -gn "$name"); '
+        'sed -i -E "s/^($name:[^:]*):[0-9]+:[0-9]+:/\\1:%d:%d:/" /etc/passwd; '
+        'sed -i -E "s/^($grp:[^:]*):[0-9]+:/\\1:%d:/" /etc/group; '
+        'home=$(getent passwd "$name" | cut -d: -f6); '
+        '[ ! -d "$home" ] || chown -R %d:%d "$home"; fi\n'
+        "USER %d:%d\n" % (base, old_uid, uid, gid, gid, uid, gid, uid, gid)
     ).encode()
     try:
         client.images.build(
@@ -217,47 +257,62 @@ def _build_uid_image(client: Any, base: str, tag: str, user: str, uid: int, gid:
             tag=tag,
             rm=True,
             forcerm=True,
-            labels={"jackin.managed": "true"},
+            labels={LABEL_MANAGED: "true"},
             pull=False,
+            network_mode="none",
         )
     except Exception as exc:
-        raise RemoteError(E_FAILED, "could not map %s to the host uid: %s" % (user, exc)) from None
+        raise RemoteError(
+            E_FAILED, "could not map the role user to uid %d: %s" % (uid, exc)
+        ) from None
 
 
 def _run_container(
-    client: Any, spec: Message, secrets: Dict[str, str], image: str, work: str, uid: int, gid: int
+    client: Any,
+    spec: LaunchSpec,
+    secrets: Dict[str, str],
+    image: str,
+    work: str,
+    uid: int,
+    gid: int,
 ) -> Any:
-    env = dict(spec.get("env") or {})
+    env = spec.environment
     env.update(secrets)
     tmpfs = {}
-    for path, options in (spec.get("tmpfs") or {}).items():
+    for path, options in spec.tmpfs.items():
         if path != "/tmp":
             options = "%s,uid=%d,gid=%d,mode=0700" % (options, uid, gid)
         tmpfs[path] = options
     kwargs: Dict[str, Any] = {
-        "command": spec["command"],
-        "name": spec["container"],
-        "user": spec["user"],
-        "working_dir": spec.get("workdir") or "/workspace",
+        "command": list(spec.command),
+        "name": spec.container,
+        "user": "%d:%d" % (uid, gid),
+        "working_dir": spec.workdir,
         "environment": env,
-        "labels": dict(spec.get("labels") or {}),
+        "labels": spec.labels,
         # The only bind mount: the session's own checkout. Never the docker socket.
-        "volumes": {work: {"bind": spec.get("workdir") or "/workspace", "mode": "rw"}},
+        "volumes": {work: {"bind": spec.workdir, "mode": "rw"}},
         "tmpfs": tmpfs,
-        "read_only": bool(spec.get("read_only", True)),
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "network_mode": "none" if spec["network"] == "none" else "bridge",
+        "shm_size": SHM_SIZE,
+        "read_only": READ_ONLY_ROOT,
+        "cap_drop": list(CAP_DROP),
+        "security_opt": list(SECURITY_OPT),
+        "network_mode": "none" if spec.network is Network.NONE else "bridge",
+        "log_config": {
+            "type": "json-file",
+            "config": {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)},
+        },
         "init": True,
         "detach": True,
     }
-    if spec.get("memory"):
-        kwargs["mem_limit"] = spec["memory"]
-        kwargs["memswap_limit"] = spec["memory"]
-    if spec.get("cpus"):
-        kwargs["nano_cpus"] = int(float(spec["cpus"]) * 1e9)
-    if spec.get("pids"):
-        kwargs["pids_limit"] = int(spec["pids"])
+    limits = spec.limits
+    if limits.memory is not None:
+        kwargs["mem_limit"] = limits.memory_bytes
+        kwargs["memswap_limit"] = limits.memory_bytes
+    if limits.cpus is not None:
+        kwargs["nano_cpus"] = int(limits.cpus * 1e9)
+    if limits.pids is not None:
+        kwargs["pids_limit"] = limits.pids
     from docker.errors import DockerException
 
     try:
@@ -269,8 +324,8 @@ def _run_container(
 # -- list / reconcile ------------------------------------------------------------------------
 def _container_states(client: Any) -> Dict[str, Dict[str, Any]]:
     states = {}
-    for container in client.containers.list(all=True, filters={"label": "jackin.managed=true"}):
-        session_id = container.labels.get("jackin.session")
+    for container in client.containers.list(all=True, filters={"label": MANAGED_FILTER}):
+        session_id = container.labels.get(LABEL_SESSION)
         if not session_id:
             continue
         info = container.attrs.get("State") or {}
@@ -369,7 +424,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 record.update(fields)
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
-            out.append(_public(record))
+            out.append(public_record(record))
         if running:
             _attach_stats(running, out)
         orphans = [
@@ -393,39 +448,29 @@ def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str,
         entry.update(by_id.get(entry["id"], {}))
 
 
-PUBLIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("owner_pid", "spec"))
-
-
-def _public(
-    record: Optional[Dict[str, Any]], extra: Optional[Dict[str, Any]] = None
-) -> Dict[str, Any]:
-    """A record as the controller sees it: no spec internals beyond what `ls` shows."""
-    if record is None:
-        raise RemoteError(E_NOT_FOUND, "no such session")
+def public_record(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A host record as it crosses the wire: a SessionRecord, nothing of the stored spec but
+    what `ls` shows."""
     spec = record.get("spec") or {}
-    entry = {key: record.get(key) for key in PUBLIC_COLUMNS}
+    known = {item.name for item in fields(SessionRecord)}
+    entry = {key: value for key, value in record.items() if key in known}
     entry["task"] = spec.get("task")
     entry["network"] = spec.get("network")
-    entry["launch_commit"] = spec.get("launch_commit")
-    if extra:
-        entry.update(extra)
-    return entry
+    return SessionRecord.from_wire(entry).to_wire()
+
+
+def _existing(record: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    if record is None:
+        raise RemoteError(E_NOT_FOUND, "no such session")
+    return record
 
 
 def _get(store: Store, params: Message) -> Dict[str, Any]:
-    session_id = layout.check_session_id(params.get("id"))
+    session_id = check_session_id(params.get("id"), "id")
     record = store.get(session_id)
     if record is None:
         raise RemoteError(E_NOT_FOUND, "no session %s on this host" % session_id)
     return record
-
-
-def get_session(ctx: Context, params: Message) -> Dict[str, Any]:
-    store = Store(ctx.root)
-    try:
-        return _public(_get(store, params))
-    finally:
-        store.close()
 
 
 # -- logs ------------------------------------------------------------------------------------
@@ -454,7 +499,8 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
 
 
 def _tmux_capture(container: Any) -> str:
-    result = container.exec_run(["tmux", "capture-pane", "-p", "-t", "jackin", "-S", "-2000"])
+    argv = ["tmux", "capture-pane", "-p", "-t", TMUX_SESSION, "-S", "-2000"]
+    result = container.exec_run(argv)
     return str(result.output.decode(errors="replace"))
 
 
@@ -479,7 +525,7 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
                 finished_at=time.time(),
                 agent_status="unknown",
             )
-        return _public(store.get(record["id"]))
+        return public_record(_existing(store.get(record["id"])))
     finally:
         store.close()
 
@@ -495,37 +541,77 @@ def work_status(ctx: Context, record: Dict[str, Any]) -> Dict[str, Any]:
     if not os.path.isdir(layout.work_dir(ctx.root, record["id"])):
         return {"unpulled": False, "commit": None}
     snap = review.snapshot(ctx, {"id": record["id"]})
-    launch = (record.get("spec") or {}).get("launch_commit")
+    launch = record.get("launch_commit") or (record.get("spec") or {}).get("launch_commit")
     untouched = record["isolation"] == "clone" and snap["commit"] == launch
     return {"unpulled": not (snap["pulled"] or untouched), "commit": snap["commit"]}
 
 
 def remove(ctx: Context, params: Message) -> Dict[str, Any]:
+    """Remove a session's sandbox and checkout.
+
+    Without force, work that was never pulled (or that cannot be inspected: the agent owns its
+    checkout and may have wrecked it) makes rm refuse. With force, the sandbox is stopped and
+    removed *first*, so nothing the agent did to its checkout can keep it running, and what
+    could not be inspected is reported, not fatal.
+    """
     store = Store(ctx.root)
     try:
         record = _get(store, params)
-        status = work_status(ctx, record)
-        if status["unpulled"] and not params.get("force"):
+        force = bool(params.get("force"))
+        client = _docker() if force else None
+        if client is not None:
+            _remove_containers(client, record)
+        try:
+            status = work_status(ctx, record)
+            uninspectable = None
+        except RemoteError as exc:
+            status = {"unpulled": True, "commit": None}
+            uninspectable = exc.message
+        if not force and (status["unpulled"] or uninspectable):
+            problem = (
+                "its work could not be inspected (%s)" % uninspectable
+                if uninspectable
+                else "it has work that was not pulled"
+            )
             raise RemoteError(
                 E_CONFLICT,
-                "session %s has work that was not pulled" % record["id"],
+                "session %s: %s" % (record["id"], problem),
                 {
                     "hint": "run `jackin-remote pull %s` first, or rm --force to discard it"
                     % record["id"]
                 },
             )
-        client = _docker()
-        try:
-            client.containers.get(record["container"]).remove(force=True)
-        except _not_found():
-            pass
+        if client is None:
+            client = _docker()
+            _remove_containers(client, record)
         session_path = layout.session_dir(ctx.root, record["id"])
         if os.path.isdir(session_path):
             _rmtree(session_path)
-        store.update(record["id"], state="purged", finished_at=record["finished_at"] or time.time())
-        return {"id": record["id"], "removed": True, "discarded_unpulled": status["unpulled"]}
+        store.update(
+            record["id"],
+            state=SessionState.PURGED.value,
+            finished_at=record["finished_at"] or time.time(),
+        )
+        return {
+            "id": record["id"],
+            "removed": True,
+            "discarded_unpulled": bool(status["unpulled"]),
+            "discarded_commit": status["commit"] if status["unpulled"] else None,
+            "not_inspected": uninspectable,
+        }
     finally:
         store.close()
+
+
+def _remove_containers(client: Any, record: Dict[str, Any]) -> None:
+    """Every container of the session, found by its label (and by name, for old records)."""
+    label = "%s=%s" % (LABEL_SESSION, record["id"])
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+    try:
+        client.containers.get(record["container"]).remove(force=True)
+    except _not_found():
+        pass
 
 
 def _rmtree(path: str) -> None:
@@ -540,7 +626,7 @@ def attach_command(root: str, session_id: str) -> List[str]:
     """docker argv to attach the caller's terminal to a session's tmux (used by `attach`)."""
     store = Store(root)
     try:
-        record = store.get(layout.check_session_id(session_id))
+        record = store.get(check_session_id(session_id, "session"))
     finally:
         store.close()
     if record is None:
@@ -549,13 +635,12 @@ def attach_command(root: str, session_id: str) -> List[str]:
         raise RemoteError(
             E_CONFLICT, "session %s runs headless on a task: use logs -f" % session_id
         )
-    return ["docker", "exec", "-it", record["container"], "tmux", "attach", "-t", "jackin"]
+    return ["docker", "exec", "-it", record["container"], "tmux", "attach", "-t", TMUX_SESSION]
 
 
 HANDLERS = {
     "session.create": create,
     "session.list": list_sessions,
-    "session.get": get_session,
     "session.logs": logs,
     "session.stop": stop,
     "session.rm": remove,

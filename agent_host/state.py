@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     agent_status TEXT NOT NULL DEFAULT 'unknown',
     branch TEXT,
     base_commit TEXT,
+    launch_commit TEXT,              -- the checkout's commit when the agent started
     pulled_commit TEXT,
+    uid INTEGER,                     -- the uid the agent runs as (host-side)
     exit_code INTEGER,
     error TEXT,
     owner_pid INTEGER,               -- the agent process that is setting this session up
@@ -56,7 +58,9 @@ COLUMNS = (
     "agent_status",
     "branch",
     "base_commit",
+    "launch_commit",
     "pulled_commit",
+    "uid",
     "exit_code",
     "error",
     "owner_pid",
@@ -77,6 +81,14 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Databases made by an older agent lack newer columns: add them (never drop any)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        for column, kind in (("launch_commit", "TEXT"), ("uid", "INTEGER")):
+            if column not in have:
+                self._db.execute("ALTER TABLE sessions ADD COLUMN %s %s" % (column, kind))
 
     def close(self) -> None:
         self._db.close()

@@ -26,7 +26,7 @@ from jackin_remote.core.contract import (
 )
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
-from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.errors import HostError, JackinError, UsageError
 from jackin_remote.inventory import Host, Inventory, select_hosts
 
 if TYPE_CHECKING:
@@ -218,18 +218,22 @@ async def _apply_host(
     step: Step,
     progress: ProgressCallback | None,
 ) -> list[dict[str, Any]]:
+    from agent_host import testhooks
     from agent_host.protocol import RemoteError
     from jackin_remote.roles import ensure_role_image
+    from jackin_remote.sessions import checked_records
     from jackin_remote.sync import sync_workspace
 
     try:
         step(host.name, "starting the host agent")
+        testhooks.pause("agent")
         link = await pool.agent(host)
         step(host.name, "syncing the workspace")
         (synced,) = await sync_workspace(pool, [host], prepared.scan, progress=progress)
         if synced.error is not None:
             raise synced.error
         step(host.name, "preparing the role image")
+        testhooks.pause("role-image")
         await ensure_role_image(
             link,
             prepared.role,
@@ -244,12 +248,19 @@ async def _apply_host(
         session_id = contract.identity["session"]
         step(host.name, f"creating session {session_id}")
         try:
+            testhooks.pause("create-send")
             entry = await link.agent.call(
-                "session.create", {"spec": contract.spec, "secret_env": prepared.credential}
+                "session.create",
+                {"spec": contract.spec.to_wire(), "secret_env": prepared.credential},
             )
         except RemoteError as exc:
             # The host recorded it (failed_setup) unless the spec was refused outright.
             return _failed(contract, exc.message, state="failed_setup")
+        testhooks.pause("create-reply")
+        try:
+            (entry,) = checked_records(host.name, [entry])
+        except HostError as exc:
+            return _failed(contract, exc.reason, state="unknown")
         store.record(host.name, entry, workspace_path=str(prepared.scan.path))
         return {
             "id": session_id,

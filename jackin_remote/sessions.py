@@ -23,14 +23,32 @@ async def refresh(pool: Pool, hosts: Sequence[Host], store: Store) -> list[HostR
     async def ask(link: HostLink) -> Any:
         return await link.agent.call("session.list", {})
 
-    results = await pool.map(hosts, ask)
+    async def ask_checked(link: HostLink) -> Any:
+        # The host is not trusted: its answer is parsed field by field before the store sees it.
+        return checked_records(link.host.name, (await ask(link)).get("sessions"))
+
+    results = await pool.map(hosts, ask_checked)
     for result in results:
         if result.ok and result.value is not None:
-            store.merge_host(result.host.name, result.value["sessions"])
+            store.merge_host(result.host.name, result.value)
         else:
             reason = getattr(result.error, "reason", str(result.error))
             store.mark_unreachable(result.host.name, str(result.state), reason)
     return results
+
+
+def checked_records(host: str, items: Any) -> list[dict[str, Any]]:
+    """A host's session records, each parsed with the boundary's own types; a malformed one
+    fails that host (named) rather than reaching the laptop's view."""
+    from agent_host.wire import SpecError, records_from_wire
+
+    try:
+        return [record.to_wire() for record in records_from_wire(items)]
+    except SpecError as exc:
+        raise HostError(
+            host, HostState.AGENT_ERROR, f"the host sent an invalid session record ({exc.message})",
+            hint="the host agent is damaged or not ours; run `jackin-remote hosts check` on it",
+        ) from None  # fmt: skip
 
 
 def host_of(inventory: Inventory, row: dict[str, Any]) -> Host:

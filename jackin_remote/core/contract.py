@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from agent_host import layout
 from agent_host.roles import BUILD_NETWORKS, DEFAULT_BUILD_NETWORK
+from agent_host.wire import (
+    CONTAINER_WORKDIR,
+    ENV_NAME_RE,
+    LOG_MAX_FILES,
+    LOG_MAX_SIZE,
+    RESERVED_ENV,
+    SANDBOX_UID_BASE,
+    SHM_SIZE,
+    TMUX_SESSION,
+    Isolation,
+    LaunchSpec,
+    Limits,
+    Mode,
+    Network,
+    SpecError,
+    container_name,
+)
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
 from jackin_remote.errors import UsageError
 
-Network = Literal["open", "none"]
-Isolation = Literal["clone", "copy"]
-NETWORKS = ("open", "none")
-CONTAINER_WORKDIR = "/workspace"
-MAX_CONTAINER_NAME = 58
-TMUX_SESSION = "jackin"
+__all__ = ["container_name"]
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_ENV = re.compile(r"(_KEY|_TOKEN|_SECRET)$|PASSWORD|PASSWD|^API_?KEY$", re.IGNORECASE)
-# Set by jackin itself; an operator may not override them with --env.
-RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "JACKIN_SESSION", "JACKIN_HOST"})
 
 
 class ContractError(UsageError):
@@ -110,7 +120,7 @@ class Contract:
     plan: list[Effect]
     recovery: dict[str, Any]
     warnings: list[str]
-    spec: dict[str, Any] = field(default_factory=dict)  # what the host agent creates
+    spec: LaunchSpec  # exactly what the host agent creates
     build: dict[str, Any] = field(default_factory=dict)  # how the role image is built
 
     SECTIONS = (
@@ -132,14 +142,14 @@ class Contract:
         data = {name: getattr(self, name) for name in self.SECTIONS}
         data["plan"] = [asdict(effect) for effect in self.plan]
         data["build"] = self.build
-        data["spec"] = self.spec
+        data["spec"] = self.spec.to_wire()
         return data
 
 
 # -- validation ------------------------------------------------------------------------------
 def check_env(pairs: tuple[tuple[str, str], ...]) -> None:
     for name, value in pairs:
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME_RE.match(name):
             raise ContractError(
                 f"--env {name}: not a valid environment variable name",
                 hint="use letters, digits and '_', not starting with a digit",
@@ -176,16 +186,6 @@ def check_session_name(name: str | None) -> None:
         )
 
 
-def container_name(session_id: str, workspace: str, role: str) -> str:
-    """`jk-<id>-<workspace>-<role>`, DNS-safe and at most 58 characters."""
-    base = f"jk-{session_id}-"
-    room = MAX_CONTAINER_NAME - len(base) - 1
-    ws_room = max(room - min(len(role), room // 2), 1)
-    ws = workspace[:ws_room].rstrip("-")
-    rl = role[: room - len(ws)].rstrip("-")
-    return f"{base}{ws}-{rl}".rstrip("-")
-
-
 def pick_runtime(name: str, role: RoleRef) -> Runtime:
     runtime = RUNTIMES.get(name)
     if runtime is None:
@@ -203,12 +203,12 @@ def pick_runtime(name: str, role: RoleRef) -> Runtime:
 
 def pick_isolation(requested: str | None, workspace: WorkspaceRef) -> Isolation:
     if requested is None:
-        return "clone" if workspace.is_git else "copy"
+        return Isolation.CLONE if workspace.is_git else Isolation.COPY
     if requested not in ("clone", "copy"):
         raise ContractError(f"--isolation {requested!r}: expected clone or copy")
     if requested == "clone" and not workspace.is_git:
         raise ContractError("--isolation clone needs a git workspace", hint="use --isolation copy")
-    return "clone" if requested == "clone" else "copy"
+    return Isolation(requested)
 
 
 # -- resolution ------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def resolve_contract(
     workspace: WorkspaceRef,
     request: LaunchRequest,
 ) -> Contract:
-    if request.network not in NETWORKS:
+    if request.network not in (Network.OPEN.value, Network.NONE.value):
         raise ContractError(f"--network {request.network!r}: expected open or none")
     check_env(request.env)
     check_session_name(request.name)
@@ -227,17 +227,12 @@ def resolve_contract(
     runtime = pick_runtime(request.runtime, role)
     isolation = pick_isolation(request.isolation, workspace)
     mode = "task" if request.task else "interactive"
-    name = container_name(session_id, workspace.name, role.name)
+    # Host paths come from the host's own layout module, so the plan names what the host makes.
     root = target.root.rstrip("/")
-    work = f"{root}/sessions/{session_id}/work"
-    mirror = f"{root}/workspaces/{workspace.name}/mirror"
-    home = f"/home/{role.user}"
-    branch = f"jackin/{session_id}" if isolation == "clone" else None
+    work = layout.work_dir(root, session_id)
+    mirror = layout.mirror_dir(root, workspace.name)
 
     env = {
-        "HOME": home,
-        "JACKIN_SESSION": session_id,
-        "JACKIN_HOST": target.host,
         "GIT_AUTHOR_NAME": "jackin agent",
         "GIT_AUTHOR_EMAIL": f"agent+{session_id}@jackin.invalid",
         "GIT_COMMITTER_NAME": "jackin agent",
@@ -248,6 +243,30 @@ def resolve_contract(
     credentials = _credentials(runtime, request)
     secret_env = [c["delivered_as"] for c in credentials if c["available"]]
     command = _command(runtime, request.task)
+    try:
+        spec = LaunchSpec(
+            session_id=session_id,
+            workspace=workspace.name,
+            role=role.name,
+            role_hash=role.content_hash,
+            user=role.user,
+            runtime=runtime.name,
+            mode=Mode(mode),
+            command=tuple(command),
+            isolation=isolation,
+            network=Network(request.network),
+            host=target.host,
+            name=request.name,
+            task=request.task,
+            env=tuple(env.items()),
+            secret_env=tuple(secret_env),
+            base_commit=workspace.head,
+            limits=Limits(target.memory, target.cpus, target.pids),
+        )
+    except SpecError as exc:
+        raise ContractError(f"cannot launch: {exc.message}") from None
+    # Everything below is derived from the spec, with the host's own functions.
+    name, branch, home = spec.container, spec.branch, spec.home
 
     filesystem = {
         "workdir": CONTAINER_WORKDIR,
@@ -278,7 +297,7 @@ def resolve_contract(
                 "container": "/tmp",
                 "mode": "tmpfs",
                 "isolation": "ephemeral",
-                "note": "discarded when the container stops",
+                "note": f"{_size(spec.tmpfs['/tmp'])}; discarded when the container stops",
             },
             {
                 "laptop": None,
@@ -286,7 +305,17 @@ def resolve_contract(
                 "container": home,
                 "mode": "tmpfs",
                 "isolation": "ephemeral",
-                "note": "agent home; discarded when the container stops",
+                "note": f"agent home, {_size(spec.tmpfs[home])}; discarded when the container "
+                "stops",
+            },
+            {
+                "laptop": None,
+                "host": None,
+                "container": "/dev/shm",
+                "mode": "tmpfs",
+                "isolation": "ephemeral",
+                "note": f"the engine's shared-memory tmpfs, size={SHM_SIZE}, writable (noexec); "
+                "discarded when the container stops",
             },
         ],
         "root_filesystem": "read-only (the role image)",
@@ -316,7 +345,7 @@ def resolve_contract(
     plan = [
         Effect(
             "start the host agent (deploy it if missing or outdated)",
-            f"{root}/agent/",
+            layout.agent_dir(root),
             "if missing",
         ),
         Effect(
@@ -326,12 +355,12 @@ def resolve_contract(
         ),
         Effect(
             f"upload the role and build image {role.image} (build network: {build['network']})",
-            f"{root}/roles/{role.name}/{role.content_hash[:12]}",
+            layout.role_dir(root, role.name, role.content_hash),
             "if missing",
         ),
-        Effect("record the session (state: starting)", f"{root}/state.db"),
+        Effect("record the session (state: starting)", layout.state_db(root)),
         Effect(
-            f"create the session checkout ({isolation}"
+            f"create the session checkout ({isolation.value}"
             + (f", branch {branch})" if branch else ")"),
             work,
         ),
@@ -382,42 +411,6 @@ def resolve_contract(
             "(name them with --include to send them)."
         )
 
-    spec = {
-        "session_id": session_id,
-        "name": request.name,
-        "container": name,
-        "image": role.image,
-        "role": role.name,
-        "role_hash": role.content_hash,
-        "user": role.user,
-        "runtime": runtime.name,
-        "mode": mode,
-        "task": request.task,
-        "command": command,
-        "workdir": CONTAINER_WORKDIR,
-        "env": env,
-        "secret_env": secret_env,
-        "workspace": workspace.name,
-        "isolation": isolation,
-        "branch": branch,
-        "base_commit": workspace.head,
-        "network": request.network,
-        "read_only": True,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g", home: "rw,nosuid,nodev,size=1g"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "memory": target.memory,
-        "cpus": target.cpus,
-        "pids": target.pids,
-        "labels": {
-            "jackin.managed": "true",
-            "jackin.session": session_id,
-            "jackin.workspace": workspace.name,
-            "jackin.role": role.name,
-            "jackin.runtime": runtime.name,
-        },
-    }
-
     return Contract(
         schema="v1",
         identity={
@@ -458,8 +451,13 @@ def resolve_contract(
             "cpus": target.cpus,
             "pids": target.pids,
             "user": f"{role.user} (non-root)",
+            "uid": f"on a host where jackin runs as root: a uid no host account, group or "
+            f"subordinate range uses (the first free one from {SANDBOX_UID_BASE}); otherwise the "
+            "uid of the host account jackin runs as. The uid used is in `ls --json`.",
             "capabilities": "all dropped",
             "no_new_privileges": True,
+            "logs": f"rotated by the engine: at most {LOG_MAX_FILES} files of {LOG_MAX_SIZE} "
+            "(older output is dropped)",
         },
         persistence={
             "survives_container_exit": [f"{work} (the session checkout, until rm)"],
@@ -552,6 +550,11 @@ def _credentials(runtime: Runtime, request: LaunchRequest) -> list[dict[str, Any
             "the host",
         }
     ]
+
+
+def _size(tmpfs_options: str) -> str:
+    sizes = [opt.partition("=")[2] for opt in tmpfs_options.split(",") if opt.startswith("size=")]
+    return f"size={sizes[0]}" if sizes else "no size limit"
 
 
 def _working_tree_note(workspace: WorkspaceRef) -> str:

@@ -1,27 +1,32 @@
-"""Names that reach a shell, a path or a docker call are validated here, once."""
+"""Names that reach a shell, a path or a docker call. The rules are the boundary's own
+(agent_host.wire): the host checks the very same patterns, so nothing accepted here is
+refused there."""
 
 from __future__ import annotations
 
-import re
 import secrets
 
-# Host, group, workspace and role names: lowercase letters, digits and '-', starting with a letter.
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-NAME_RULE = "lowercase letters, digits and '-', starting with a letter, at most 63 characters"
+from agent_host.wire import (
+    CROCKFORD,
+    NAME_RE,
+    NAME_RULE,
+    SESSION_ID_LEN,
+    SESSION_ID_RE,
+    is_session_id,
+    is_valid_name,
+)
 
-# Crockford base32 (no I, L, O, U).
-CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-SESSION_ID_LEN = 8
-SESSION_ID_RE = re.compile(rf"^[{CROCKFORD}]{{{SESSION_ID_LEN}}}$")
-
-
-def is_valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and not name.endswith("-")
+__all__ = [
+    "CROCKFORD",
+    "NAME_RE",
+    "NAME_RULE",
+    "SESSION_ID_LEN",
+    "SESSION_ID_RE",
+    "is_session_id",
+    "is_valid_name",
+    "new_session_id",
+]
 
 
 def new_session_id() -> str:
     return "".join(secrets.choice(CROCKFORD) for _ in range(SESSION_ID_LEN))
-
-
-def is_session_id(text: str) -> bool:
-    return bool(SESSION_ID_RE.match(text))

@@ -26,6 +26,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import KeyAlreadyPresent, ParseError
 
+from agent_host.wire import MAX_CPUS, MAX_PIDS, MIN_CPUS, MIN_PIDS, SpecError, memory_bytes
 from jackin_remote.core.names import NAME_RULE, is_valid_name
 from jackin_remote.errors import InventoryError
 from jackin_remote.inventory.hostkey import HostKeyFormatError, parse_public_key
@@ -68,9 +69,6 @@ RESERVED_NAMES = ("all",)
 RESERVED_PREFIX = "label"  # keeps `label:X` selectors unambiguous
 
 MAX_CAPACITY = 1024
-MAX_CPUS = 1024.0
-MIN_PIDS = 16
-MAX_PIDS = 4_194_304  # Linux pid_max ceiling
 
 SECRETS_HINT = (
     "keep secrets out of the inventory; credentials come from named sources on the laptop "
@@ -98,7 +96,6 @@ _JUMP_RE = re.compile(
 )
 _PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9._/~-]+$")
 _IDENTITY_FILE_RE = re.compile(r"^[A-Za-z0-9._/~@+=,-]{1,4096}$")
-_MEMORY_RE = re.compile(r"^[0-9]{1,15}[kmg]?$")
 _NAME_HINT = f"names use {NAME_RULE}"
 
 
@@ -498,11 +495,13 @@ def _backend(value: object) -> str:
 
 def _memory(value: object) -> str:
     text = _expect_str(value)
-    if not _MEMORY_RE.match(text) or int(text.rstrip("kmg")) == 0:
+    try:
+        memory_bytes(text)  # the host's own rule: what the inventory accepts, a host accepts
+    except SpecError:
         raise _Problem(
             f"invalid memory {_show(text)}",
-            hint='a positive number with an optional unit k, m or g, e.g. "512m" or "4g"',
-        )
+            hint='a number with an optional unit k, m or g, at least 6m, e.g. "512m" or "4g"',
+        ) from None
     return text
 
 
@@ -510,10 +509,10 @@ def _cpus(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Problem(f"expected number, got {toml_type_name(value)}")
     if isinstance(value, int) and not 0 < value <= MAX_CPUS:  # before float(): ints may be huge
-        raise _Problem(f"must be more than 0 and at most {MAX_CPUS:g}")
+        raise _Problem(f"must be at least {MIN_CPUS:g} and at most {MAX_CPUS:g}")
     number = float(value)
-    if not (math.isfinite(number) and 0 < number <= MAX_CPUS):
-        raise _Problem(f"must be more than 0 and at most {MAX_CPUS:g}")
+    if not (math.isfinite(number) and MIN_CPUS <= number <= MAX_CPUS):
+        raise _Problem(f"must be at least {MIN_CPUS:g} and at most {MAX_CPUS:g}")
     return number
 
 

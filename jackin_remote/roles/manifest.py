@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from agent_host.wire import USER_RE, SpecError, check_role_user, names_root
 from jackin_remote.core.names import NAME_RULE, is_valid_name
 from jackin_remote.errors import LocatedError
 from jackin_remote.inventory.toml_lines import KeyPath, SourceIndex, index_source
@@ -68,10 +69,6 @@ PRIVILEGE_KEYS: dict[str, str] = {
     "ports": "launch --port PORT",
 }
 
-# Login names as useradd takes them; docker's USER also takes `uid`, `name:group`, `uid:gid`.
-_UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_UID_RE = re.compile(r"^[0-9]{1,10}$")
-_ROOT_WORDS = frozenset({"root", "0"})
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 _EXAMPLES = {
@@ -252,15 +249,18 @@ def _runtimes(value: object) -> tuple[str, ...]:
 
 
 def check_user(value: object) -> str:
-    """The non-root user the agent runs as: `name`, `uid`, `name:group` or `uid:gid`."""
+    """The non-root user the agent runs as: `name`, `uid`, `name:group` or `uid:gid`.
+
+    The rule is the host's own (agent_host.wire.check_role_user): a role the manifest accepts
+    is never refused at launch."""
     text = _expect_str(value)
     hint = 'a non-root user the Dockerfile creates, e.g. "agent" (RUN useradd -m -u 1000 agent)'
-    parts = text.split(":")
-    if len(parts) > 2 or not all(_UNIX_NAME_RE.match(p) or _UID_RE.match(p) for p in parts):
-        raise _Problem(f"invalid user {_show(text)}", hint=hint)
-    if parts[0] in _ROOT_WORDS or (parts[0].isdigit() and int(parts[0]) == 0):
+    if USER_RE.match(text) and names_root(text):
         raise _Problem(f"the agent must not run as root (got {_show(text)})", hint=hint)
-    return text
+    try:
+        return check_role_user(text)
+    except SpecError:
+        raise _Problem(f"invalid user {_show(text)}", hint=hint) from None
 
 
 def _description(value: object) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import subprocess
 import threading
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent_host.wire import SANDBOX_UID_BASE
 from tests.conftest import CLI
 from tests.e2e.helpers import launch, make_workspace, wait_for
 
@@ -55,12 +58,12 @@ def listener() -> Iterator[int]:
 
 def run_task(
     cli: CLI, inventory: Path, ws: Path, task: str, *args: str
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     (session,) = launch(cli, inventory, ws, "--runtime", "shell", "--task", task, *args)
-    wait_for(cli, inventory, session["id"])
-    out = cli.run("-i", str(inventory), "logs", session["id"], check=True).stdout
+    row = wait_for(cli, inventory, session["id"])
+    out = cli.run("-i", str(inventory), "logs", "--raw", session["id"], check=True).stdout
     cli.run("-i", str(inventory), "rm", "--force", session["id"], check=True)
-    return out, session["contract"]
+    return out, session["contract"], row
 
 
 @pytest.mark.parametrize(("network", "expected"), [("none", "blocked"), ("open", "reached")])
@@ -69,9 +72,9 @@ def test_network_policy_is_what_the_contract_says(
 ) -> None:
     ws = make_workspace(tmp_path / "ws")
     (ws / "probe.py").write_text(PROBE)
-    out, contract = run_task(cli, local_inventory, ws,
-                             f"python3 probe.py {docker0_address()} {listener}",
-                             "--network", network)  # fmt: skip
+    out, contract, _ = run_task(cli, local_inventory, ws,
+                                f"python3 probe.py {docker0_address()} {listener}",
+                                "--network", network)  # fmt: skip
     assert f"PROBE: {expected}" in out, out
     assert contract["network"]["policy"] == network
 
@@ -87,10 +90,26 @@ def test_the_sandbox_is_hardened_and_sees_only_its_own_mounts(
         "touch /usr/jackin-probe 2>/dev/null && echo ROOTFS=writable || echo ROOTFS=readonly; "
         "touch /workspace/probe && echo WORKSPACE=writable; "
         "awk '{print \"MOUNT\", $2, $3}' /proc/mounts; "
-        "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null | sed 's/^/PIDS=/'"
+        "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null | sed 's/^/PIDS=/'; "
+        # Every tmpfs the agent can write to: the contract must list each one.
+        "for p in $(awk '$3==\"tmpfs\"{print $2}' /proc/mounts); do "
+        'touch "$p/.jackin-w" 2>/dev/null && echo "WRITABLE_TMPFS $p"; done'
     )
-    out, contract = run_task(cli, local_inventory, ws, script, "--network", "none")
+    out, contract, row = run_task(cli, local_inventory, ws, script, "--network", "none")
     assert "UID=0" not in out and "UID=" in out
+    uid = int(out.split("UID=")[1].split()[0])
+    # The uid the agent runs as is the one the host recorded, and no host account has it.
+    assert row["uid"] == uid
+    if os.getuid() == 0:
+        assert uid >= SANDBOX_UID_BASE
+        with pytest.raises(KeyError):
+            pwd.getpwuid(uid)
+    writable_tmpfs = {line.split()[1] for line in out.splitlines()
+                      if line.startswith("WRITABLE_TMPFS ")}  # fmt: skip
+    listed_tmpfs = {m["container"] for m in contract["filesystem"]["mounts"]
+                    if m["mode"] == "tmpfs"}  # fmt: skip
+    assert "/dev/shm" in writable_tmpfs
+    assert writable_tmpfs == listed_tmpfs
     assert "CapEff:\t0000000000000000" in out
     assert "NoNewPrivs:\t1" in out
     assert "SOCKET=no" in out and "RUNSOCK=yes" not in out

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from agent_host.wire import MAX_CONTAINER_NAME, Isolation, LaunchSpec, Mode, Network
 from jackin_remote.core.contract import (
-    MAX_CONTAINER_NAME,
     Contract,
     ContractError,
     LaunchRequest,
@@ -39,17 +39,19 @@ def test_sections_follow_the_design_order() -> None:
     ]  # fmt: skip
 
 
-def test_hardening_and_limits_reach_the_spec() -> None:
+def test_limits_reach_the_spec_and_hardening_is_not_a_field_of_it() -> None:
     spec = resolve(LaunchRequest("shell", task="echo hi", network="none")).spec
-    assert spec["cap_drop"] == ["ALL"]
-    assert spec["security_opt"] == ["no-new-privileges"]
-    assert spec["read_only"] is True
-    assert spec["user"] == "agent"
-    assert (spec["memory"], spec["cpus"], spec["pids"]) == ("2g", 1.5, 256)
-    assert spec["network"] == "none"
-    assert spec["labels"]["jackin.managed"] == "true"
-    assert spec["labels"]["jackin.session"] == "abcd1234"
-    assert spec["command"] == ["/bin/sh", "-c", "echo hi"]
+    wire = spec.to_wire()
+    # Hardening, mounts, labels and the image are derived on the host, never sent.
+    for key in ("cap_drop", "security_opt", "read_only", "labels", "image", "workdir", "tmpfs"):
+        assert key not in wire
+    assert wire["user"] == "agent"
+    assert wire["limits"] == {"memory": "2g", "cpus": 1.5, "pids": 256}
+    assert spec.network is Network.NONE
+    assert spec.labels["jackin.managed"] == "true"
+    assert spec.labels["jackin.session"] == "abcd1234"
+    assert spec.command == ("/bin/sh", "-c", "echo hi")
+    assert LaunchSpec.from_wire(wire) == spec
 
 
 def test_network_none_is_labelled_host_enforced_and_open_is_not() -> None:
@@ -67,21 +69,21 @@ def test_docker_access_is_none() -> None:
 
 def test_git_workspace_clones_on_a_session_branch_and_says_the_working_tree_travels() -> None:
     contract = resolve(LaunchRequest("shell"))
-    assert contract.spec["isolation"] == "clone"
-    assert contract.spec["branch"] == "jackin/abcd1234"
+    assert contract.spec.isolation is Isolation.CLONE
+    assert contract.spec.branch == "jackin/abcd1234"
     assert "uncommitted local changes travel" in contract.filesystem["working_tree"]
 
 
 def test_plain_workspace_is_copied_and_clone_is_refused() -> None:
-    assert resolve(LaunchRequest("shell"), PLAIN_WS).spec["isolation"] == "copy"
+    assert resolve(LaunchRequest("shell"), PLAIN_WS).spec.isolation is Isolation.COPY
     with pytest.raises(ContractError, match="needs a git workspace"):
         resolve(LaunchRequest("shell", isolation="clone"), PLAIN_WS)
 
 
 def test_interactive_mode_runs_in_tmux() -> None:
     spec = resolve(LaunchRequest("shell")).spec
-    assert spec["mode"] == "interactive"
-    assert "tmux new-session" in " ".join(spec["command"])
+    assert spec.mode is Mode.INTERACTIVE
+    assert "tmux new-session" in " ".join(spec.command)
 
 
 def test_credentials_are_named_and_redacted_never_valued() -> None:
@@ -90,14 +92,14 @@ def test_credentials_are_named_and_redacted_never_valued() -> None:
     (cred,) = contract.credentials
     assert cred["source"] == "MY_KEY" and cred["delivered_as"] == "ANTHROPIC_API_KEY"
     assert cred["value"] == "<redacted>"
-    assert contract.spec["secret_env"] == ["ANTHROPIC_API_KEY"]
-    assert "ANTHROPIC_API_KEY" not in contract.spec["env"]
+    assert contract.spec.secret_env == ("ANTHROPIC_API_KEY",)
+    assert "ANTHROPIC_API_KEY" not in dict(contract.spec.env)
     assert any("docker inspect" in w for w in contract.warnings)
 
 
 def test_missing_credential_is_a_warning() -> None:
     contract = resolve(LaunchRequest("claude", task="t", credential_present=False))
-    assert contract.spec["secret_env"] == []
+    assert contract.spec.secret_env == ()
     assert any("ANTHROPIC_API_KEY is not set" in w for w in contract.warnings)
 
 
@@ -122,7 +124,7 @@ def test_secret_looking_env_is_refused_with_a_pointer(name: str) -> None:
 def test_plain_env_is_listed_in_the_contract() -> None:
     env = parse_env(["ANTHROPIC_BASE_URL=http://gw:8080"])
     contract = resolve(LaunchRequest("shell", env=env))
-    assert contract.spec["env"]["ANTHROPIC_BASE_URL"] == "http://gw:8080"
+    assert dict(contract.spec.env)["ANTHROPIC_BASE_URL"] == "http://gw:8080"
 
 
 @pytest.mark.parametrize("item", ["1BAD=x", "A B=x", "noequals", "HOME=/root", "X=a\nb"])
@@ -160,3 +162,20 @@ def test_json_is_serializable_and_holds_no_secret_values() -> None:
     contract = resolve(LaunchRequest("claude", task="t", credential_present=True))
     text = json.dumps(contract.to_dict())
     assert "<redacted>" in text
+
+
+def test_the_plan_names_the_host_layout_paths() -> None:
+    from agent_host import layout
+
+    contract = resolve(LaunchRequest("shell"))
+    targets = [effect.target for effect in contract.plan]
+    assert layout.role_dir("~/.jackin", "test-agent", "ab" * 32) in targets
+    assert layout.work_dir("~/.jackin", "abcd1234") in targets
+    assert layout.mirror_dir("~/.jackin", "app-123abc") in targets
+
+
+def test_dev_shm_and_log_rotation_are_in_the_contract() -> None:
+    contract = resolve(LaunchRequest("shell"))
+    mounts = {m["container"]: m for m in contract.filesystem["mounts"]}
+    assert mounts["/dev/shm"]["mode"] == "tmpfs"
+    assert "rotated" in contract.limits["logs"]

@@ -347,11 +347,13 @@ def test_host_value_ranges(tmp_path: Path, key: str, value: str, message: str) -
         ("memory", '"0"', "invalid memory"),
         ("memory", '"-1g"', "invalid memory"),
         ("memory", "4", "expected string"),
-        ("cpus", "0", "more than 0"),
-        ("cpus", "-1.5", "more than 0"),
-        ("cpus", "inf", "more than 0"),
-        ("cpus", "nan", "more than 0"),
-        ("cpus", "100000000000000000000000", "more than 0"),
+        ("cpus", "0", "at least 0.01"),
+        ("cpus", "0.001", "at least 0.01"),
+        ("memory", '"1k"', "at least 6m"),
+        ("cpus", "-1.5", "at least 0.01"),
+        ("cpus", "inf", "at least 0.01"),
+        ("cpus", "nan", "at least 0.01"),
+        ("cpus", "100000000000000000000000", "at least 0.01"),
         ("pids", "15", "between 16"),
     ],
 )
@@ -362,7 +364,7 @@ def test_limit_values(tmp_path: Path, key: str, value: str, message: str) -> Non
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("memory", ["512", "512k", "512m", "4g"])
+@pytest.mark.parametrize("memory", ["7000000", "6144k", "512m", "4g"])
 def test_memory_units(tmp_path: Path, memory: str) -> None:
     path = write(tmp_path, f'[hosts.web.limits]\nmemory = "{memory}"\n')
     assert load_inventory(path).hosts["web"].limits.memory == memory

@@ -1,0 +1,567 @@
+"""The typed boundary between the controller and the host agent. Imported by both sides.
+
+Everything the two programs must agree on lives here, once: the launch spec and the session
+record that cross the wire, the state and status enums, the validators the host runs on
+everything it receives, and the constants (labels, names, paths inside the sandbox, hardening).
+
+Rules of the boundary:
+- A spec carries only the operator's *choices*. What is never a choice (read-only root, dropped
+  capabilities, no-new-privileges, the workdir, the labels, the image tag, the container name,
+  the only bind mount) is derived from the spec on each side by the same functions, so no field
+  on the wire can weaken it.
+- `from_wire` is strict: unknown keys, wrong types and bad values are refused with the field's
+  name. The host parses every spec it receives with it; the controller parses every record a
+  host returns with it (a host is not trusted either).
+
+Python 3.9 compatible, stdlib only (runs on hosts).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from agent_host.protocol import E_INVALID_PARAMS, RemoteError
+
+# -- constants -------------------------------------------------------------------------------
+LABEL_MANAGED = "jackin.managed"
+LABEL_SESSION = "jackin.session"
+LABEL_WORKSPACE = "jackin.workspace"
+LABEL_ROLE = "jackin.role"
+LABEL_RUNTIME = "jackin.runtime"
+MANAGED_FILTER = LABEL_MANAGED + "=true"
+
+TMUX_SESSION = "jackin"  # interactive agents run in this tmux session inside the sandbox
+CONTAINER_WORKDIR = "/workspace"  # where the session checkout is mounted
+MAX_CONTAINER_NAME = 58
+ROLE_IMAGE_PREFIX = "jackin-role-"
+CONTAINER_PREFIX = "jk-"
+
+# Hardening that is never a choice: the host applies it to every sandbox.
+CAP_DROP = ("ALL",)
+SECURITY_OPT = ("no-new-privileges",)
+READ_ONLY_ROOT = True
+TMPFS_OPTIONS = "rw,nosuid,nodev,size=1g"
+SHM_SIZE = "64m"  # docker's default /dev/shm, stated rather than assumed
+# Container logs are rotated by the engine: an agent that prints forever cannot fill the disk.
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILES = 3
+# On a root host the sandbox runs under a uid that no host account uses (found at create time,
+# starting here, skipping /etc/passwd and every /etc/subuid range).
+SANDBOX_UID_BASE = 935000000
+
+# Bounds of the limits a spec may carry.
+MIN_MEMORY_BYTES = 6 * 1024 * 1024  # the engine refuses less
+MIN_CPUS = 0.01
+MAX_CPUS = 1024.0
+MIN_PIDS = 16
+MAX_PIDS = 4194304
+MAX_TASK_BYTES = 1024 * 1024
+MAX_ENV_VALUE_BYTES = 64 * 1024
+
+
+class SessionState(str, Enum):
+    """The lifecycle of a session (DESIGN.md). `lost` is the laptop's word, never a host's."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    CRASHED = "crashed"
+    FAILED_SETUP = "failed_setup"
+    STOPPED = "stopped"
+    PURGED = "purged"
+
+
+ACTIVE_STATES = (SessionState.STARTING.value, SessionState.RUNNING.value)
+
+
+class AgentStatus(str, Enum):
+    """What the agent is doing. Roll-up order for a fleet view: blocked > done > working > idle
+    > unknown."""
+
+    WORKING = "working"
+    BLOCKED = "blocked"
+    DONE = "done"
+    IDLE = "idle"
+    UNKNOWN = "unknown"
+
+
+class Network(str, Enum):
+    OPEN = "open"
+    NONE = "none"
+
+
+class Isolation(str, Enum):
+    CLONE = "clone"
+    COPY = "copy"
+
+
+class Mode(str, Enum):
+    TASK = "task"
+    INTERACTIVE = "interactive"
+
+
+# -- validators ------------------------------------------------------------------------------
+class SpecError(RemoteError):
+    """A value that crossed the boundary is invalid. `field` names it."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(E_INVALID_PARAMS, "%s: %s" % (field_name, problem), {"field": field_name})
+        self.field = field_name
+        self.problem = problem
+
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAME_RULE = "lowercase letters, digits and '-', starting with a letter, at most 63 characters"
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # base32 without i, l, o, u
+SESSION_ID_LEN = 8
+SESSION_ID_RE = re.compile(r"^[%s]{%d}$" % (CROCKFORD, SESSION_ID_LEN))
+HASH_RE = re.compile(r"^[0-9a-f]{8,64}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# A role user: `name`, `uid`, `name:group` or `uid:gid` (names as useradd takes them).
+_USER_PART = r"(?:[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
+USER_RE = re.compile(r"^%s(?::%s)?$" % (_USER_PART, _USER_PART))
+ROOT_WORDS = frozenset({"root", "0"})
+MEMORY_RE = re.compile(r"^([0-9]{1,15})([kmg]?)$")
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# Set by jackin itself; an operator may not override them.
+RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "JACKIN_SESSION", "JACKIN_HOST"})
+
+
+def is_valid_name(value: object) -> bool:
+    return isinstance(value, str) and bool(NAME_RE.match(value)) and not value.endswith("-")
+
+
+def check_name(value: object, field_name: str) -> str:
+    """Workspace, role, host and session names: they reach paths, docker names and shells."""
+    if not is_valid_name(value):
+        raise SpecError(field_name, "%r is not a valid name (%s)" % (value, NAME_RULE))
+    return str(value)
+
+
+def is_session_id(value: object) -> bool:
+    return isinstance(value, str) and bool(SESSION_ID_RE.match(value))
+
+
+def check_session_id(value: object, field_name: str = "session_id") -> str:
+    if not is_session_id(value):
+        raise SpecError(field_name, "%r is not a session id (8 Crockford base32 chars)" % (value,))
+    return str(value)
+
+
+def check_hash(value: object, field_name: str = "hash") -> str:
+    if not isinstance(value, str) or not HASH_RE.match(value):
+        raise SpecError(field_name, "%r is not a content hash (8-64 hex digits)" % (value,))
+    return value
+
+
+def check_commit(value: object, field_name: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not COMMIT_RE.match(value):
+        raise SpecError(field_name, "%r is not a full git commit id" % (value,))
+    return value
+
+
+def check_role_user(value: object, field_name: str = "user") -> str:
+    """The role's non-root user: `name`, `uid`, `name:group` or `uid:gid`."""
+    if not isinstance(value, str) or not USER_RE.match(value):
+        raise SpecError(
+            field_name, "%r is not a user (name, uid, name:group or uid:gid)" % (value,)
+        )
+    if names_root(value):
+        raise SpecError(field_name, "the agent never runs as root (got %r)" % (value,))
+    return value
+
+
+def names_root(user: str) -> bool:
+    name = user.split(":")[0]
+    return name in ROOT_WORDS or (name.isdigit() and int(name) == 0)
+
+
+def check_env_name(value: object, field_name: str = "env") -> str:
+    if not isinstance(value, str) or not ENV_NAME_RE.match(value):
+        raise SpecError(field_name, "%r is not an environment variable name" % (value,))
+    return value
+
+
+def check_env_value(value: object, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(field_name, "must be a string")
+    if "\0" in value or "\n" in value:
+        raise SpecError(field_name, "may not contain NUL or newlines")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
+        raise SpecError(field_name, "longer than %d bytes" % MAX_ENV_VALUE_BYTES)
+    return value
+
+
+def memory_bytes(value: object, field_name: str = "limits.memory") -> int:
+    """'512m' -> bytes. At least the engine's minimum; no zero, no negative, no junk."""
+    match = MEMORY_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise SpecError(field_name, "%r is not a size like 512m or 4g" % (value,))
+    size = int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
+    if size < MIN_MEMORY_BYTES:
+        raise SpecError(field_name, "%r is below the engine's minimum of 6m" % (value,))
+    return size
+
+
+def _check_cpus(value: object) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError("limits.cpus", "must be a number")
+    number = float(value)
+    if not (MIN_CPUS <= number <= MAX_CPUS):  # NaN fails this too
+        raise SpecError("limits.cpus", "%r must be between %g and %g" % (value, MIN_CPUS, MAX_CPUS))
+    return number
+
+
+def _check_pids(value: object) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_PIDS <= value <= MAX_PIDS:
+        raise SpecError(
+            "limits.pids", "%r must be an integer from %d to %d" % (value, MIN_PIDS, MAX_PIDS)
+        )
+    return value
+
+
+def _check_str(value: object, field_name: str, optional: bool = False, limit: int = 4096) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(field_name, "must be a string")
+    if "\0" in value or len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise SpecError(field_name, "holds NUL or is longer than %d bytes" % limit)
+    return value
+
+
+def _check_enum(value: object, enum: Any, field_name: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        raise SpecError(field_name, "%r is not one of: %s" % (value, choices)) from None
+
+
+def _check_keys(data: object, allowed: Tuple[str, ...], what: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise SpecError(what, "must be an object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SpecError(what, "unknown field(s): %s" % ", ".join(map(str, unknown)))
+    return data
+
+
+# -- names derived from a spec (both sides call these; never sent) ----------------------------
+def image_tag(role: str, content_hash: str) -> str:
+    """`jackin-role-<name>:<hash[:12]>`: a changed role is a new tag, an unchanged one reused."""
+    return "%s%s:%s" % (ROLE_IMAGE_PREFIX, check_name(role, "role"), check_hash(content_hash)[:12])
+
+
+def container_name(session_id: str, workspace: str, role: str) -> str:
+    """`jk-<id>-<workspace>-<role>`, DNS-safe and at most 58 characters."""
+    base = "%s%s-" % (CONTAINER_PREFIX, session_id)
+    room = MAX_CONTAINER_NAME - len(base) - 1
+    ws_room = max(room - min(len(role), room // 2), 1)
+    ws = workspace[:ws_room].rstrip("-")
+    rl = role[: room - len(ws)].rstrip("-")
+    return ("%s%s-%s" % (base, ws, rl)).rstrip("-")
+
+
+def agent_home(user: str) -> str:
+    """The agent's $HOME inside the sandbox (a tmpfs)."""
+    name = user.split(":")[0]
+    return "/home/agent" if name.isdigit() else "/home/" + name
+
+
+def session_branch(session_id: str) -> str:
+    return "jackin/" + check_session_id(session_id)
+
+
+# -- the launch spec -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox limits. None: the engine's default (unlimited)."""
+
+    memory: Optional[str] = None  # "512m", "4g"
+    cpus: Optional[float] = None
+    pids: Optional[int] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"memory": self.memory, "cpus": self.cpus, "pids": self.pids}
+
+    @classmethod
+    def from_wire(cls, data: object) -> "Limits":
+        data = _check_keys(data, ("memory", "cpus", "pids"), "limits")
+        memory = data.get("memory")
+        if memory is not None:
+            memory_bytes(memory)
+        return cls(memory, _check_cpus(data.get("cpus")), _check_pids(data.get("pids")))
+
+    @property
+    def memory_bytes(self) -> Optional[int]:
+        return None if self.memory is None else memory_bytes(self.memory)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What the host agent creates for one session: the operator's choices, nothing more."""
+
+    session_id: str
+    workspace: str
+    role: str
+    role_hash: str
+    user: str  # the role's user (the host maps it to a safe uid)
+    runtime: str
+    mode: Mode
+    command: Tuple[str, ...]
+    isolation: Isolation
+    network: Network
+    host: str  # the inventory name of the target host (JACKIN_HOST)
+    name: Optional[str] = None
+    task: Optional[str] = None
+    env: Tuple[Tuple[str, str], ...] = ()
+    secret_env: Tuple[str, ...] = ()  # names only; values travel beside the spec, never in it
+    base_commit: Optional[str] = None
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Every rule of the boundary. Runs on construction: a bad spec cannot exist."""
+        check_session_id(self.session_id, "session_id")
+        check_name(self.workspace, "workspace")
+        check_name(self.role, "role")
+        check_hash(self.role_hash, "role_hash")
+        check_role_user(self.user, "user")
+        check_name(self.runtime, "runtime")
+        check_name(self.host, "host")
+        if self.name is not None:
+            check_name(self.name, "name")
+        _check_str(self.task, "task", optional=True, limit=MAX_TASK_BYTES)
+        if self.mode is Mode.TASK and not self.task:
+            raise SpecError("task", "a task session needs a task")
+        if not self.command:
+            raise SpecError("command", "must be a non-empty list of strings")
+        for index, arg in enumerate(self.command):
+            _check_str(arg, "command[%d]" % index, limit=MAX_TASK_BYTES + 4096)
+        seen = set()
+        for env_name, value in self.env:
+            check_env_name(env_name, "env")
+            check_env_value(value, "env." + env_name)
+            seen.add(env_name)
+        for env_name in self.secret_env:
+            check_env_name(env_name, "secret_env")
+            if env_name in seen or env_name in RESERVED_ENV:
+                raise SpecError("secret_env", "%s is also set as a plain variable" % env_name)
+        if len(seen) != len(self.env):
+            raise SpecError("env", "a variable is set twice")
+        check_commit(self.base_commit, "base_commit")
+
+    # Derived, identical on both sides.
+    @property
+    def image(self) -> str:
+        return image_tag(self.role, self.role_hash)
+
+    @property
+    def container(self) -> str:
+        return container_name(self.session_id, self.workspace, self.role)
+
+    @property
+    def branch(self) -> Optional[str]:
+        return session_branch(self.session_id) if self.isolation is Isolation.CLONE else None
+
+    @property
+    def home(self) -> str:
+        return agent_home(self.user)
+
+    @property
+    def workdir(self) -> str:
+        return CONTAINER_WORKDIR
+
+    @property
+    def labels(self) -> Dict[str, str]:
+        return {
+            LABEL_MANAGED: "true",
+            LABEL_SESSION: self.session_id,
+            LABEL_WORKSPACE: self.workspace,
+            LABEL_ROLE: self.role,
+            LABEL_RUNTIME: self.runtime,
+        }
+
+    @property
+    def tmpfs(self) -> Dict[str, str]:
+        return {"/tmp": TMPFS_OPTIONS, self.home: TMPFS_OPTIONS}
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """The sandbox's plain environment (secrets are added by the host, from elsewhere)."""
+        env = dict(self.env)
+        env.update({"HOME": self.home, "JACKIN_SESSION": self.session_id, "JACKIN_HOST": self.host})
+        return env
+
+    def to_wire(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Limits):
+                value = value.to_wire()
+            elif item.name == "env":
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            data[item.name] = value
+        return data
+
+    @classmethod
+    def from_wire(cls, data: object) -> "LaunchSpec":
+        names = tuple(item.name for item in fields(cls))
+        data = _check_keys(data, names, "spec")
+        missing = [name for name in ("session_id", "workspace", "role", "role_hash", "user",
+                                     "runtime", "mode", "command", "isolation", "network", "host")
+                   if name not in data]  # fmt: skip
+        if missing:
+            raise SpecError("spec", "missing field(s): %s" % ", ".join(missing))
+        env = data.get("env") or {}
+        if not isinstance(env, dict):
+            raise SpecError("env", "must be an object")
+        command = data["command"]
+        if not isinstance(command, list):
+            raise SpecError("command", "must be a non-empty list of strings")
+        secret_env = data.get("secret_env") or []
+        if not isinstance(secret_env, list):
+            raise SpecError("secret_env", "must be a list of names")
+        for key in ("session_id", "workspace", "role", "role_hash", "user", "runtime", "host"):
+            _check_str(data[key], key)
+        return cls(
+            session_id=data["session_id"],
+            workspace=data["workspace"],
+            role=data["role"],
+            role_hash=data["role_hash"],
+            user=data["user"],
+            runtime=data["runtime"],
+            mode=_check_enum(data["mode"], Mode, "mode"),
+            command=tuple(command),
+            isolation=_check_enum(data["isolation"], Isolation, "isolation"),
+            network=_check_enum(data["network"], Network, "network"),
+            host=data["host"],
+            name=data.get("name"),
+            task=data.get("task"),
+            env=tuple((str(k), v) for k, v in env.items()),
+            secret_env=tuple(secret_env),
+            base_commit=data.get("base_commit"),
+            limits=Limits.from_wire(data.get("limits") or {}),
+        )
+
+
+# -- the session record (what a host says about a session) -----------------------------------
+@dataclass(frozen=True)
+class SessionRecord:
+    """One session as a host reports it (`session.list`, `session.create`, ...)."""
+
+    id: str
+    workspace: str
+    role: str
+    runtime: str
+    container: str
+    mode: Mode
+    isolation: Isolation
+    state: SessionState
+    agent_status: AgentStatus
+    created_at: float
+    name: Optional[str] = None
+    image: Optional[str] = None
+    network: Optional[Network] = None
+    task: Optional[str] = None
+    branch: Optional[str] = None
+    base_commit: Optional[str] = None
+    launch_commit: Optional[str] = None
+    pulled_commit: Optional[str] = None
+    uid: Optional[int] = None
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    updated_at: Optional[float] = None
+    cpu_percent: Optional[float] = None
+    memory_bytes: Optional[int] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            data[item.name] = value.value if isinstance(value, Enum) else value
+        return data
+
+    @classmethod
+    def from_wire(cls, data: object) -> "SessionRecord":
+        """Parse a host's answer: the host is not trusted, so every field is checked."""
+        names = tuple(item.name for item in fields(cls))
+        if not isinstance(data, dict):
+            raise SpecError("session", "must be an object")
+        known = {key: value for key, value in data.items() if key in names}
+        try:
+            return cls(
+                id=check_session_id(known.get("id"), "id"),
+                workspace=check_name(known.get("workspace"), "workspace"),
+                role=check_name(known.get("role"), "role"),
+                runtime=check_name(known.get("runtime"), "runtime"),
+                container=_check_str(known.get("container"), "container", limit=256),
+                mode=_check_enum(known.get("mode"), Mode, "mode"),
+                isolation=_check_enum(known.get("isolation"), Isolation, "isolation"),
+                state=_check_enum(known.get("state"), SessionState, "state"),
+                agent_status=_check_enum(
+                    known.get("agent_status", "unknown"), AgentStatus, "agent_status"
+                ),
+                created_at=_number(known.get("created_at"), "created_at", optional=False),
+                name=None if known.get("name") is None else check_name(known["name"], "name"),
+                image=_check_str(known.get("image"), "image", optional=True, limit=512),
+                network=None
+                if known.get("network") is None
+                else _check_enum(known["network"], Network, "network"),
+                task=_check_str(known.get("task"), "task", optional=True, limit=MAX_TASK_BYTES),
+                branch=_check_str(known.get("branch"), "branch", optional=True, limit=256),
+                base_commit=check_commit(known.get("base_commit"), "base_commit"),
+                launch_commit=check_commit(known.get("launch_commit"), "launch_commit"),
+                pulled_commit=check_commit(known.get("pulled_commit"), "pulled_commit"),
+                uid=_integer(known.get("uid"), "uid"),
+                exit_code=_integer(known.get("exit_code"), "exit_code"),
+                error=_check_str(known.get("error"), "error", optional=True, limit=8192),
+                started_at=_number(known.get("started_at"), "started_at"),
+                finished_at=_number(known.get("finished_at"), "finished_at"),
+                updated_at=_number(known.get("updated_at"), "updated_at"),
+                cpu_percent=_number(known.get("cpu_percent"), "cpu_percent"),
+                memory_bytes=_integer(known.get("memory_bytes"), "memory_bytes"),
+            )
+        except SpecError as exc:
+            raise SpecError("session." + exc.field, exc.problem) from None
+
+
+def _number(value: object, field_name: str, optional: bool = True) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SpecError(field_name, "must be a number")
+    return float(value)
+
+
+def _integer(value: object, field_name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field_name, "must be an integer")
+    return value
+
+
+def records_from_wire(items: object) -> List[SessionRecord]:
+    if not isinstance(items, list):
+        raise SpecError("sessions", "must be a list")
+    return [SessionRecord.from_wire(item) for item in items]
