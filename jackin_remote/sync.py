@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent_host import testhooks
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.errors import AgentProtocolError, HostError
 from jackin_remote.fleet import HostLink, HostResult, Pool, _adhoc_jump_host
@@ -155,6 +156,7 @@ async def _sync_host(
             await _rsync(pool, link, str(git.directory), git.files, f"{mirror}/.git", tally, None)
             files += [f".git/{name}" for name in git.files]
         seconds = time.perf_counter() - start
+    testhooks.pause("sync")
     committed = await link.agent.call(
         "workspace.commit",
         {"workspace": scan.name, "manifest_hash": scan.manifest_hash,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from agent_host import testhooks
 from agent_host.protocol import RemoteError
 from jackin_remote.agent.build import HASH_LEN, AgentArtifact
 from jackin_remote.agent.client import AgentClient, AgentClosed
@@ -47,7 +48,7 @@ def serve_script(root: str, artifact: AgentArtifact) -> str:
         f'[ -f "$agent/__main__.py" ] || exit {MISSING}\n'
         f"{REQUIRE_PYTHON}\n"
         f'exec env -i HOME="$HOME" USER="$(id -un)" LANG=C.UTF-8 PATH={CLEAN_PATH} '
-        'python3 -I "$agent" serve --root "$root"\n'
+        f'{testhooks.agent_env()}python3 -I "$agent" serve --root "$root"\n'
     )
 
 

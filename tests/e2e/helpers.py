@@ -52,10 +52,12 @@ def session_row(cli: CLI, inventory: Path, session_id: str, *extra: str) -> dict
 
 
 def wait_for(cli: CLI, inventory: Path, session_id: str, states: set[str] = FINAL,
-             timeout: float = 120) -> dict[str, Any]:  # fmt: skip
+             timeout: float = 300, on: str = "all") -> dict[str, Any]:  # fmt: skip
+    """Polls `ls` until the session is in one of `states`: a generous bound on a state, never a
+    timed expectation."""
     deadline = time.monotonic() + timeout
     while True:
-        row = session_row(cli, inventory, session_id)
+        row = session_row(cli, inventory, session_id, "--on", on)
         if row["state"] in states:
             return row
         if time.monotonic() > deadline:
