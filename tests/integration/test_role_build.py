@@ -88,6 +88,7 @@ async def test_test_agent_role_builds_once_and_its_agent_commits(
     assert labels["jackin.managed"] == "true"
     assert labels["jackin.role"] == role.name
     assert labels["jackin.role.hash"] == role.content_hash
+    assert labels["jackin.role.build-network"] == first["network"] == "none"
     # The context landed where agent_host.layout says, complete, with no temp dir left over.
     roles_root = tmp_path / "host-root" / "roles" / role.name
     context = roles_root / role.content_hash
@@ -98,7 +99,7 @@ async def test_test_agent_role_builds_once_and_its_agent_commits(
     assert docker("image", "inspect", f"{tag}-candidate", check=False).returncode != 0
 
     second, again = await build(local_inventory, role)
-    assert second == {"image": tag, "built": False, "uploaded": False}
+    assert second == {"image": tag, "built": False, "uploaded": False, "network": None}
     assert again == []
 
     repo = tmp_path / "work"
