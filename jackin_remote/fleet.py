@@ -229,16 +229,25 @@ def _succeeded(task: asyncio.Task[Any]) -> bool:
 
 
 def _adhoc_jump_host(host: Host) -> Host:
-    """A jump given as [user@]host[:port]: trusted through known_hosts, like any host."""
-    match = _JUMP_RE.match(host.jump or "")
+    """A jump given as [user@]host[:port]: trusted through known_hosts, like any host.
+
+    Its name keys the pool's connections and OpenSSH's host-key alias, so it must never equal
+    an inventory name: ':' is not allowed in those (core/names.py). Hosts naming the same
+    address share it."""
+    spec = host.jump or ""
+    match = _JUMP_RE.match(spec)
     if match is None:
         raise HostError(host.name, HostState.UNREACHABLE, f"bad jump {host.jump!r}")
     port = match.group("port")
     return Host(
-        name=f"{host.name}-jump",
+        name=adhoc_jump_name(spec),
         address=match.group("host"),
         user=match.group("user"),
         port=int(port) if port else None,
         source_file=host.source_file,
         source_line=host.source_line,
     )
+
+
+def adhoc_jump_name(spec: str) -> str:
+    return f"jump:{spec}"

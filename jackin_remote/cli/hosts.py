@@ -184,18 +184,57 @@ def check(
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
 
+def _same_fingerprint(given: str, seen: str) -> bool:
+    """`--fingerprint` as ssh-keygen -l or our messages print it: "SHA256:..." or
+    "ssh-ed25519 SHA256:..."; the SHA256 part must match exactly."""
+    return given.split()[-1:] == [seen]
+
+
+def trust_confirmation(
+    *, changed: bool, replace: bool, given: str | None, seen: str, yes: bool
+) -> bool:
+    """Whether the flags confirm recording `seen` (True), or a prompt may still ask (False).
+
+    Raises UsageError when they cannot: a changed key needs --replace AND --fingerprint naming
+    the new key (--yes is not enough); a wrong --fingerprint is always refused."""
+    if given is not None and not _same_fingerprint(given, seen):
+        raise UsageError(
+            f"the host presents {seen}, not the fingerprint given ({given})",
+            hint="check the fingerprint out of band; nothing was recorded",
+        )
+    if changed:
+        if not replace or given is None:
+            raise UsageError(
+                f"HOST KEY CHANGED: the host now presents {seen}",
+                hint="verify the new fingerprint out of band, then rerun with "
+                f"--replace --fingerprint {seen} (entries in ~/.ssh/known_hosts: remove them "
+                "with `ssh-keygen -R`)",
+            )
+        return True
+    return given is not None or yes
+
+
 @app.command("trust")
 def trust(
     ctx: typer.Context,
     name: str,
-    replace: bool = typer.Option(False, "--replace", help="Replace a changed key we recorded."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Replace a changed key (needs --fingerprint naming the new one)."
+    ),
+    given: str | None = typer.Option(
+        None, "--fingerprint", help="The SHA256:... fingerprint you verified: confirms it."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask for confirmation (never enough for a changed key)."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Show a host's key fingerprint and record it in jackin's own known_hosts."""
+    import sys
+
     from jackin_remote import paths
     from jackin_remote.fleet import Pool
-    from jackin_remote.transport.hostkeys import fingerprint, record_trust
+    from jackin_remote.transport.hostkeys import describe_key, fingerprint, record_trust
 
     try:
         inventory = load(ctx)
@@ -219,25 +258,38 @@ def trust(
             out.print(line(f"{name}: host key already trusted"))
         return
     seen = fingerprint(witness.presented)
+    shown = describe_key(witness.presented)
     if host.host_key:
         fail(UsageError(
-            f"{name}: the key is pinned in {host.where} and the host presents {seen}",
+            f"{name}: the key is pinned in {host.where} and the host presents {shown}",
             hint="if the change is expected, update host_key in the inventory",
         ), as_json=as_json)  # fmt: skip
-    if witness.changed and not replace:
-        known = ", ".join(fingerprint(k) for k in witness.trusted)
-        fail(JackinError(
-            f"{name}: HOST KEY CHANGED. Recorded: {known}; presented now: {seen}",
-            hint="verify the new fingerprint out of band, then rerun with --replace "
-            "(entries in ~/.ssh/known_hosts: remove them with `ssh-keygen -R`)",
-        ), as_json=as_json)  # fmt: skip
-    if not yes and not as_json:
-        err.print(f"{name} ({witness.pattern()}) presents {seen}")
+    try:
+        confirmed = trust_confirmation(
+            changed=witness.changed, replace=replace, given=given, seen=seen, yes=yes
+        )
+    except UsageError as error:
+        if witness.changed:
+            known = [describe_key(k) for k in witness.trusted] + witness.mentions
+            error.message = f"{name}: {error.message}; known until now: {', '.join(known)}"
+        else:
+            error.message = f"{name}: {error.message}"
+        fail(error, as_json=as_json)
+    if not confirmed:
+        # Only a person at a terminal can be asked; scripts and --json must name the key.
+        if as_json or not sys.stdin.isatty():
+            fail(UsageError(
+                f"{name} ({witness.pattern()}) presents {shown}: not recorded without "
+                "confirmation",
+                hint=f"verify it out of band, then rerun with --fingerprint {seen}",
+            ), as_json=as_json)  # fmt: skip
+        err.print(line(f"{name} ({witness.pattern()}) presents {shown}"))
         if not typer.confirm("Trust this key?", default=False, err=True):
             raise typer.Exit(1)
     record_trust(paths.known_hosts_file(), witness.pattern(), witness.presented, replace=replace)
     if as_json:
         print_json(host=name, trusted=True, recorded=True, fingerprint=seen,
+                   key_type=witness.presented.get_algorithm(),
                    file=str(paths.known_hosts_file()))  # fmt: skip
     else:
-        out.print(f"{name}: recorded {seen} in {paths.known_hosts_file()}")
+        out.print(line(f"{name}: recorded {shown} in {paths.known_hosts_file()}"))

@@ -3,12 +3,19 @@
 Order of trust: a key pinned in the inventory, else ~/.ssh/known_hosts plus the known_hosts file
 jackin owns. Anything else is refused before authentication: an unknown key with its fingerprint
 and the command to trust it, a changed key loudly. accept-new (trust on first use) is opt-in and
-never applies to a changed key.
+fails closed: it applies only when every known_hosts file was read without trouble and no line
+of any of them mentions the host in any way (another key, another port, @cert-authority,
+@revoked, a wildcard, a hash of its name). Anything else is treated as a changed key.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +26,121 @@ import asyncssh
 class TrustSources:
     pinned: str | None  # "TYPE BASE64" from the inventory
     known_hosts_files: tuple[Path, ...]
+    # Other names the host goes by (the inventory address, maybe a ~/.ssh/config alias): a
+    # known_hosts line about any of them counts as knowing the host.
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KnownHostsLine:
+    where: str  # "path:N", for messages
+    marker: str | None  # "cert-authority", "revoked" or None
+    patterns: str  # the host field, as written
+    text: str  # the whole line, for asyncssh
+
+
+@dataclass(frozen=True)
+class KnownHostsFile:
+    lines: tuple[KnownHostsLine, ...]  # the lines asyncssh can use
+    mentions: tuple[KnownHostsLine, ...]  # every line with a host field, usable or not
+    trouble: tuple[str, ...]  # "path:N: why": anything we could not read or understand
+
+
+_MARKERS = ("cert-authority", "revoked")
+
+
+def read_known_hosts(path: Path) -> KnownHostsFile:
+    """Every line of a known_hosts file, sorted into usable ones and trouble.
+
+    A missing file is empty; an unreadable one is trouble, and so is each line we (or asyncssh)
+    cannot parse: they must never make a host look unknown."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return KnownHostsFile((), (), ())
+    except (OSError, UnicodeDecodeError) as exc:
+        return KnownHostsFile((), (), (f"{path}: cannot be read ({type(exc).__name__})",))
+    usable: list[KnownHostsLine] = []
+    mentions: list[KnownHostsLine] = []
+    trouble: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        marker: str | None = None
+        fields = stripped.split(None, 1)
+        if stripped.startswith("@"):
+            fields = stripped.split(None, 2)
+            marker = fields[0][1:]
+            fields = fields[1:]
+        if len(fields) < 2:
+            trouble.append(f"{where}: not a known_hosts line")
+            continue
+        line = KnownHostsLine(where, marker, fields[0], stripped)
+        mentions.append(line)
+        if marker is not None and marker not in _MARKERS:
+            trouble.append(f"{where}: unknown marker @{marker}")
+        elif not _parses(stripped, fields[1]):
+            trouble.append(f"{where}: cannot parse this entry")
+        else:
+            usable.append(line)
+    return KnownHostsFile(tuple(usable), tuple(mentions), tuple(trouble))
+
+
+def _parses(line: str, data: str) -> bool:
+    """Whether asyncssh reads this line, key included (it silently skips keys it cannot)."""
+    try:
+        asyncssh.import_known_hosts(line)
+    except (ValueError, asyncssh.KeyImportError):
+        return False
+    for load in (asyncssh.import_public_key, asyncssh.import_certificate):
+        try:
+            load(data)
+        except (ValueError, asyncssh.KeyImportError):
+            continue
+        return True
+    return False
+
+
+def mentions_host(patterns: str, names: tuple[str, ...], port: int | None) -> bool:
+    """Whether a known_hosts host field says anything at all about one of `names`.
+
+    Deliberately wider than OpenSSH's matching: any port (`[name]:2222` mentions `name`),
+    negations (`!name` mentions it too) and wildcards. A hashed name can only be checked for
+    the port we connect to."""
+    if patterns.startswith("|"):
+        return _hashed_matches(patterns, names, port)
+    for item in patterns.split(","):
+        item = item.lstrip("!")
+        bracketed = re.fullmatch(r"\[(.*)\](?::\d*)?", item)
+        if bracketed is not None:
+            item = bracketed.group(1)
+        if any(_glob(item.lower(), name.lower()) for name in names):
+            return True
+    return False
+
+
+def _glob(pattern: str, name: str) -> bool:
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, name) is not None
+
+
+def _hashed_matches(pattern: str, names: tuple[str, ...], port: int | None) -> bool:
+    try:
+        magic, salt, digest = pattern[1:].split("|")
+        salt_bytes = base64.b64decode(salt, validate=True)
+        expected = base64.b64decode(digest, validate=True)
+    except (ValueError, binascii.Error):
+        return True  # cannot tell: count it as a mention
+    if magic != "1":
+        return True
+    forms = {name for name in names}
+    forms |= {f"[{name}]:{port or 22}" for name in names}
+    return any(
+        hmac.compare_digest(hmac.new(salt_bytes, form.encode(), hashlib.sha1).digest(), expected)
+        for form in forms
+    )
 
 
 @dataclass
@@ -30,6 +152,8 @@ class KeyWitness:
     lookup_host: str | None = None
     lookup_port: int | None = None
     trusted: list[asyncssh.SSHKey] = field(default_factory=list)
+    mentions: list[str] = field(default_factory=list)  # "path:N (@marker)" about this host
+    trouble: list[str] = field(default_factory=list)  # known_hosts problems (any host)
     presented: asyncssh.SSHKey | None = None
     accepted_new: bool = False
 
@@ -41,13 +165,19 @@ class KeyWitness:
         if self.sources.pinned:
             self.trusted = [asyncssh.import_public_key(self.sources.pinned)]
             return self.trusted, [], []
+        names = tuple(dict.fromkeys(n for n in (host, addr, *self.sources.names) if n))
         trusted: list[asyncssh.SSHKey] = []
         cas: list[asyncssh.SSHKey] = []
         revoked: list[asyncssh.SSHKey] = []
         for path in self.sources.known_hosts_files:
-            table = _read_known_hosts(path)
-            if table is None:
-                continue
+            scan = read_known_hosts(path)
+            self.trouble += scan.trouble
+            self.mentions += [
+                line.where + (f" (@{line.marker})" if line.marker else "")
+                for line in scan.mentions
+                if mentions_host(line.patterns, names, port)
+            ]
+            table = asyncssh.import_known_hosts("\n".join(line.text for line in scan.lines))
             keys, ca_keys, revoked_keys, *_ = table.match(host, addr, port)
             trusted += keys
             cas += ca_keys
@@ -58,29 +188,31 @@ class KeyWitness:
     def validate(self, key: asyncssh.SSHKey) -> bool:
         """Called by asyncssh only for a key that is not in the trusted set."""
         self.presented = key
-        if self.accept_new and not self.trusted and not self.sources.pinned:
+        if self.accept_new and self.nothing_known:
             self.accepted_new = True
             return True
         return False
 
     @property
+    def nothing_known(self) -> bool:
+        """Trust on first use is safe only if no source says anything about this host, and
+        every source could be read in full (fail closed)."""
+        looked_up = self.lookup_host is not None
+        return (
+            looked_up
+            and not self.sources.pinned
+            and not self.trusted
+            and not self.mentions
+            and not self.trouble
+        )
+
+    @property
     def changed(self) -> bool:
-        return bool(self.trusted) and self.presented is not None
+        """The host presented a key other than what some source knows it by."""
+        return self.presented is not None and bool(self.trusted or self.mentions)
 
     def pattern(self) -> str:
         return known_hosts_pattern(self.lookup_host or "", self.lookup_port)
-
-
-def _read_known_hosts(path: Path) -> asyncssh.SSHKnownHosts | None:
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-    try:
-        return asyncssh.import_known_hosts(text)
-    except (ValueError, asyncssh.KeyImportError):
-        # One bad line in a user's known_hosts must not open the door: trust nothing from it.
-        return None
 
 
 def known_hosts_pattern(host: str, port: int | None) -> str:
@@ -89,6 +221,11 @@ def known_hosts_pattern(host: str, port: int | None) -> str:
 
 def fingerprint(key: asyncssh.SSHKey) -> str:
     return str(key.get_fingerprint("sha256"))
+
+
+def describe_key(key: asyncssh.SSHKey) -> str:
+    """ "ssh-ed25519 SHA256:...": the type goes with the fingerprint, as ssh-keygen -l shows it."""
+    return f"{key.get_algorithm()} {fingerprint(key)}"
 
 
 def key_line(key: asyncssh.SSHKey) -> str:

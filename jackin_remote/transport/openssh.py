@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jackin_remote import paths
 from jackin_remote.core.hoststate import HostState
+from jackin_remote.core.names import is_valid_name
 from jackin_remote.errors import HostError, HostKeyError, JackinError
 from jackin_remote.inventory.model import Host
 
@@ -47,7 +48,12 @@ class SSHTarget:
 
 
 def host_key_alias(host: Host) -> str:
-    return f"jackin-{host.name}"
+    """`jackin-<name>` for an inventory host. Any other name (an anonymous jump host,
+    `jump:user@addr:port`) gets a digest under a '.', which no inventory name can hold, so
+    it never shares an alias, or a known_hosts file, with an inventory host."""
+    if is_valid_name(host.name):
+        return f"jackin-{host.name}"
+    return "jackin.jump-" + hashlib.sha256(host.name.encode()).hexdigest()[:16]
 
 
 def destination(host: Host) -> str:
@@ -111,11 +117,33 @@ def _host_key_algorithms(key_line: str) -> str:
     return _RSA_ALGORITHMS if kind == "ssh-rsa" else kind
 
 
-def openssh_base_argv(target: SSHTarget, *, master: bool = True) -> list[str]:
+# ~/.ssh/config is honoured for where and how to log in (HostName, Port, User, IdentityFile,
+# ProxyCommand...), never for what rides along. ssh keeps the FIRST value it obtains for an
+# option and reads the command line before any config file, so these win over the user's
+# ForwardAgent/X11/Local-/Remote-/DynamicForward/Tunnel/LocalCommand/RemoteCommand/RequestTTY.
+NO_FORWARDING_OPTIONS: tuple[str, ...] = (
+    "ForwardAgent=no",
+    "ForwardX11=no",
+    "ForwardX11Trusted=no",
+    "ClearAllForwardings=yes",  # drops every Local/Remote/DynamicForward from the config
+    "Tunnel=no",
+    "PermitLocalCommand=no",
+    "GSSAPIDelegateCredentials=no",
+    "RemoteCommand=none",
+    "VerifyHostKeyDNS=no",  # the one key we verified, not whatever DNS says
+    "CheckHostIP=no",
+)
+
+
+def openssh_base_argv(target: SSHTarget, *, master: bool = True, tty: bool = False) -> list[str]:
     """`ssh` and options for `target`, without the destination (rsync appends it itself)."""
     host = target.host
-    argv = [
-        _ssh_binary(),
+    argv = [_ssh_binary()]
+    for option in NO_FORWARDING_OPTIONS:
+        argv += ["-o", option]
+    # A pty would corrupt rsync's byte stream: only attach asks for one.
+    argv += ["-o", "RequestTTY=yes" if tty else "RequestTTY=no"]
+    argv += [
         "-o", f"HostKeyAlias={target.alias}",
         "-o", f"UserKnownHostsFile={_escape_percent(str(known_hosts_path(target)))}",
         "-o", "GlobalKnownHostsFile=/dev/null",
@@ -151,7 +179,7 @@ def openssh_base_argv(target: SSHTarget, *, master: bool = True) -> list[str]:
 
 def openssh_argv(target: SSHTarget, command: str | None = None, *, tty: bool = False) -> list[str]:
     """A full ssh argv to run `command` (a POSIX sh string) on the host."""
-    argv = openssh_base_argv(target) + (["-t"] if tty else [])
+    argv = openssh_base_argv(target, tty=tty)
     argv.append(destination(target.host))
     if command is not None:
         argv += ["--", "/bin/sh -c " + shlex.quote(command)]

@@ -18,7 +18,13 @@ from jackin_remote.core.hoststate import HostState
 from jackin_remote.errors import HostError, HostKeyError
 from jackin_remote.inventory.model import Host
 from jackin_remote.transport.base import Channel, Completed, Transport
-from jackin_remote.transport.hostkeys import KeyWitness, TrustSources, fingerprint, record_trust
+from jackin_remote.transport.hostkeys import (
+    KeyWitness,
+    TrustSources,
+    describe_key,
+    fingerprint,
+    record_trust,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,23 @@ class _WitnessClient(asyncssh.SSHClient):
         return self._witness.validate(key)
 
 
+# What ~/.ssh/config may NOT decide for our connections, whatever it says. asyncssh reads
+# ForwardAgent, ForwardX11Trusted, GSSAPIDelegateCredentials, RequestTTY, RemoteCommand,
+# SetEnv and SendEnv from it: a forwarded agent lets a compromised host use the laptop's keys
+# while we are connected, a pty would mangle the agent's JSON lines, and our environment is
+# none of the host's business. Address, port, user, keys and ProxyCommand/ProxyJump still come
+# from the config. OpenSSH gets the same rules in openssh.py (NO_FORWARDING_OPTIONS).
+NO_FORWARDING_KWARGS: dict[str, object] = {
+    "agent_forwarding": False,
+    "x11_forwarding": False,
+    "gss_delegate_creds": False,
+    "request_pty": False,
+    "command": None,
+    "env": {},
+    "send_env": [],
+}
+
+
 def connect_kwargs(host: Host, settings: SSHSettings) -> dict[str, object]:
     """asyncssh.connect keywords for an inventory host; unset fields fall to ~/.ssh/config."""
     kwargs: dict[str, object] = {
@@ -48,6 +71,7 @@ def connect_kwargs(host: Host, settings: SSHSettings) -> dict[str, object]:
         "keepalive_count_max": settings.keepalive_count_max,
         "connect_timeout": settings.connect_timeout,
         "ignore_encrypted": True,
+        **NO_FORWARDING_KWARGS,
     }
     if host.port is not None:
         kwargs["port"] = host.port
@@ -89,6 +113,10 @@ async def _handshake(
         raise unreachable(host, exc) from None
 
 
+def trust_sources(host: Host, settings: SSHSettings) -> TrustSources:
+    return TrustSources(host.host_key, settings.known_hosts_files, names=(host.ssh_address,))
+
+
 async def open_connection(
     host: Host,
     settings: SSHSettings,
@@ -96,9 +124,7 @@ async def open_connection(
     tunnel: asyncssh.SSHClientConnection | None = None,
 ) -> asyncssh.SSHClientConnection:
     """Connect and authenticate, or raise HostError with the right state. Never trusts silently."""
-    witness = KeyWitness(
-        TrustSources(host.host_key, settings.known_hosts_files), accept_new=settings.accept_new
-    )
+    witness = KeyWitness(trust_sources(host, settings), accept_new=settings.accept_new)
     conn = await _handshake(host, settings, witness, tunnel)
     if witness.accepted_new and witness.presented is not None:
         record_trust(settings.jackin_known_hosts, witness.pattern(), witness.presented)
@@ -115,7 +141,7 @@ async def fetch_host_key(
 
     witness.presented is None when the key is already trusted (the handshake went through).
     """
-    witness = KeyWitness(TrustSources(host.host_key, settings.known_hosts_files))
+    witness = KeyWitness(trust_sources(host, settings))
     try:
         conn = await _handshake(host, settings, witness, tunnel)
     except HostKeyError:
@@ -143,23 +169,36 @@ def unreachable(host: Host, exc: BaseException) -> HostError:
 
 def host_key_error(host: Host, witness: KeyWitness) -> HostKeyError:
     seen = fingerprint(witness.presented) if witness.presented else None
+    shown = describe_key(witness.presented) if witness.presented else "a key"
     if witness.changed or host.host_key:
-        where = f"pinned in {host.where}" if host.host_key else "recorded in known_hosts"
+        if host.host_key:
+            where = f"pinned in {host.where}"
+        else:
+            where = "known for this host in " + (", ".join(witness.mentions[:3]) or "known_hosts")
         return HostKeyError(
             host.name,
-            f"HOST KEY CHANGED: the server presented {seen}, which does not match the key "
+            f"HOST KEY CHANGED: the server presented {shown}, which does not match the key "
             f"{where}. Refusing to connect: this could be a man-in-the-middle attack.",
             fingerprint=seen, changed=True,
             hint="if the host was really reinstalled, verify the new fingerprint out of band, "
-            f"then run `jackin-remote hosts trust {host.name} --replace`"
+            f"then run `jackin-remote hosts trust {host.name} --replace --fingerprint {seen}`"
             + (" and update host_key in the inventory" if host.host_key else ""),
+        )  # fmt: skip
+    if witness.trouble:
+        return HostKeyError(
+            host.name,
+            f"unknown host key {shown}, and --accept-new cannot tell that nothing is known "
+            f"about this host: {'; '.join(witness.trouble[:3])}",
+            fingerprint=seen, changed=False,
+            hint=f"fix or remove those known_hosts lines, or verify the fingerprint and run "
+            f"`jackin-remote hosts trust {host.name} --fingerprint {seen}`",
         )  # fmt: skip
     return HostKeyError(
         host.name,
-        f"unknown host key {seen}: not pinned in the inventory and not in any known_hosts",
+        f"unknown host key {shown}: not pinned in the inventory and not in any known_hosts",
         fingerprint=seen, changed=False,
-        hint=f"verify the fingerprint, then run `jackin-remote hosts trust {host.name}` "
-        "(or pass --accept-new to trust keys on first use)",
+        hint=f"verify the fingerprint, then run `jackin-remote hosts trust {host.name} "
+        f"--fingerprint {seen}` (or pass --accept-new to trust keys on first use)",
     )  # fmt: skip
 
 
