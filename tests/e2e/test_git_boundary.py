@@ -186,3 +186,20 @@ def test_objects_beyond_heads_history_never_reach_the_sandbox(
     pulled = cli.json("-i", str(inventory), "pull", session["id"])
     assert git(ws, "show", f"{pulled['branch']}:result.txt") == "done"
     cli.run("-i", str(inventory), "rm", session["id"], check=True)
+
+
+def test_a_copy_session_shares_no_inode_with_the_mirror(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    root = str(tmp_path / "host-root")
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--isolation", "copy", "--task", "true")  # fmt: skip
+    assert wait_for(cli, local_inventory, session["id"])["state"] == "exited"
+    mirror = files_with_inodes("local", layout.mirror_dir(root, workspace_name(ws.resolve())))
+    work = files_with_inodes("local", layout.work_dir(root, session["id"]))
+    assert "README.md" in work and any(rel.startswith(".git/objects/") for rel in work)
+    mirror_inodes = {(dev, ino) for dev, ino, _ in mirror.values()}
+    for rel, (dev, ino, links) in work.items():
+        assert links == 1 and (dev, ino) not in mirror_inodes, rel
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
