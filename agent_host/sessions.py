@@ -89,14 +89,15 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         store.insert(_record(spec, os.getpid()))
         testhooks.pause_host("host-create", ctx.root)
         try:
+            # Who the agent runs as is checked first (never uid 0 in the image), then the checkout.
+            image, uid, gid = sandbox_identity(ctx.root, client, spec)
+            store.update(session_id, uid=uid)
             checkout = _checkout(ctx.root, spec)
             store.update(
                 session_id,
                 base_commit=checkout.get("base_commit") or spec.base_commit,
                 launch_commit=checkout.get("launch_commit"),
             )
-            image, uid, gid = sandbox_identity(ctx.root, client, spec)
-            store.update(session_id, uid=uid)
             work = layout.work_dir(ctx.root, session_id)
             if os.getuid() == 0:
                 _chown_tree(work, uid, gid)

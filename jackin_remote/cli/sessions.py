@@ -321,11 +321,19 @@ def rm(
     store = Store()
     store.db.execute("DELETE FROM sessions WHERE key = ?", [row["key"]])
     store.db.conn.commit()
+    discarded = result.get("discarded_commit") if result["discarded_unpulled"] else None
     if as_json:
         print_json(session=row["id"], host=row["host"], removed=True,
-                   discarded_unpulled=result["discarded_unpulled"])  # fmt: skip
-    else:
-        out.print(line(f"removed {row['id']} from {row['host']}"))
+                   discarded_unpulled=result["discarded_unpulled"], discarded_commit=discarded,
+                   not_inspected=result.get("not_inspected"))  # fmt: skip
+        return
+    out.print(line(f"removed {row['id']} from {row['host']}"))
+    if result["discarded_unpulled"]:
+        what = f"commit {discarded[:12]}" if discarded else "its checkout"
+        out.print(line(f"  discarded work that was never pulled ({what})"))
+    if result.get("not_inspected"):
+        out.print(line(f"  the sandbox was removed first; its checkout could not be inspected: "
+                       f"{result['not_inspected']}"))  # fmt: skip
 
 
 def attach(ctx: typer.Context, session: str) -> None:
@@ -405,9 +413,11 @@ def pull(
         out.print(line(f"pulled {row['id']} from {row['host']} into {where}"))
         for name, target in result.outside_links:
             err.print(line(("warning:", "yellow"), " link ", (name, "bold"), " -> ", target,
-                           " points outside the pulled tree: not created"))  # fmt: skip
+                           " points outside the pulled tree: not created",
+                           multiline=False))  # fmt: skip
         for name, why in result.skipped:
-            err.print(line(("warning:", "yellow"), " skipped ", (name, "bold"), f": {why}"))
+            err.print(line(("warning:", "yellow"), " skipped ", (name, "bold"), f": {why}",
+                           multiline=False))  # fmt: skip
 
 
 def diff(ctx: typer.Context, session: str, raw: bool = RAW, as_json: bool = JSON) -> None:
