@@ -97,8 +97,15 @@ def test_error_printer_shows_markup_and_escapes_literally(
 
 HOSTS = [
     Host("local", transport="local", root="/tmp/jackin-root"),
-    Host("web-1", address="10.0.0.5", port=2222, user="ops", labels=("gpu", "eu"), capacity=6,
-         jump="bastion"),  # fmt: skip
+    Host(
+        "web-1",
+        address="10.0.0.5",
+        port=2222,
+        user="ops",
+        labels=("gpu", "eu"),
+        capacity=6,
+        jump="bastion",
+    ),
 ]
 
 
@@ -187,10 +194,17 @@ def session_row(**fields: Any) -> dict[str, Any]:
 def test_sessions_table(width: int) -> None:
     rows = [
         session_row(),
-        session_row(id="efgh6789", name=None, host="db-2", state="exited", agent_status="done",
-                    created_at=NOW - 90),  # fmt: skip
-        session_row(id="jkmn0123", name=None, state="running", shown_state="lost",
-                    last_contact=NOW - 7200),  # fmt: skip
+        session_row(
+            id="efgh6789",
+            name=None,
+            host="db-2",
+            state="exited",
+            agent_status="done",
+            created_at=NOW - 90,
+        ),
+        session_row(
+            id="jkmn0123", name=None, state="running", shown_state="lost", last_contact=NOW - 7200
+        ),
     ]
     output = render(sessions_table(rows, now=NOW), width)
     assert "sessions" in output and "abcd2345" in output
@@ -234,7 +248,8 @@ def contract(path: str = "/home/me/app", task: str = "echo hi") -> dict[str, Any
 def test_contract_panel(width: int) -> None:
     output = render(contract_panel(contract()), width)
     titles = ("identity", "routing", "filesystem", "credentials", "network", "docker access",
-              "limits", "persistence", "host-side effects (plan)", "recovery", "warnings")  # fmt: skip
+              "limits", "persistence", "host-side effects (plan)", "recovery",
+              "warnings")  # fmt: skip
     positions = [output.index(title) for title in titles]
     assert positions == sorted(positions)  # DESIGN.md's order
     assert "session contract abcd2345" in output
