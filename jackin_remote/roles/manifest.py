@@ -35,19 +35,21 @@ DOCS_HINT = "see roles/README.md for the manifest fields"
 
 # Each privilege a role might ask for, and who decides it instead. Matched at any depth, case and
 # '-'/'_' insensitive, before any other check: the answer is the same whatever the value.
-_NET = "launch --network open|allowlist|none"
-_CREDS = "launch --credential NAME (values never live in a role)"
+# Each pointer names only what exists (a test checks every flag against the CLI).
+_NET = "launch --network open|none"
+_CREDS = (
+    "launch --key-from VAR: the runtime's API key, read from a laptop environment variable "
+    "(values never live in a role)"
+)
 _ENV = "launch --env NAME=VALUE"
 _DOCKER = "the host's backend in the inventory (`backend`); the host docker socket is never offered"
 _CAPS = "the host's backend in the inventory (`backend`); sandboxes get no extra capabilities"
-_LIMITS = (
-    "the inventory's [hosts.<name>.limits] (memory, cpus, pids) or launch --memory/--cpus/--pids"
-)
-_MOUNTS = "launch --mount (the workspace is mounted for you)"
+_LIMITS = "the inventory's [hosts.<name>.limits] (memory, cpus, pids)"
+_MOUNTS = "nobody: the session's own checkout, at /workspace, is the only mount"
 PRIVILEGE_KEYS: dict[str, str] = {
     "network": _NET,
     "egress": _NET,
-    "allow": "launch --allow HOST (with --network allowlist)",
+    "allow": _NET,
     "credentials": _CREDS,
     "secrets": _CREDS,
     "env": _ENV,
@@ -66,7 +68,7 @@ PRIVILEGE_KEYS: dict[str, str] = {
     "pids": _LIMITS,
     "mounts": _MOUNTS,
     "volumes": _MOUNTS,
-    "ports": "launch --port PORT",
+    "ports": "nobody: a sandbox publishes no ports",
 }
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\\]")
