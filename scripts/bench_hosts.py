@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: `hosts check` fanned out over N fleet hosts, against Fabric and Ansible.
 
+    .venv/bin/pip install -e ".[bench]"      # once: Fabric, the bench's only extra package
     .venv/bin/python scripts/bench_hosts.py [--hosts 10] [--runs 5] [--rounds 50] [--first-host 5]
 
 `scripts/fleet up` runs first (it only ever adds hosts). The cold runs use fleet-K..fleet-K+N-1
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import statistics
@@ -450,6 +452,9 @@ def main() -> int:
     args = parser.parse_args()
     if min(args.hosts, args.runs, args.rounds, args.first_host) < 1:
         parser.error("--hosts, --runs, --rounds and --first-host must be at least 1")
+    if importlib.util.find_spec("fabric") is None:
+        # Fabric is a bench-only extra, not a dependency of jackin-remote.
+        parser.error('Fabric is not installed: run `.venv/bin/pip install -e ".[bench]"` first')
     BENCH_DIR.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="jkb-hosts-") as tmp:
         result = bench(args, Path(tmp))

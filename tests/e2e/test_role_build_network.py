@@ -149,6 +149,26 @@ def test_a_role_build_has_the_network_only_when_the_operator_gives_it(
     assert any("role build has the network" in w for w in contract["warnings"])
 
 
+def test_a_build_that_needs_the_network_fails_with_a_hint_naming_the_flag(
+    cli: CLI, local_inventory: Path, tmp_path: Path, recorder: _Recorder
+) -> None:
+    directory, name = probing_role(tmp_path / "roles", recorder)
+    dockerfile = directory / "Dockerfile"
+    # The same download, now required: the build fails instead of recording the failure.
+    dockerfile.write_text(dockerfile.read_text().replace(" || echo 'BUILD-PROBE blocked' >> "
+                                                         "/build-probe", ""))  # fmt: skip
+    ws = make_workspace(tmp_path / "ws")
+    try:
+        data = cli.json("-i", str(local_inventory), "launch", "--role", str(directory),
+                        "--runtime", "shell", "--task", "true", str(ws), ok_codes=(3,))  # fmt: skip
+    finally:
+        remove_role_images(name)
+    (session,) = data["sessions"]
+    assert session["state"] == "not_started"
+    assert "--build-network default" in session["error"]
+    assert recorder.hits == []
+
+
 def test_an_unknown_build_network_is_refused(
     cli: CLI, local_inventory: Path, tmp_path: Path
 ) -> None:
