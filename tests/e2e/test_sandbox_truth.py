@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent_host.wire import SANDBOX_UID_BASE
+from agent_host.wire import LOG_MAX_FILES, LOG_MAX_SIZE, SANDBOX_UID_BASE
 from tests.conftest import CLI
 from tests.e2e.helpers import launch, make_workspace, wait_for
 
@@ -126,3 +126,26 @@ def test_the_sandbox_is_hardened_and_sees_only_its_own_mounts(
     listed = {m["container"] for m in filesystem["mounts"] if m["mode"] in ("rw", "ro")}
     assert host_binds == listed | set(filesystem["engine_files"])
     assert "/workspace" in host_binds
+
+
+def test_an_agent_that_prints_forever_cannot_fill_the_host_disk(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    """The engine rotates the sandbox's log: what the contract says, what the host keeps."""
+    ws = make_workspace(tmp_path / "ws")
+    printed = 3 * LOG_LIMIT_BYTES  # far more than the rotation keeps
+    task = f"head -c {printed} /dev/zero | tr '\\0' x | fold -w 200"
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--task", task)  # fmt: skip
+    row = wait_for(cli, local_inventory, session["id"])
+    assert row["state"] == "exited", row
+    assert "rotated" in session["contract"]["limits"]["logs"]
+    inspect = ["docker", "inspect", "--format", "{{.LogPath}}", row["container"]]
+    log_path = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
+    kept = sum(p.stat().st_size for p in Path(log_path).parent.glob(Path(log_path).name + "*"))
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
+    # json-file framing roughly doubles 200-byte lines at most; unrotated it would be > printed.
+    assert kept <= LOG_LIMIT_BYTES * 1.1, (kept, printed)
+
+
+LOG_LIMIT_BYTES = LOG_MAX_FILES * int(LOG_MAX_SIZE.rstrip("m")) * 1024 * 1024
