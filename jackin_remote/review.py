@@ -54,14 +54,6 @@ class PullResult:
         return self.previous != self.commit
 
 
-@dataclass(frozen=True)
-class DiffResult:
-    text: str
-    stat: dict[str, Any]
-    since: str  # launch_commit | base_commit | mirror | empty: what the work is compared with
-    truncated: bool
-
-
 def branch_name(session_id: str) -> str:
     return f"jackin/{session_id}"
 
@@ -79,17 +71,6 @@ async def pull_session(link: HostLink, record: dict[str, Any], workspace: Path) 
         raise StateError(f"session {session_id}: unknown isolation {isolation!r}")
     await _call(link, "session.mark_pulled", {"id": session_id, "commit": result.commit})
     return result
-
-
-async def session_diff(link: HostLink, record: dict[str, Any]) -> DiffResult:
-    reply = await _call(link, "session.diff", {"id": _session_id(record)})
-    return DiffResult(str(reply["text"]), dict(reply["stat"]), str(reply["from"]),
-                      bool(reply["truncated"]))  # fmt: skip
-
-
-async def diff_session(link: HostLink, record: dict[str, Any]) -> str:
-    """The unified diff of the session's work (committed, uncommitted and untracked)."""
-    return (await session_diff(link, record)).text
 
 
 # -- clone: a bundle fetched into the local repository ------------------------------------------

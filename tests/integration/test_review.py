@@ -21,7 +21,7 @@ from agent_host.workspaces import make_checkout
 from jackin_remote.errors import StateError
 from jackin_remote.fleet import Pool
 from jackin_remote.inventory import Inventory, load_inventory
-from jackin_remote.review import PullResult, diff_session, pull_session, session_diff
+from jackin_remote.review import PullResult, pull_session
 from jackin_remote.sync import sync_workspace
 from jackin_remote.workspace import scan_workspace
 
@@ -224,15 +224,14 @@ async def test_clone_pull_brings_committed_and_uncommitted_work_as_a_branch(
     assert user_state(repo) == before
 
     # diff: the agent's work against the launch commit (the user's README edit is not in it).
-    details = await session_diff(link, record)
-    assert details.since == "launch_commit" and not details.truncated
-    assert "+print('v2, uncommitted')" in details.text
-    assert "+committed by the agent" in details.text
-    assert "b/notes/todo.md" in details.text and "b/leak" in details.text
-    assert "README" not in details.text
-    paths = sorted(f["path"] for f in details.stat["files"])
+    details = await link.agent.call("session.diff", {"id": sid})
+    assert details["from"] == "launch_commit" and not details["truncated"]
+    assert "+print('v2, uncommitted')" in details["text"]
+    assert "+committed by the agent" in details["text"]
+    assert "b/notes/todo.md" in details["text"] and "b/leak" in details["text"]
+    assert "README" not in details["text"]
+    paths = sorted(f["path"] for f in details["stat"]["files"])
     assert paths == [".gitattributes", "agent.txt", "leak", "nested", "notes/todo.md", "src/app.py"]
-    assert await diff_session(link, record) == details.text
     assert sorted(p.name for p in tmp_path.glob("pwned*")) == []
 
     # The trap is real: plain `git status` in the checkout (safe.directory=*) springs it.
@@ -330,10 +329,10 @@ async def test_copy_pull_lands_in_dot_jackin_with_links_kept_as_links(
     snap = await link.agent.call("session.snapshot", {"id": sid})
     assert snap["pulled"] and snap["commit"] == result.commit
 
-    details = await session_diff(link, record)
-    assert details.since == "mirror"
-    assert "+a, edited by the agent" in details.text and "b/deep/new.md" in details.text
-    assert str(root) not in details.text  # paths are relative, not host paths
+    details = await link.agent.call("session.diff", {"id": sid})
+    assert details["from"] == "mirror"
+    assert "+a, edited by the agent" in details["text"] and "b/deep/new.md" in details["text"]
+    assert str(root) not in details["text"]  # paths are relative, not host paths
 
     # More work, then pull again: the new pull replaces the old one whole.
     (work / "old.md").unlink()
