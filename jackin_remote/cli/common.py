@@ -16,10 +16,7 @@ from jackin_remote.ui.safe import SafeConsole, line, visible
 
 SCHEMA_VERSION = "v1"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SOME_HOSTS_FAILED = 3
+EXIT_SOME_HOSTS_FAILED = 3  # the others come from the error: JackinError.exit_code
 
 T = TypeVar("T")
 
