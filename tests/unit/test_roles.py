@@ -472,9 +472,8 @@ def test_archive_refuses_a_role_changed_since_it_was_loaded(tmp_path: Path) -> N
 def test_upload_path_mirrors_the_host_layout(tmp_path: Path) -> None:
     role = load_role(make_role(tmp_path / "r"))
     assert host_role_subpath(role) == f"roles/demo/{role.content_hash}"
-    root = "/srv/jackin"
-    assert layout.role_dir(root, role.name, role.content_hash) == (
-        f"{root}/{host_role_subpath(role)}"
+    assert layout.role_dir("/srv/jackin", role.name, role.content_hash) == (
+        f"/srv/jackin/roles/demo/{role.content_hash}"
     )
 
 
@@ -540,11 +539,6 @@ def test_host_validates_role_params(tmp_path: Path, params: dict[str, object]) -
     with pytest.raises(RemoteError) as caught:
         host_roles.role_status(Ctx(), params)  # type: ignore[arg-type]
     assert caught.value.code == "invalid_params"
-
-
-def test_host_image_tag_matches_the_controller(tmp_path: Path) -> None:
-    role = load_role(make_role(tmp_path / "r"))
-    assert host_roles.image_tag(role.name, role.content_hash) == image_tag(role)
 
 
 # ---- git sources ---------------------------------------------------------------------------
