@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -15,7 +17,7 @@ import pytest
 
 from agent_host.wire import LOG_MAX_FILES, LOG_MAX_SIZE, SANDBOX_UID_BASE
 from tests.conftest import CLI
-from tests.e2e.helpers import launch, make_workspace, wait_for
+from tests.e2e.helpers import TEST_ROLE, launch, make_workspace, wait_for
 
 PROBE = """
 import socket, sys
@@ -149,3 +151,28 @@ def test_an_agent_that_prints_forever_cannot_fill_the_host_disk(
 
 
 LOG_LIMIT_BYTES = LOG_MAX_FILES * int(LOG_MAX_SIZE.rstrip("m")) * 1024 * 1024
+
+
+def test_the_plan_names_the_paths_the_host_really_created(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    """A role of its own, so that every `if missing` effect happens in this run too."""
+    ws = make_workspace(tmp_path / "ws")
+    role, name = tmp_path / "role", f"plan-{secrets.token_hex(3)}"
+    shutil.copytree(TEST_ROLE, role)
+    manifest = role / "jackin.role.toml"
+    manifest.write_text(manifest.read_text().replace('name = "test-agent"', f'name = "{name}"'))
+    data = cli.json("-i", str(local_inventory), "launch", "--role", str(role), "--runtime",
+                    "shell", "--network", "none", "--task", "true", str(ws))  # fmt: skip
+    (session,) = data["sessions"]
+    wait_for(cli, local_inventory, session["id"])
+    images = subprocess.run(["docker", "images", "-q", "--filter", f"label=jackin.role={name}"],
+                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    subprocess.run(["docker", "rmi", "-f", *set(images)], capture_output=True)
+    root = str(tmp_path / "host-root")
+    paths = [effect["target"] for effect in session["contract"]["plan"]
+             if effect["target"].startswith(root)]  # fmt: skip
+    assert len(paths) == 5, session["contract"]["plan"]  # agent, mirror, role, state db, checkout
+    for path in paths:
+        assert Path(path).exists(), f"the plan names {path}, which the host never made"
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
