@@ -135,10 +135,18 @@ NO_FORWARDING_OPTIONS: tuple[str, ...] = (
 )
 
 
+def user_ssh_config() -> str:
+    """The one config file asyncssh reads, ~/.ssh/config under $HOME (OpenSSH would take the
+    passwd entry's home and add /etc/ssh/ssh_config): both clients must resolve a host alike,
+    under the same rules. /dev/null when there is none, as asyncssh then reads nothing."""
+    path = Path.home() / ".ssh" / "config"
+    return str(path) if path.is_file() and os.access(path, os.R_OK) else os.devnull
+
+
 def openssh_base_argv(target: SSHTarget, *, master: bool = True, tty: bool = False) -> list[str]:
     """`ssh` and options for `target`, without the destination (rsync appends it itself)."""
     host = target.host
-    argv = [_ssh_binary()]
+    argv = [_ssh_binary(), "-F", user_ssh_config()]
     for option in NO_FORWARDING_OPTIONS:
         argv += ["-o", option]
     # A pty would corrupt rsync's byte stream: only attach asks for one.

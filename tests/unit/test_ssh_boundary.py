@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import subprocess
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def test_openssh_resolves_every_forwarding_off_whatever_the_config_says(
     target = SSHTarget(Host(name="web", address="192.0.2.7", user="dev"), KEY)
     for argv in (openssh_base_argv(target), openssh_base_argv(target, master=False)):
         resolved = subprocess.run(
-            [*argv, "-F", str(hostile_home / ".ssh" / "config"), "-G", "192.0.2.7"],
+            [*argv, "-G", "192.0.2.7"],
             capture_output=True, text=True, check=True,
         ).stdout.splitlines()  # fmt: skip
         opts = {line.split(" ", 1)[0]: line.partition(" ")[2] for line in resolved}
@@ -76,6 +77,14 @@ def test_openssh_resolves_every_forwarding_off_whatever_the_config_says(
         assert "remotecommand" not in opts
         assert opts["gssapidelegatecredentials"] == "no"
         assert "/tmp/user-cm-" not in opts.get("controlpath", "")
+
+
+def test_openssh_reads_the_config_asyncssh_reads(hostile_home: Path) -> None:
+    target = SSHTarget(Host(name="web", address="192.0.2.7"), KEY)
+    argv = openssh_base_argv(target)
+    assert argv[1:3] == ["-F", str(hostile_home / ".ssh" / "config")]
+    (hostile_home / ".ssh" / "config").unlink()
+    assert openssh_base_argv(target)[1:3] == ["-F", os.devnull]
 
 
 def test_asyncssh_takes_no_forwarding_from_the_config(hostile_home: Path) -> None:
