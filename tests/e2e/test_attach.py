@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_host.wire import TMUX_SESSION
 from tests.conftest import CLI
 from tests.e2e.helpers import launch, make_workspace, session_row, wait_for
 
@@ -57,7 +58,11 @@ def test_attach_then_detach_leaves_the_session_running(
         argv = [sys.executable, "-m", "jackin_remote", "-i", str(inventory), "attach", sid]
         os.execvpe(argv[0], argv, env)
     try:
-        time.sleep(1)
+        # Type only once tmux is attached and done setting up the terminal: it draws its status
+        # line ("[<session>] "), asks the terminal what it is, and when no answer comes (a bare
+        # pty) turns its key modes on (ESC [?7727h). Keys typed before then can be lost.
+        setup = read_until(fd, b"\x1b[?7727h")
+        assert f"[{TMUX_SESSION}] ".encode() in setup
         os.write(fd, b"echo ATTACHED-$((40+2))\r")
         read_until(fd, b"ATTACHED-42")
         os.write(fd, b"\x02d")  # tmux prefix, then d: detach
@@ -77,7 +82,7 @@ def test_attach_then_detach_leaves_the_session_running(
 def test_attach_refuses_a_task_session(cli: CLI, local_inventory: Path, tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws")
     (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
-                        "--task", "sleep 30")  # fmt: skip
+                        "--task", "sleep infinity")  # fmt: skip
     proc = cli.run("-i", str(local_inventory), "attach", session["id"])
     assert proc.returncode != 0 and "logs -f" in proc.stderr
     cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)

@@ -72,7 +72,7 @@ def test_sessions_on_an_unreachable_host_show_as_lost_then_come_back(
 ) -> None:
     ws = make_workspace(tmp_path / "ws")
     (session,) = launch(cli, fleet_inventory, ws, "--on", DISRUPTIVE_HOST, "--runtime", "shell",
-                        "--network", "none", "--task", "sleep 120")  # fmt: skip
+                        "--network", "none", "--task", "sleep infinity")  # fmt: skip
     sid = session["id"]
     wait_for(cli, fleet_inventory, sid, {"running"})
     subprocess.run(["docker", "pause", fleet_mod.container(DISRUPTIVE_HOST)], check=True)

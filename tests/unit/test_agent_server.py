@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from typing import Any
 
 from agent_host import protocol
@@ -21,6 +20,7 @@ def serve(lines: list[dict[str, Any] | bytes], handlers: dict[str, Any]) -> list
 
 
 HELLO = protocol.request(1, "hello", protocol.hello_params())
+HELLO_LINE = protocol.encode(HELLO)
 
 
 def test_hello_reports_protocol_and_methods() -> None:
@@ -43,7 +43,7 @@ def test_pipelined_requests_answer_out_of_order_by_id() -> None:
     release = threading.Event()
 
     def slow(ctx: Context, params: dict[str, Any]) -> str:
-        release.wait(5)
+        release.wait(60)  # a bound, not a timing: `fast` sets it
         return "slow"
 
     def fast(ctx: Context, params: dict[str, Any]) -> str:
@@ -89,13 +89,30 @@ def test_notifications_carry_the_request_id() -> None:
     assert note == {"method": "progress", "params": {"line": "one", "request_id": 7}}
 
 
+class _HangUp(io.BytesIO):
+    """The controller's side of the pipe: `hung_up` is set once the agent has read EOF."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.hung_up = threading.Event()
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        if not line:
+            self.hung_up.set()
+        return line
+
+
 def test_work_in_flight_finishes_after_the_controller_hangs_up() -> None:
     done = []
+    inp = _HangUp(HELLO_LINE + protocol.encode(protocol.request(2, "create")))
 
     def create(ctx: Context, params: dict[str, Any]) -> str:
-        time.sleep(0.3)
+        # Finishes only after the hang-up, whatever the scheduling: no sleep to race it.
+        assert inp.hung_up.wait(60)
         done.append(True)
         return "made"
 
-    serve([HELLO, protocol.request(2, "create")], {"create": create})
+    out = io.BytesIO()
+    Server("/tmp", {"create": create}, out).serve(inp)
     assert done == [True]
