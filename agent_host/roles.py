@@ -35,16 +35,19 @@ from agent_host.protocol import (
     RemoteError,
 )
 from agent_host.server import Context
+from agent_host.wire import (
+    BUILD_NETWORKS,
+    DEFAULT_BUILD_NETWORK,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    check_role_user,
+    image_tag,
+)
 
-IMAGE_PREFIX = "jackin-role-"
-TAG_HASH_LEN = 12
-LABEL_MANAGED = "jackin.managed"
-LABEL_ROLE = "jackin.role"
+__all__ = ["BUILD_NETWORKS", "DEFAULT_BUILD_NETWORK", "image_tag"]
+
 LABEL_HASH = "jackin.role.hash"
 LABEL_BUILD_NETWORK = "jackin.role.build-network"
-# The network of a role build, as the operator chose it (launch --build-network).
-BUILD_NETWORKS = ("none", "default")
-DEFAULT_BUILD_NETWORK = "none"
 BUILD_TIMEOUT = 3600  # seconds without any output from the engine before a build is given up
 PROBE_TIMEOUT = 120
 TAIL_LINES = 20
@@ -52,8 +55,6 @@ CACHE_ENTRIES = 256
 PROGRESS = "role.build.progress"
 
 _ROLE_HASH = re.compile(r"^[0-9a-f]{64}$")
-_USER_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
-_USER = re.compile(r"^%s(:%s)?$" % (_USER_PART, _USER_PART))
 # Prints "<uid> <gid>" of $1 (group $2 if given) as the image sees them.
 _ID_SCRIPT = (
     'uid=$(id -u "$1") || exit 3\n'
@@ -63,10 +64,6 @@ _ID_SCRIPT = (
     '[ -n "$gid" ] || exit 4\n'
     'echo "$uid $gid"\n'
 )
-
-
-def image_tag(name: str, content_hash: str) -> str:
-    return "%s%s:%s" % (IMAGE_PREFIX, name, content_hash[:TAG_HASH_LEN])
 
 
 def user_ids_file(root: str) -> str:
@@ -111,9 +108,7 @@ def check_build_network(value: object) -> str:
 
 
 def _check_user(value: object) -> str:
-    if not isinstance(value, str) or not _USER.match(value):
-        raise RemoteError(E_INVALID_PARAMS, "bad role user: %r" % (value,))
-    return value
+    return check_role_user(value, "user")
 
 
 # ---- docker ---------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ TMUX_SESSION = "jackin"  # interactive agents run in this tmux session inside th
 CONTAINER_WORKDIR = "/workspace"  # where the session checkout is mounted
 MAX_CONTAINER_NAME = 58
 ROLE_IMAGE_PREFIX = "jackin-role-"
+# The network of a role build, as the operator chose it (launch --build-network).
+BUILD_NETWORKS = ("none", "default")
+DEFAULT_BUILD_NETWORK = "none"
 CONTAINER_PREFIX = "jk-"
 
 # Hardening that is never a choice: the host applies it to every sandbox.

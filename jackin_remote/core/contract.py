@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent_host import layout
-from agent_host.roles import BUILD_NETWORKS, DEFAULT_BUILD_NETWORK
 from agent_host.wire import (
+    BUILD_NETWORKS,
     CONTAINER_WORKDIR,
+    DEFAULT_BUILD_NETWORK,
     ENV_NAME_RE,
     LOG_MAX_FILES,
     LOG_MAX_SIZE,

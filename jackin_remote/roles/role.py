@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_host.roles import image_tag as _host_image_tag
+from agent_host.wire import image_tag as _host_image_tag
 from jackin_remote.inventory.toml_lines import SourceIndex, index_source
 from jackin_remote.roles import tree
 from jackin_remote.roles.manifest import (

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent_host import layout
 from agent_host.protocol import E_DOCKER_UNAVAILABLE, Message, RemoteError
-from agent_host.roles import DEFAULT_BUILD_NETWORK, PROGRESS
+from agent_host.roles import PROGRESS
+from agent_host.wire import DEFAULT_BUILD_NETWORK
 from jackin_remote.agent.deploy import root_prelude
 from jackin_remote.errors import JackinError
 from jackin_remote.roles import tree
