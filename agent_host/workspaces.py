@@ -37,6 +37,7 @@ from agent_host.protocol import (
     RemoteError,
 )
 from agent_host.server import Context
+from agent_host.wire import session_branch
 
 ISOLATIONS = ("clone", "copy")
 LAUNCH_COMMIT_MESSAGE = "jackin: local working tree at launch"
@@ -255,7 +256,7 @@ def make_checkout(root: str, workspace: str, session_id: str, isolation: str) ->
 
 
 def _clone(mirror: str, work: str, session_id: str) -> Dict[str, Any]:
-    branch = "jackin/" + session_id
+    branch = session_branch(session_id)
     head = _git(mirror, "rev-parse", "-q", "--verify", "HEAD^{commit}", ok=(0, 1, 128)) or None
     # --no-hardlinks: the session gets its own copy of every object file. A hard link would
     # share the inode with the mirror: once the checkout is chowned to the sandbox user, the
