@@ -82,10 +82,17 @@ def test_no_file_of_dot_git_travels_from_the_scan(repo: Path) -> None:
 
 
 def pack_objects(payload: GitPayload) -> set[str]:
-    (idx,) = [f for f in payload.files if f.endswith(".idx")]
-    out = subprocess.run(["git", "show-index"], stdin=(payload.directory / idx).open("rb"),
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return {line.split()[1] for line in out.splitlines()}
+    """Every object in the payload's packs."""
+    found: set[str] = set()
+    for idx in (f for f in payload.files if f.endswith(".idx")):
+        out = subprocess.run(["git", "show-index"], stdin=(payload.directory / idx).open("rb"),
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        found |= {line.split()[1] for line in out.splitlines()}
+    return found
+
+
+def reachable(repo: Path) -> set[str]:
+    return {line.split()[0] for line in git(repo, "rev-list", "--objects", "HEAD").splitlines()}
 
 
 def test_the_git_payload_is_a_pack_of_exactly_heads_history(repo: Path, tmp_path: Path) -> None:
@@ -105,12 +112,31 @@ def test_the_git_payload_is_a_pack_of_exactly_heads_history(repo: Path, tmp_path
     payload = build_git_payload(scan, tmp_path / "cache")
     assert payload.files[0] == "HEAD" and len(payload.files) == 3
     assert (payload.directory / "HEAD").read_text() == f"{scan.head}\n"
-    wanted = {line.split()[0] for line in git(repo, "rev-list", "--objects", "HEAD").splitlines()}
-    assert pack_objects(payload) == wanted
+    assert pack_objects(payload) == reachable(repo)
     # Cached by HEAD: a second build is the same directory, untouched.
     mtime = (payload.directory / payload.files[1]).stat().st_mtime_ns
     again = build_git_payload(scan_workspace(repo), tmp_path / "cache")
     assert again == payload and (again.directory / again.files[1]).stat().st_mtime_ns == mtime
+
+
+def test_a_new_head_sends_only_new_objects_and_never_an_amended_away_commit(
+    repo: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = build_git_payload(scan_workspace(repo), cache)
+    write(repo, "second.txt", "second\n")
+    git(repo, "add", "second.txt")
+    git(repo, "commit", "-q", "-m", "second")
+    second = build_git_payload(scan_workspace(repo), cache)
+    packs = [f for f in second.files if f.endswith(".pack")]
+    assert len(packs) == 2 and set(first.files) - {"HEAD"} < set(second.files)  # one more
+    assert pack_objects(second) == reachable(repo)
+    amended_away = git(repo, "rev-parse", "HEAD")
+    write(repo, "second.txt", "amended\n")
+    git(repo, "commit", "-q", "-a", "--amend", "-m", "second, amended")
+    third = build_git_payload(scan_workspace(repo), cache)
+    assert amended_away not in pack_objects(third)
+    assert pack_objects(third) == reachable(repo)  # the chain was cut before the amended commit
 
 
 def test_an_unborn_repo_sends_a_head_alone(tmp_path: Path) -> None:
