@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import fleet as fleet_mod
 from tests.conftest import CLI
 from tests.e2e.helpers import TEST_ROLE, launch, make_workspace, wait_for
 
@@ -75,31 +76,56 @@ def hostile_role(tmp_path: Path) -> Path:
     return role
 
 
+@pytest.fixture(params=["local", "fleet-1"])
+def target(request: pytest.FixtureRequest, local_inventory: Path) -> tuple[str, Path]:
+    """The local host, and a fleet host: the progress events cross an SSH channel there."""
+    if request.param == "local":
+        return "local", local_inventory
+    return request.param, request.getfixturevalue("fleet_inventory")
+
+
 def test_role_build_output_with_markup_and_escapes_is_shown_inert(
-    cli: CLI, local_inventory: Path, tmp_path: Path
+    cli: CLI, target: tuple[str, Path], tmp_path: Path
 ) -> None:
+    host, inventory = target
     ws = make_workspace(tmp_path / "ws")
     role = hostile_role(tmp_path)
-    # Before the fix, `[/usr/lib]` raised inside the progress listener, killed the RPC reader,
-    # and launch waited for ever: the timeout is only a guard for that failure.
-    proc = cli.run("-i", str(local_inventory), "launch", "--role", str(role), "--runtime",
-                   "shell", "--network", "none", "--task", "true", str(ws),
-                   timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "build-nonce-" in proc.stderr and "Traceback" not in proc.stderr
-    assert SHOWN in proc.stderr
-    assert "launched" in proc.stdout
-    assert_inert(proc.stdout)
-    assert_inert(proc.stderr)
+    args = ["-i", str(inventory), "launch", "--on", host, "--role", str(role), "--runtime",
+            "shell", "--network", "none", "--task", "true", str(ws)]  # fmt: skip
+    image = cli.json(*args[:2], "explain", *args[3:])["contracts"][0]["identity"]["image"]
+    docker = () if host == "local" else ("docker", "exec", fleet_mod.container(host))
+    launched: list[str] = []
+    try:
+        # Before the fix, `[/usr/lib]` raised inside the progress listener, killed the RPC
+        # reader, and launch waited for ever: the timeout is only a guard for that failure.
+        proc = cli.run(*args, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "build-nonce-" in proc.stderr and "Traceback" not in proc.stderr
+        assert SHOWN in proc.stderr
+        launched += re.findall(r"launched (\w+) on", proc.stdout)
+        assert launched, proc.stdout
+        assert_inert(proc.stdout)
+        assert_inert(proc.stderr)
+    finally:
+        for sid in launched:  # only this test's: fleet-1 is shared with other tests
+            cli.run("-i", str(inventory), "rm", "--force", sid)
+        listed = subprocess.run(
+            [*docker, "docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+        )
+        ours = [tag for tag in listed.stdout.split() if tag.startswith(image)]  # and -u<uid>
+        if ours:
+            subprocess.run([*docker, "docker", "rmi", "-f", *ours], capture_output=True)
 
 
-def test_agent_logs_show_control_characters_visibly_and_raw_on_request(
+def test_agent_logs_and_diff_show_control_characters_visibly(
     cli: CLI, local_inventory: Path, tmp_path: Path
 ) -> None:
     ws = make_workspace(tmp_path / "ws")
     inv = str(local_inventory)
     (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
-                        "--task", f"printf '{PRINTF_ATTACK}'")  # fmt: skip
+                        "--task", f"printf '{PRINTF_ATTACK}' | tee evil.txt")  # fmt: skip
     sid = session["id"]
     wait_for(cli, local_inventory, sid)
 
@@ -122,6 +148,11 @@ def test_agent_logs_show_control_characters_visibly_and_raw_on_request(
     assert ATTACK.encode() in raw.replace(b"\r\n", b"\n")  # bytes: no newline translation
     text = cli.json("-i", inv, "logs", sid)["text"]
     assert ATTACK.rstrip("\n") in text.replace("\r\n", "\n")
+
+    # The same text written to a file reaches `diff` (a "+" line), shown the same way.
+    code, diff = on_pty(cli, "-i", inv, "diff", sid)
+    assert code == 0 and "+" + SHOWN in diff.replace("\r\n", "\n"), diff
+    assert_inert(diff)
     cli.run("-i", inv, "rm", "--force", sid, check=True)
 
 
