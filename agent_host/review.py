@@ -1,15 +1,27 @@
 """Review a session's work: package it for `pull`, show it for `diff`, record what was pulled.
 
 RPCs:
-    session.bundle {id} -> {commit, base_commit, head, snapshot, size, path}
+    session.bundle {id, max_bytes?} -> {commit, base_commit, head, snapshot, size, path,
+                                         over_limit}
         clone sessions only: a git bundle at layout.bundle_file carrying refs/heads/jackin/<id>
         = the agent's HEAD plus, if the tree has uncommitted changes, one snapshot commit on top.
-        `path` is None (size 0) when the laptop already has every object (nothing new).
+        `path` is None (size 0) when the laptop already has every object (nothing new), and
+        when the bundle came out larger than max_bytes (over_limit, nothing kept).
     session.snapshot {id} -> {isolation, commit, pulled_commit, pulled}
         What a pull would bring now (clone: that commit; copy: the work tree's git tree id),
         and whether it was already pulled: what `rm` checks before deleting work.
     session.diff {id} -> {text, stat, from, truncated}
     session.mark_pulled {id, commit} -> {pulled_commit}
+    session.pack {id, max_bytes} -> {size, over_limit}
+        copy sessions only: a plain tar of the work tree at <session>/pull.tar, written through a
+        bounded buffer and stopped (file removed) once it passes max_bytes.
+    session.read {id, kind: bundle|tar, offset, length} -> {data (base64), size}
+        One chunk (at most READ_CHUNK bytes) of the bundle or tar: the laptop pulls chunk by
+        chunk, so neither side ever holds a whole transfer in memory, and it stops asking when
+        its own limit is crossed.
+    session.release {id} -> {}
+        Remove the packed tar (after a copy pull, or when the laptop gave up). The bundle stays
+        until the next pull replaces it: it is what a clone's pull can be checked against.
 
 The session checkout is written by the agent, including its .git (config, hooks, attributes).
 Running git *in* it with safe.directory=* would execute whatever it configured (core.fsmonitor
@@ -23,12 +35,14 @@ never written. Python 3.9 compatible.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from agent_host import layout
@@ -47,6 +61,9 @@ SNAPSHOT_MESSAGE = "jackin: uncommitted changes at pull"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 GIT_TIMEOUT = 600.0
 MAX_DIFF_BYTES = 16 * 1024 * 1024  # well under the RPC line limit, JSON escaping included
+READ_CHUNK = 1024 * 1024  # base64: 1.4 MB lines, under asyncssh's 2 MB receive window
+_PIPE_CHUNK = 1024 * 1024
+TRANSFER_KINDS = ("bundle", "tar")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 # Config for every git call here. GIT_CONFIG_GLOBAL (not `-c`) because git drops -c values
@@ -119,22 +136,14 @@ class Scratch:
     ) -> str:
         """Run git against the scratch repository: its stdout stripped, or with `limit` its
         first `limit` bytes as they are."""
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=self.dir, env=self.env(env), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=GIT_TIMEOUT, check=False,
-            )  # fmt: skip
-        except FileNotFoundError:
-            raise RemoteError(E_FAILED, "git is not installed on this host") from None
-        except subprocess.TimeoutExpired:
-            raise RemoteError(E_FAILED, "git %s timed out" % _verb(args)) from None
-        if done.returncode not in ok:
-            err = done.stderr.decode(errors="replace").strip()[-2000:]
-            raise RemoteError(E_FAILED, "git %s failed (%d): %s" % (_verb(args), done.returncode,
-                                                                    err))  # fmt: skip
+        code, out, err = _run_bounded(["git", *args], self.dir, self.env(env), limit)
+        if code not in ok:
+            text = err.decode(errors="replace").strip()[-2000:]
+            raise RemoteError(E_FAILED, "git %s failed (%d): %s" % (_verb(args), code,
+                                                                    text))  # fmt: skip
         if limit is not None:
-            return done.stdout[:limit].decode(errors="replace")
-        return done.stdout.decode(errors="replace").strip()
+            return out.decode(errors="replace")
+        return out.decode(errors="replace").strip()
 
     def has_commit(self, rev: Optional[str]) -> bool:
         if not rev or not _OBJECT_ID.match(rev):
@@ -164,6 +173,57 @@ class Scratch:
         tree = self.git(["write-tree"], env=env)
         os.unlink(env["GIT_INDEX_FILE"])
         return tree
+
+
+def _run_bounded(
+    argv: List[str], cwd: str, env: Dict[str, str], limit: Optional[int]
+) -> Tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr tail) of `argv`, holding at most `limit` bytes of its stdout:
+    past that the process is stopped (a diff of an agent-made 50 GB file must not be buffered
+    here). stderr goes to a file, so a chatty command cannot block on a full pipe."""
+    with tempfile.TemporaryFile() as errfile:
+        try:
+            process = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=errfile,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise RemoteError(E_FAILED, "%s is not installed on this host" % argv[0]) from None
+        assert process.stdout is not None
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(GIT_TIMEOUT, expire)
+        timer.start()
+        chunks: List[bytes] = []
+        held = 0
+        try:
+            while True:
+                chunk = process.stdout.read(_PIPE_CHUNK)
+                if not chunk:
+                    break
+                if limit is not None and held + len(chunk) >= limit:
+                    chunks.append(chunk[: limit - held])
+                    process.kill()  # enough: the caller only wants `limit` bytes
+                    process.wait()
+                    return 0, b"".join(chunks), b""
+                chunks.append(chunk)
+                held += len(chunk)
+            code = process.wait()
+        finally:
+            timer.cancel()
+            process.stdout.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if timed_out.is_set():
+            raise RemoteError(E_FAILED, "%s %s timed out" % (argv[0], _verb(argv[1:])))
+        errfile.seek(0, os.SEEK_END)
+        errfile.seek(max(0, errfile.tell() - 4096))
+        return code, b"".join(chunks), errfile.read()
 
 
 def _checkout_objects(work: str) -> str:
@@ -233,6 +293,7 @@ def _copy_tree(scratch: Scratch, root: str, session_id: str) -> str:
 def bundle(ctx: Context, params: Message) -> Dict[str, Any]:
     record = _load(ctx, params)
     session_id = record["id"]
+    max_bytes = _max_bytes(params, required=False)
     if record.get("isolation") != "clone":
         raise RemoteError(E_CONFLICT, "session %s is a copy (not a git clone): pull copies its "
                           "files instead of fetching a bundle" % session_id)  # fmt: skip
@@ -245,17 +306,128 @@ def bundle(ctx: Context, params: Message) -> Dict[str, Any]:
         # ^base: the laptop has it (it was its HEAD at launch), so only new objects travel.
         prerequisite = ["^" + base] if base and scratch.has_commit(base) else []
         result = {"commit": commit, "base_commit": base, "head": head, "snapshot": snapshot,
-                  "size": 0, "path": None}  # fmt: skip
-        if prerequisite and scratch.git(["rev-list", "--count", commit, *prerequisite]) == "0":
-            _remove_quietly(layout.bundle_file(ctx.root, session_id))
-            return result  # nothing the laptop lacks: git refuses an empty bundle
+                  "size": 0, "path": None, "over_limit": False}  # fmt: skip
         target = layout.bundle_file(ctx.root, session_id)
+        _remove_quietly(target)
+        if prerequisite and scratch.git(["rev-list", "--count", commit, *prerequisite]) == "0":
+            return result  # nothing the laptop lacks: git refuses an empty bundle
         partial = os.path.join(scratch.dir, "pull.bundle")
         scratch.git(["bundle", "create", "-q", partial, ref, *prerequisite])
+        size = os.path.getsize(partial)
+        result["size"] = size
+        if max_bytes is not None and size > max_bytes:
+            result["over_limit"] = True  # the scratch dir (and the bundle in it) goes now
+            return result
         os.replace(partial, target)
-        result["size"] = os.path.getsize(target)
         result["path"] = target
         return result
+
+
+def _max_bytes(params: Message, required: bool) -> Optional[int]:
+    value = params.get("max_bytes")
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RemoteError(E_INVALID_PARAMS, "max_bytes must be a byte count, got %r" % (value,))
+    return value
+
+
+def transfer_file(root: str, session_id: str, kind: str) -> str:
+    """Where the host keeps what `pull` reads: the bundle (clone) or the tar (copy)."""
+    if kind == "bundle":
+        return layout.bundle_file(root, session_id)
+    if kind == "tar":
+        return os.path.join(layout.session_dir(root, session_id), "pull.tar")
+    raise RemoteError(E_INVALID_PARAMS, "kind must be one of %s, got %r"
+                      % ("/".join(TRANSFER_KINDS), kind))  # fmt: skip
+
+
+def pack(ctx: Context, params: Message) -> Dict[str, Any]:
+    """A plain tar of a copy session's work tree, bounded while it is written."""
+    record = _load(ctx, params)
+    session_id = record["id"]
+    if record.get("isolation") != "copy":
+        raise RemoteError(E_CONFLICT, "session %s is a git clone: pull fetches a bundle of it"
+                          % session_id)  # fmt: skip
+    max_bytes = _max_bytes(params, required=True)
+    assert max_bytes is not None
+    target = transfer_file(ctx.root, session_id, "tar")
+    _remove_quietly(target)
+    partial = target + ".partial"
+    try:
+        size, complete = _tar_into(layout.work_dir(ctx.root, session_id), partial, max_bytes)
+        if not complete:
+            return {"size": size, "over_limit": True}
+        os.replace(partial, target)
+        return {"size": size, "over_limit": False}
+    finally:
+        _remove_quietly(partial)
+
+
+def _tar_into(work: str, path: str, max_bytes: int) -> Tuple[int, bool]:
+    """Stream `tar -cf - .` of `work` into `path`, 1 MB at a time: (bytes, complete). Stops
+    (tar killed) as soon as more than `max_bytes` came out; tar never follows a link, and a
+    sparse file comes out as the zeros it reads as, so the bound is what matters."""
+    env = {"PATH": os.environ.get("PATH") or "/usr/bin:/bin", "LC_ALL": "C"}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile() as errfile:
+        try:
+            process = subprocess.Popen(
+                ["tar", "-C", work, "-cf", "-", "."], env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=errfile,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise RemoteError(E_FAILED, "tar is not installed on this host") from None
+        assert process.stdout is not None
+        size = 0
+        try:
+            while True:
+                chunk = process.stdout.read(_PIPE_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    return size, False
+                out.write(chunk)
+            code = process.wait()
+        finally:
+            process.stdout.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if code != 0:
+            errfile.seek(0)
+            err = errfile.read()[-2000:].decode(errors="replace").strip()
+            raise RemoteError(E_FAILED, "tar of the session's work failed (%d): %s" % (code, err))
+    return size, True
+
+
+def read(ctx: Context, params: Message) -> Dict[str, Any]:
+    """One chunk of a transfer file, from `offset`, at most READ_CHUNK bytes."""
+    record = _load(ctx, params)
+    path = transfer_file(ctx.root, record["id"], str(params.get("kind")))
+    offset, length = params.get("offset"), params.get("length")
+    for name, value in (("offset", offset), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RemoteError(E_INVALID_PARAMS, "%s must be a byte count, got %r" % (name, value))
+    assert isinstance(offset, int) and isinstance(length, int)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise RemoteError(E_NOT_FOUND, "nothing is packed for session %s: pull again"
+                          % record["id"]) from None  # fmt: skip
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, min(length, READ_CHUNK), offset)
+    finally:
+        os.close(fd)
+    return {"data": base64.b64encode(data).decode("ascii"), "size": size}
+
+
+def release(ctx: Context, params: Message) -> Dict[str, Any]:
+    session_id = layout.check_session_id(params.get("id"))
+    _remove_quietly(transfer_file(ctx.root, session_id, "tar"))
+    return {}
 
 
 def snapshot(ctx: Context, params: Message) -> Dict[str, Any]:
@@ -303,7 +475,7 @@ def _diff_base(scratch: Scratch, record: Dict[str, Any]) -> Tuple[str, str]:
     uncommitted changes at launch, so the user's own edits do not show as the agent's), else the
     base commit, else nothing."""
     spec = record.get("spec") or {}
-    for key, rev in (("launch_commit", spec.get("launch_commit")),
+    for key, rev in (("launch_commit", record.get("launch_commit") or spec.get("launch_commit")),
                      ("base_commit", record.get("base_commit"))):  # fmt: skip
         if isinstance(rev, str) and scratch.has_commit(rev):
             return scratch.git(["rev-parse", rev + "^{tree}"]), key
@@ -357,4 +529,7 @@ HANDLERS = {
     "session.snapshot": snapshot,
     "session.diff": diff,
     "session.mark_pulled": mark_pulled,
+    "session.pack": pack,
+    "session.read": read,
+    "session.release": release,
 }

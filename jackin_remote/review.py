@@ -6,15 +6,24 @@ tree, index and current branch are never touched. The agent's files never land o
 its symlinks stay blobs inside git.
 
 copy sessions (non-git workspaces) arrive as files under `<workspace>/.jackin/pulled/<id>/`,
-extracted by `safe_extract` (links kept as links, nothing written outside). The new copy is built
-in a temp dir beside it and renamed into place, so a failed pull leaves nothing half-made.
+extracted by `safe_extract` (links kept as links, nothing written outside; links that point
+outside the pulled tree are reported and not made). The new copy is built in a temp dir beside
+it and renamed into place, so a failed pull leaves nothing half-made.
+
+Both travel chunk by chunk (`session.read`) into a file on disk, never whole in memory, under a
+byte limit (`pull --max-size`): the host refuses to pack more, and the laptop stops asking once
+the limit would be crossed, whatever the host says.
+
+Where the work lands is the laptop's own choice: the workspace path it recorded at launch (see
+`store`), or the one the user names. Nothing a host answers picks a laptop path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-import io
 import os
 import re
 import shutil
@@ -23,18 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_host import layout
 from agent_host.protocol import RemoteError
-from jackin_remote.agent.deploy import root_prelude
 from jackin_remote.core.names import is_session_id
-from jackin_remote.errors import JackinError, StateError, UsageError
+from jackin_remote.errors import AgentProtocolError, JackinError, StateError, UsageError
 from jackin_remote.fleet import HostLink
-from jackin_remote.safe_extract import safe_extract
+from jackin_remote.safe_extract import TooLarge, safe_extract
 from jackin_remote.workspace import JACKIN_DIR  # never synced to hosts, so pulls never travel back
 
 PULLED_DIR = "pulled"
-TRANSFER_TIMEOUT = 1800.0
+MAX_SIZE_FLAG = "--max-size"
+DEFAULT_MAX_SIZE = "4G"
+READ_CHUNK = 1024 * 1024  # asked per session.read; the host may answer less, never more
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class PullResult:
     path: Path  # the local repository (clone) or the pulled directory (copy)
     bytes: int  # bytes that crossed the wire
     skipped: tuple[tuple[str, str], ...] = field(default=())  # copy: (entry, why) refused
+    # copy: (link, target) of links pointing outside the pulled tree: reported, not made.
+    outside_links: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def changed(self) -> bool:
@@ -58,15 +71,62 @@ def branch_name(session_id: str) -> str:
     return f"jackin/{session_id}"
 
 
+def parse_size(text: str) -> int:
+    """`2G`, `500M`, `64k`, `1GiB`, `1048576` -> bytes (powers of 1024)."""
+    match = _SIZE.match(text)
+    if match is None or int(match.group(1)) <= 0:
+        raise UsageError(f"{MAX_SIZE_FLAG} {text!r} is not a size",
+                         hint="give bytes or a number with K, M, G or T, e.g. 2G")  # fmt: skip
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _UNITS[unit.lower()] and size % _UNITS[unit.lower()] == 0:
+            return f"{size // _UNITS[unit.lower()]}{unit}"
+    return str(size)
+
+
+def too_large(host: str, session_id: str, limit: int) -> StateError:
+    bigger = format_size(max(limit * 4, 1 << 30))
+    return StateError(
+        f"{host}: the work of session {session_id} is larger than the pull limit of "
+        f"{format_size(limit)} ({MAX_SIZE_FLAG}); nothing was kept",
+        hint=f"look at what it made (`jackin-remote diff {session_id}`), then raise the limit if "
+        f"you want it all: `jackin-remote pull {session_id} {MAX_SIZE_FLAG} {bigger}`",
+    )
+
+
+def pull_target(host: str, record: dict[str, Any], explicit: Path | None) -> Path:
+    """Where a pull lands: the repository the user names, else the workspace path this laptop
+    recorded when it launched the session. Never a path a host reported."""
+    if explicit is not None:
+        return explicit
+    recorded = record.get("workspace_path")
+    if isinstance(recorded, str) and recorded:
+        return Path(recorded)
+    raise StateError(
+        f"{host}: session {record.get('id')} was not launched from this laptop (it has no record "
+        "of its workspace), and a host's word does not choose where files are written here",
+        hint=f"name the repository to pull into: `jackin-remote pull {record.get('id')} "
+        "--into PATH`",
+    )
+
+
 # -- entry points -------------------------------------------------------------------------------
-async def pull_session(link: HostLink, record: dict[str, Any], workspace: Path) -> PullResult:
-    """Fetch the session's work into `workspace`, then record on the host that it was pulled."""
+async def pull_session(
+    link: HostLink, record: dict[str, Any], workspace: Path, *, max_bytes: int | None = None
+) -> PullResult:
+    """Fetch the session's work into `workspace`, then record on the host that it was pulled.
+
+    At most `max_bytes` (default DEFAULT_MAX_SIZE) cross the wire or land on disk."""
     session_id = _session_id(record)
     isolation = record.get("isolation")
+    limit = max_bytes if max_bytes is not None else parse_size(DEFAULT_MAX_SIZE)
     if isolation == "clone":
-        result = await _pull_clone(link, session_id, record, Path(workspace))
+        result = await _pull_clone(link, session_id, record, Path(workspace), limit)
     elif isolation == "copy":
-        result = await _pull_copy(link, session_id, Path(workspace))
+        result = await _pull_copy(link, session_id, Path(workspace), limit)
     else:
         raise StateError(f"session {session_id}: unknown isolation {isolation!r}")
     await _call(link, "session.mark_pulled", {"id": session_id, "commit": result.commit})
@@ -75,13 +135,16 @@ async def pull_session(link: HostLink, record: dict[str, Any], workspace: Path) 
 
 # -- clone: a bundle fetched into the local repository ------------------------------------------
 async def _pull_clone(
-    link: HostLink, session_id: str, record: dict[str, Any], repo: Path
+    link: HostLink, session_id: str, record: dict[str, Any], repo: Path, limit: int
 ) -> PullResult:
     await _require_repo(repo)
     branch = branch_name(session_id)
     ref = f"refs/heads/{branch}"
-    reply = await _call(link, "session.bundle", {"id": session_id})
+    reply = await _call(link, "session.bundle", {"id": session_id, "max_bytes": limit})
     commit = _object_id(reply.get("commit"), link, "commit")
+    size = _size(reply, link)
+    if reply.get("over_limit") or size > limit:
+        raise too_large(link.host.name, session_id, limit)
     previous = await _rev(repo, ref)
     if previous != commit:
         await _refuse_checked_out(repo, ref)
@@ -97,34 +160,28 @@ async def _pull_clone(
         if previous != commit:
             await _git(repo, "update-ref", "-m", f"jackin pull {session_id}", ref, commit)
     else:
-        data = await _fetch_file(link, layout.bundle_file("$root", session_id))
-        if len(data) != reply.get("size"):
-            raise StateError(
-                f"session {session_id}: bundle arrived truncated "
-                f"({len(data)} of {reply.get('size')} bytes)",
-                hint="pull again",
-            )
-        received = len(data)
-        await _fetch_bundle(repo, data, ref, commit)
+        # Beside the repository's objects, not in /tmp (often a RAM disk).
+        common = repo / await _git(repo, "rev-parse", "--git-common-dir")  # may be relative
+        with tempfile.TemporaryDirectory(prefix="jackin-pull-", dir=common) as tmp:
+            bundle = Path(tmp) / "pull.bundle"
+            received = await _download(link, session_id, "bundle", size, bundle)
+            await _fetch_bundle(repo, bundle, ref, commit)
     return PullResult(session_id, "clone", branch, commit, previous,
                       await _changed_files(repo, record.get("base_commit"), commit), repo.resolve(),
                       received)  # fmt: skip
 
 
-async def _fetch_bundle(repo: Path, data: bytes, ref: str, commit: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="jackin-pull-") as tmp:
-        bundle = Path(tmp) / "pull.bundle"
-        bundle.write_bytes(data)
-        await _git(repo, "bundle", "verify", "-q", str(bundle),
-                   hint="the bundle needs the commit the session started from; "
-                        "pull into the repository it was launched from")  # fmt: skip
-        heads = (await _git(repo, "bundle", "list-heads", str(bundle))).split("\n")
-        if heads != [f"{commit} {ref}"]:
-            raise StateError(f"the host's bundle carries {heads!r}, expected {commit} {ref}")
-        await _git(
-            repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags",
-            "--no-write-fetch-head", "--recurse-submodules=no", str(bundle), f"+{ref}:{ref}",
-        )  # fmt: skip
+async def _fetch_bundle(repo: Path, bundle: Path, ref: str, commit: str) -> None:
+    await _git(repo, "bundle", "verify", "-q", str(bundle),
+               hint="the bundle needs the commit the session started from; "
+                    "pull into the repository it was launched from")  # fmt: skip
+    heads = (await _git(repo, "bundle", "list-heads", str(bundle))).split("\n")
+    if heads != [f"{commit} {ref}"]:
+        raise StateError(f"the host's bundle carries {heads!r}, expected {commit} {ref}")
+    await _git(
+        repo, "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags",
+        "--no-write-fetch-head", "--recurse-submodules=no", str(bundle), f"+{ref}:{ref}",
+    )  # fmt: skip
 
 
 async def _refuse_checked_out(repo: Path, ref: str) -> None:
@@ -151,25 +208,87 @@ async def _changed_files(repo: Path, base: Any, commit: str) -> int:
 
 
 # -- copy: a tar stream extracted under .jackin/pulled/<id> -------------------------------------
-async def _pull_copy(link: HostLink, session_id: str, workspace: Path) -> PullResult:
+async def _pull_copy(link: HostLink, session_id: str, workspace: Path, limit: int) -> PullResult:
     if not workspace.is_dir():
         raise UsageError(f"workspace {str(workspace)!r} is not a directory")
     snapshot = await _call(link, "session.snapshot", {"id": session_id})
     tree = _object_id(snapshot.get("commit"), link, "tree id")
-    work = layout.work_dir("$root", session_id)
-    data = await _host_output(link, f'exec tar -C "{work}" -cf - .')
     pulled = _pulled_dir(workspace)
     final = pulled / session_id
-    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{session_id}-", dir=pulled))
+    # One scratch dir holds the download and the tree being extracted: whatever fails, it goes.
+    scratch = Path(tempfile.mkdtemp(prefix=f".incoming-{session_id}-", dir=pulled))
     try:
-        report = safe_extract(io.BytesIO(data), incoming)
-        os.chmod(incoming, 0o755)  # mkdtemp made it 0700
+        reply = await _call(link, "session.pack", {"id": session_id, "max_bytes": limit})
+        size = _size(reply, link)
+        if reply.get("over_limit") or size > limit:
+            raise too_large(link.host.name, session_id, limit)
+        archive = scratch / "pull.tar"
+        received = await _download(link, session_id, "tar", size, archive)
+        incoming = scratch / "tree"
+        incoming.mkdir(mode=0o755)
+        try:
+            with archive.open("rb") as stream:
+                report = safe_extract(stream, incoming, max_bytes=limit)
+        except TooLarge:
+            raise too_large(link.host.name, session_id, limit) from None
+        archive.unlink()
         _replace_dir(incoming, final)
-    except BaseException:
-        shutil.rmtree(incoming, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(JackinError):
+            await _call(link, "session.release", {"id": session_id})
     return PullResult(session_id, "copy", None, tree, None, report.files + report.symlinks,
-                      final, len(data), tuple(report.skipped))  # fmt: skip
+                      final, received, tuple(report.skipped),
+                      tuple(report.outside_links))  # fmt: skip
+
+
+async def _download(link: HostLink, session_id: str, kind: str, size: int, dest: Path) -> int:
+    """Read the host's `kind` transfer file of `size` bytes into `dest`, chunk by chunk.
+
+    The caller checked `size` against the limit; here a host can send no more than it announced
+    (each chunk no more than asked), so the limit holds whatever the host does."""
+    received = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while received < size:
+            want = min(READ_CHUNK, size - received)
+            reply = await _call(
+                link,
+                "session.read",
+                {"id": session_id, "kind": kind, "offset": received, "length": want},
+            )
+            data = _chunk(reply, want, link)
+            if not data:
+                raise StateError(
+                    f"{link.host.name}: the {kind} of session {session_id} ended "
+                    f"after {received} of {size} bytes",
+                    hint="pull again",
+                )
+            out.write(data)
+            received += len(data)
+    return received
+
+
+def _chunk(reply: Any, want: int, link: HostLink) -> bytes:
+    text = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(text, str) or len(text) > 4 * (want // 3 + 1):
+        raise AgentProtocolError(f"{link.host.name}: the host agent sent a bad or oversized chunk")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise AgentProtocolError(
+            f"{link.host.name}: the host agent sent a chunk that is not base64"
+        ) from None
+    if len(data) > want:
+        raise AgentProtocolError(f"{link.host.name}: the host agent sent more than was asked")
+    return data
+
+
+def _size(reply: Any, link: HostLink) -> int:
+    size = reply.get("size") if isinstance(reply, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise AgentProtocolError(f"{link.host.name}: the host agent sent a bad size: {size!r}")
+    return size
 
 
 def _pulled_dir(workspace: Path) -> Path:
@@ -196,30 +315,12 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# -- host side: agent calls and file streams ----------------------------------------------------
+# -- host side: agent calls -----------------------------------------------------------------------
 async def _call(link: HostLink, method: str, params: dict[str, Any]) -> Any:
     try:
         return await link.agent.call(method, params)
     except RemoteError as exc:
         raise JackinError(f"{link.host.name}: {exc.message}") from None
-
-
-async def _fetch_file(link: HostLink, host_path: str) -> bytes:
-    return await _host_output(link, f'exec cat -- "{host_path}"')
-
-
-async def _host_output(link: HostLink, command: str) -> bytes:
-    """Run `command` after $root is set to the host's root; its stdout.
-
-    Paths are `layout` paths under the literal `$root` (a validated session id is the only
-    other part), so the host computes them exactly as the agent does, ~ included.
-    """
-    done = await link.transport.run(root_prelude(link.host.root) + command + "\n",
-                                    timeout=TRANSFER_TIMEOUT)  # fmt: skip
-    if done.returncode != 0:
-        raise JackinError(f"{link.host.name}: reading the session's work failed "
-                          f"({done.returncode}): {done.stderr_text}")  # fmt: skip
-    return done.stdout
 
 
 # -- local git ------------------------------------------------------------------------------------

@@ -8,9 +8,15 @@ otherwise. Rules:
 - files are created with O_CREAT|O_EXCL|O_NOFOLLOW; an entry that names an existing file or link
   replaces it (the link itself, never its target), as tar does;
 - symlinks are made as links with their target text unchanged (never resolved or rewritten);
+- a symlink that points outside the tree (absolute, or climbing out with `..`, directly or through
+  other links of the tree) is reported, and by default not materialised at all: its target is a
+  path the agent chose on *this* machine (`keys -> /home/me/.ssh`), meaningless for the work and a
+  trap for any tool that later follows links (cp -L, rsync -L, shutil.copytree, an IDE indexer);
 - hard links become copies of a file already extracted here; links to anything else are skipped;
 - devices, fifos and other special entries are skipped;
-- setuid, setgid and sticky bits are dropped; owners are ignored.
+- setuid, setgid and sticky bits are dropped; owners are ignored;
+- the archive is plain tar (no decompression: no bomb), and `max_bytes` bounds the bytes written,
+  hard-link copies included: crossing it stops the extraction (TooLarge).
 Refused entries are reported, not fatal: the rest of the work still arrives.
 """
 
@@ -21,7 +27,7 @@ import errno
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO
@@ -30,10 +36,19 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEX
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _CHUNK = 1 << 20
+MAX_LINK_FOLLOWS = 40  # as the kernel's ELOOP limit
 
 
 class UnsafeEntry(Exception):
     """One archive entry that cannot be extracted safely; the reason is the message."""
+
+
+class TooLarge(Exception):
+    """The archive would write more than `limit` bytes; nothing past the limit was written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
 
 
 @dataclass
@@ -43,6 +58,49 @@ class ExtractReport:
     symlinks: int = 0
     bytes: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry name, why)
+    # (link name, target) of every symlink that points outside the tree, kept or not.
+    outside_links: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_inside(
+    parent: tuple[str, ...], target: str, links: Mapping[tuple[str, ...], str]
+) -> tuple[str, ...] | None:
+    """Where the link target `target`, read in the directory `parent` of a tree, lands in that
+    tree (as path parts), following the tree's own `links` as the kernel would; None when it
+    leaves the tree (absolute, `..` above the top), loops, or is empty.
+
+    Purely lexical apart from `links`: a missing component counts as a directory, which can only
+    call inside what the kernel would refuse (ENOENT/ENOTDIR), never the other way round.
+    """
+    budget = [MAX_LINK_FOLLOWS]
+    return _resolve(list(parent), target, links, budget)
+
+
+def _resolve(
+    stack: list[str], target: str, links: Mapping[tuple[str, ...], str], budget: list[int]
+) -> tuple[str, ...] | None:
+    if not target or target.startswith("/"):
+        return None
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return None
+            stack.pop()
+            continue
+        stack.append(part)
+        link = links.get(tuple(stack))
+        if link is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                return None
+            stack.pop()
+            landed = _resolve(list(stack), link, links, budget)
+            if landed is None:
+                return None
+            stack = list(landed)
+    return tuple(stack)
 
 
 def entry_parts(name: str) -> tuple[str, ...]:
@@ -98,22 +156,41 @@ def _clear_slot(parent_fd: int, name: str) -> None:
     os.unlink(name, dir_fd=parent_fd)
 
 
-def _write_file(parent_fd: int, name: str, source: IO[bytes], mode: int) -> int:
+def _write_file(parent_fd: int, name: str, source: IO[bytes], mode: int, room: int) -> int:
+    """Write `source` to `name`; TooLarge (the partial file removed) past `room` bytes."""
     _clear_slot(parent_fd, name)
     fd = os.open(name, _FILE_FLAGS, safe_mode(mode, directory=False), dir_fd=parent_fd)
     written = 0
     with os.fdopen(fd, "wb") as out:
-        while chunk := source.read(_CHUNK):
-            out.write(chunk)
+        while chunk := source.read(min(_CHUNK, room - written + 1)):
             written += len(chunk)
+            if written > room:
+                out.close()
+                os.unlink(name, dir_fd=parent_fd)
+                raise TooLarge(room)
+            out.write(chunk)
     return written
 
 
 class _Extractor:
-    def __init__(self, dest_fd: int) -> None:
+    def __init__(self, dest_fd: int, max_bytes: int | None) -> None:
         self.dest_fd = dest_fd
+        self.max_bytes = max_bytes
         self.report = ExtractReport()
         self.regular: set[tuple[str, ...]] = set()  # files extracted: valid hard-link targets
+        self.links: dict[tuple[str, ...], str] = {}  # symlinks on disk now: parts -> target
+
+    def room(self) -> int:
+        """Bytes still allowed; the error names the whole limit, not what was left of it."""
+        if self.max_bytes is None:
+            return 1 << 62
+        return self.max_bytes - self.report.bytes
+
+    def write(self, parent_fd: int, leaf: str, source: IO[bytes], mode: int) -> None:
+        try:
+            self.report.bytes += _write_file(parent_fd, leaf, source, mode, self.room())
+        except TooLarge:
+            raise TooLarge(self.max_bytes or 0) from None
 
     def member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         parts = entry_parts(info.name)
@@ -126,17 +203,24 @@ class _Extractor:
             self.report.dirs += 1
             return
         if info.isreg():
+            if info.size > self.room():  # refused before a byte of it is written
+                raise TooLarge(self.max_bytes or 0)
             source = archive.extractfile(info)
             assert source is not None
             with _opened_dir(self.dest_fd, tuple(parents), create=True) as fd:
-                self.report.bytes += _write_file(fd, leaf, source, info.mode)
+                self.write(fd, leaf, source, info.mode)
             self.regular.add(parts)
+            self._unlinked(parts)
             self.report.files += 1
         elif info.issym():
+            if not info.linkname:
+                raise UnsafeEntry("symlink with an empty target")
             with _opened_dir(self.dest_fd, tuple(parents), create=True) as fd:
                 _clear_slot(fd, leaf)
                 os.symlink(info.linkname, leaf, dir_fd=fd)
             self.regular.discard(parts)
+            self._unlinked(parts)
+            self.links[parts] = info.linkname
             self.report.symlinks += 1
         elif info.islnk():
             self._hard_link(parts, info)
@@ -158,25 +242,62 @@ class _Extractor:
             with os.fdopen(src, "rb") as source:
                 mode = os.fstat(source.fileno()).st_mode
                 with _opened_dir(self.dest_fd, tuple(parents), create=True) as fd:
-                    self.report.bytes += _write_file(fd, leaf, source, mode)
+                    self.write(fd, leaf, source, mode)
         self.regular.add(parts)
+        self._unlinked(parts)
         self.report.files += 1
 
+    def _unlinked(self, parts: tuple[str, ...]) -> None:
+        """The slot `parts` was just replaced: a link there is gone."""
+        if self.links.pop(parts, None) is not None:
+            self.report.symlinks -= 1
 
-def safe_extract(stream: IO[bytes], dest: str | os.PathLike[str]) -> ExtractReport:
-    """Extract the tar `stream` (any compression tarfile reads) into the directory `dest`.
+    def outside_links(self, keep: bool) -> None:
+        """Report every link whose target leaves the tree; unless `keep`, remove it.
 
-    `dest` must exist and must not be a symlink. The stream is read once, in order.
+        Decided on the final tree (after every entry), since a link may escape only through
+        another one (`a -> b/../..`, `b -> .`). Removing one never makes another escape: a link
+        that went through it already escaped, so every escaping link goes in one pass.
+        """
+        outside = sorted(
+            parts for parts, target in self.links.items()
+            if resolve_inside(parts[:-1], target, self.links) is None
+        )  # fmt: skip
+        for parts in outside:
+            self.report.outside_links.append(("/".join(parts), self.links[parts]))
+            if keep:
+                continue
+            *parents, leaf = parts
+            with _opened_dir(self.dest_fd, tuple(parents), create=False) as fd:
+                if stat.S_ISLNK(os.stat(leaf, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(leaf, dir_fd=fd)
+            self.report.symlinks -= 1
+
+
+def safe_extract(
+    stream: IO[bytes],
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = None,
+    keep_outside_links: bool = False,
+) -> ExtractReport:
+    """Extract the plain tar `stream` into the directory `dest`.
+
+    `dest` must exist and must not be a symlink. The stream is read once, in order. Past
+    `max_bytes` of file data, TooLarge is raised (what was written stays: the caller extracts
+    into a scratch directory it removes). Links pointing outside the tree are always reported
+    (`outside_links`) and only materialised with `keep_outside_links`.
     """
     dest_fd = os.open(os.fspath(dest), _DIR_FLAGS)
-    extractor = _Extractor(dest_fd)
+    extractor = _Extractor(dest_fd, max_bytes)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
             for info in archive:
                 try:
                     extractor.member(archive, info)
                 except UnsafeEntry as exc:
                     extractor.report.skipped.append((info.name, str(exc)))
+        extractor.outside_links(keep_outside_links)
     finally:
         os.close(dest_fd)
     return extractor.report

@@ -1,6 +1,11 @@
 """The laptop's merged view of every host's sessions (sqlite-utils). A cache: the hosts are the
 source of truth, and `ls --rebuild` recreates it from them at any time.
 
+Except for what only the laptop knows: where on this laptop a session's workspace lives
+(`launches`, written at launch). A host is not trusted to say it, so it is never taken from a
+host's answer, never replaced by a merge, and kept across `ls --rebuild` (no host could rebuild
+it). `pull` writes there, so a host that could set it would choose where files land here.
+
 Secret values never reach this database: host records carry none.
 """
 
@@ -23,8 +28,12 @@ SESSION_COLUMNS = {
     "launch_commit": str, "pulled_commit": str, "exit_code": int, "error": str, "task": str,
     "network": str, "created_at": float, "started_at": float, "finished_at": float,
     "cpu_percent": float, "memory_bytes": int, "last_seen": float, "workspace_path": str,
+    "uid": int,
 }  # fmt: skip
 HOST_COLUMNS = {"name": str, "state": str, "last_contact": float, "error": str, "checked": float}
+# Known only to this laptop: never read from a host's entry (see the module doc).
+LAPTOP_COLUMNS = frozenset({"workspace_path"})
+LAUNCH_COLUMNS = {"key": str, "host": str, "id": str, "workspace_path": str, "launched_at": float}
 
 
 def db_path() -> Path:
@@ -41,9 +50,17 @@ class Store:
         if not sessions.exists():
             sessions.create(SESSION_COLUMNS, pk="key")
             sessions.create_index(["id"])
+        else:  # a cache made by an older version: add what it lacks
+            have = sessions.columns_dict
+            for column, kind in SESSION_COLUMNS.items():
+                if column not in have:
+                    sessions.add_column(column, kind)
         hosts = self.db.table("hosts")
         if not hosts.exists():
             hosts.create(HOST_COLUMNS, pk="name")
+        launches = self.db.table("launches")
+        if not launches.exists():
+            launches.create(LAUNCH_COLUMNS, pk="key")
 
     @classmethod
     def open_existing(cls) -> Store | None:
@@ -52,10 +69,26 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------
     def record(self, host: str, entry: dict[str, Any], **extra: Any) -> None:
-        row = {key: entry.get(key) for key in SESSION_COLUMNS if key in entry}
-        row.update(extra)
-        row.update(key=f"{host}/{entry['id']}", host=host, host_state="ok", last_seen=time.time())
+        """Store `host`'s `entry`; `extra` is what the laptop itself adds (at launch: the
+        workspace_path). Laptop-owned fields in `entry` are ignored: a host cannot set them."""
+        row = {key: entry.get(key) for key in SESSION_COLUMNS
+               if key in entry and key not in LAPTOP_COLUMNS}  # fmt: skip
+        row.update({key: value for key, value in extra.items() if key not in LAPTOP_COLUMNS})
+        key = f"{host}/{entry['id']}"
+        row.update(key=key, host=host, host_state="ok", last_seen=time.time())
         self.db.table("sessions").upsert(row, pk="key", alter=False)
+        if extra.get("workspace_path"):
+            self.db.table("launches").upsert(
+                {"key": key, "host": host, "id": entry["id"],
+                 "workspace_path": str(extra["workspace_path"]), "launched_at": time.time()},
+                pk="key",
+            )  # fmt: skip
+
+    def forget(self, key: str) -> None:
+        """A removed session: its cached row and the laptop's launch record."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM sessions WHERE key = ?", [key])
+            self.db.execute("DELETE FROM launches WHERE key = ?", [key])
 
     def merge_host(self, host: str, entries: Iterable[dict[str, Any]]) -> None:
         """Replace what we know of `host` with what it just told us."""
@@ -84,8 +117,16 @@ class Store:
             )
 
     def clear(self) -> None:
+        """Drop what the hosts told us (not `launches`: that is the laptop's own)."""
         self.db.execute("DELETE FROM sessions")
         self.db.execute("DELETE FROM hosts")
+
+    def _laptop_fields(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`row` with the laptop-owned fields from `launches` (whatever the row held)."""
+        launch = next(self.db.query("SELECT workspace_path FROM launches WHERE key = ?",
+                                    [row["key"]]), None)  # fmt: skip
+        row["workspace_path"] = launch["workspace_path"] if launch else None
+        return row
 
     # -- reads ---------------------------------------------------------------------------
     def sessions(self, hosts: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -97,6 +138,7 @@ class Store:
             if wanted is not None and row["host"] not in wanted:
                 continue
             info = host_info.get(row["host"]) or {}
+            self._laptop_fields(row)
             row["last_contact"] = info.get("last_contact")
             if row["host_state"] != "ok":
                 row["shown_state"] = "lost"
@@ -114,7 +156,7 @@ class Store:
         ]
         exact = [row for row in rows if row["id"] == ref or row["name"] == ref]
         if len(exact) == 1:
-            return exact[0]
+            return self._laptop_fields(exact[0])
         if not rows:
             raise UsageError(
                 f"no session matches {ref!r}", hint="see `jackin-remote ls` for session ids"
@@ -124,4 +166,4 @@ class Store:
             raise UsageError(
                 f"{ref!r} matches several sessions: {listing}", hint="type more of the id"
             )
-        return rows[0]
+        return self._laptop_fields(rows[0])

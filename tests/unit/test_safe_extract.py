@@ -124,6 +124,7 @@ def test_symlinked_dir_then_file_inside_it_is_not_written_through(
             _file("c/secret.txt", b"pwned"),
         ),
         dest,
+        keep_outside_links=True,  # the links stay on disk: the walk must still not follow them
     )
     assert skipped_names(report) == {"a/passwd", "b/secret.txt", "b/newdir", "c/secret.txt"}
     assert all("symlink" in why for _, why in report.skipped)
@@ -255,8 +256,9 @@ def test_real_gnu_tar_round_trip_keeps_links_as_links(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = safe_extract(io.BytesIO(done.stdout), dest)
+    report = safe_extract(io.BytesIO(done.stdout), dest, keep_outside_links=True)
     assert report.skipped == []
+    assert report.outside_links == [("abs-link", "/nonexistent/abs-target")]
     assert (report.files, report.symlinks) == (2, 3)
     assert (dest / "pkg" / "mod.py").read_text() == "print('hi')\n"
     assert stat.S_IMODE(os.stat(dest / "run.sh").st_mode) == 0o755
