@@ -9,6 +9,8 @@ so callers and the CLI handle only our own types:
     ├── UsageError              bad command-line input (names, selectors, flags)
     ├── HostError               one host failed; carries its HostState
     │   └── HostKeyError        host key unknown or changed (never connect on these)
+    ├── AgentCallError          the host agent answered a request with an error (its code,
+    │                           mapped once, in agent/client.py)
     ├── AgentProtocolError      the host agent answered something we cannot use
     └── StateError              local store / session bookkeeping problems
 """
@@ -34,6 +36,21 @@ class JackinError(Exception):
 
 class UsageError(JackinError):
     exit_code = 2
+
+
+class AgentCallError(JackinError):
+    """An error reply from a host agent: `code` is one of agent_host.protocol's error codes,
+    `reason` the agent's message, `hint` the agent's hint if it gave one."""
+
+    def __init__(self, host: str | None, code: str, reason: str, data: object = None) -> None:
+        hint = data.get("hint") if isinstance(data, dict) else None
+        super().__init__(
+            f"{host}: {reason}" if host else reason, hint=hint if isinstance(hint, str) else None
+        )
+        self.host = host
+        self.code = code
+        self.reason = reason
+        self.data = data
 
 
 class LocatedError(JackinError):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from agent_host.protocol import RemoteError
 from jackin_remote import paths
 from jackin_remote.agent.build import AgentArtifact, build_agent
 from jackin_remote.agent.client import AgentClient, AgentClosed
@@ -164,8 +163,8 @@ class Pool:
 
         link = await self.link(host)
         try:
-            link.started = await start_agent(link.transport, host.root, self.artifact())
-        except (DeployError, AgentClosed, RemoteError) as exc:
+            link.started = await start_agent(link.transport, host.root, self.artifact(), host.name)
+        except (DeployError, AgentClosed) as exc:
             raise HostError(
                 host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
                 hint="run `jackin-remote hosts check` for details",
@@ -195,9 +194,6 @@ class Pool:
         except AgentClosed as exc:
             error = HostError(host.name, HostState.AGENT_ERROR, f"agent channel closed: {exc}")
             return HostResult(host, error.state, error=error, seconds=time.perf_counter() - start)
-        except RemoteError as exc:
-            failed = JackinError(f"{host.name}: {exc.message}")
-            return HostResult(host, HostState.OK, error=failed, seconds=time.perf_counter() - start)
         except JackinError as exc:
             return HostResult(host, HostState.OK, error=exc, seconds=time.perf_counter() - start)
         return HostResult(host, HostState.OK, value=value, seconds=time.perf_counter() - start)

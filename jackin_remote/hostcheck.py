@@ -6,10 +6,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent_host.protocol import RemoteError
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.verdict import problems, verdict
-from jackin_remote.errors import HostError
+from jackin_remote.errors import AgentCallError, HostError
 from jackin_remote.fleet import HostLink, HostResult, Pool
 from jackin_remote.inventory.model import Host
 
@@ -19,9 +18,9 @@ PINGS = 3
 async def _probe(link: HostLink) -> dict[str, Any]:
     try:
         return await _probe_agent(link)
-    except RemoteError as exc:
+    except AgentCallError as exc:
         raise HostError(
-            link.host.name, HostState.AGENT_ERROR, f"agent failed: {exc.message}"
+            link.host.name, HostState.AGENT_ERROR, f"agent failed: {exc.reason}"
         ) from None
 
 

@@ -26,7 +26,7 @@ from jackin_remote.core.contract import (
 )
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
-from jackin_remote.errors import HostError, JackinError, UsageError
+from jackin_remote.errors import AgentCallError, HostError, JackinError, UsageError
 from jackin_remote.inventory import Host, Inventory, select_hosts
 
 if TYPE_CHECKING:
@@ -219,7 +219,6 @@ async def _apply_host(
     progress: ProgressCallback | None,
 ) -> list[dict[str, Any]]:
     from agent_host import testhooks
-    from agent_host.protocol import RemoteError
     from jackin_remote.roles import ensure_role_image
     from jackin_remote.sessions import checked_records
     from jackin_remote.sync import sync_workspace
@@ -240,9 +239,8 @@ async def _apply_host(
             lambda line: step(host.name, line),
             network=prepared.request.build_network,
         )
-    except (JackinError, RemoteError) as exc:
-        message = exc.message if isinstance(exc, RemoteError) else str(exc)
-        return [_failed(c, message) for c in items]
+    except JackinError as exc:
+        return [_failed(c, str(exc)) for c in items]
 
     async def create(contract: Contract) -> dict[str, Any]:
         session_id = contract.identity["session"]
@@ -253,9 +251,9 @@ async def _apply_host(
                 "session.create",
                 {"spec": contract.spec.to_wire(), "secret_env": prepared.credential},
             )
-        except RemoteError as exc:
+        except AgentCallError as exc:
             # The host recorded it (failed_setup) unless the spec was refused outright.
-            return _failed(contract, exc.message, state="failed_setup")
+            return _failed(contract, exc.reason, state="failed_setup")
         testhooks.pause("create-reply")
         try:
             (entry,) = checked_records(host.name, [entry])

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent_host.protocol import RemoteError
 from jackin_remote.agent.client import AgentClosed
 from jackin_remote.core.hoststate import HostState
-from jackin_remote.errors import HostError, JackinError, UsageError
+from jackin_remote.errors import HostError, UsageError
 from jackin_remote.inventory import Host, Inventory
 
 if TYPE_CHECKING:
@@ -83,9 +82,6 @@ async def call(
     link = await pool.agent(host)
     try:
         return await link.agent.call(method, params, on_event=on_event)
-    except RemoteError as exc:
-        hint = exc.data.get("hint") if isinstance(exc.data, dict) else None
-        raise JackinError(f"{host.name}: {exc.message}", hint=hint) from None
     except AgentClosed:
         raise HostError(
             host.name, HostState.UNREACHABLE, "the connection to the host was lost",

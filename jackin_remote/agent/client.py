@@ -10,6 +10,7 @@ from typing import Any
 
 from agent_host import protocol
 from agent_host.protocol import Message, RemoteError
+from jackin_remote.errors import AgentCallError
 from jackin_remote.transport.base import Channel
 
 EventHandler = Callable[[str, Message], None]
@@ -28,8 +29,12 @@ MAX_RECORDED = 20  # listener failures kept for inspection; more are counted, no
 
 
 class AgentClient:
-    def __init__(self, channel: Channel) -> None:
+    """Error replies are mapped here, once, to AgentCallError (a JackinError naming the host):
+    callers never see the wire's error objects."""
+
+    def __init__(self, channel: Channel, host: str | None = None) -> None:
         self._channel = channel
+        self.host = host
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._listeners: dict[int, EventHandler] = {}
@@ -114,8 +119,16 @@ class AgentClient:
         if "error" in message:
             err = message["error"]
             err = err if isinstance(err, dict) else {"code": "error", "message": err}
+            code = err.get("code")
             future.set_exception(
-                RemoteError(str(err.get("code")), str(err.get("message")), err.get("data"))
+                AgentCallError(
+                    self.host,
+                    code
+                    if isinstance(code, str) and code in protocol.ERROR_CODES
+                    else protocol.E_INTERNAL,
+                    str(err.get("message")),
+                    err.get("data"),
+                )
             )
         else:
             future.set_result(message.get("result"))

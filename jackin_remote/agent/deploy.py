@@ -12,9 +12,9 @@ import shlex
 from dataclasses import dataclass
 
 from agent_host import testhooks
-from agent_host.protocol import RemoteError
 from jackin_remote.agent.build import HASH_LEN, AgentArtifact
 from jackin_remote.agent.client import AgentClient, AgentClosed
+from jackin_remote.errors import AgentCallError
 from jackin_remote.transport.base import Transport
 
 MISSING = 3  # serve: this agent version is not on the host yet
@@ -92,15 +92,22 @@ class StartedAgent:
     bytes_sent: int
 
 
-async def _try_start(transport: Transport, root: str, artifact: AgentArtifact) -> AgentClient:
-    client = AgentClient(await transport.spawn(serve_script(root, artifact)))
-    await client.start()
+async def _try_start(
+    transport: Transport, root: str, artifact: AgentArtifact, host: str | None
+) -> AgentClient:
+    client = AgentClient(await transport.spawn(serve_script(root, artifact)), host)
+    try:
+        await client.start()
+    except AgentCallError as exc:
+        raise DeployError(f"agent refused hello: {exc.reason}") from None
     return client
 
 
-async def start_agent(transport: Transport, root: str, artifact: AgentArtifact) -> StartedAgent:
+async def start_agent(
+    transport: Transport, root: str, artifact: AgentArtifact, host: str | None = None
+) -> StartedAgent:
     try:
-        return StartedAgent(await _try_start(transport, root, artifact), False, 0)
+        return StartedAgent(await _try_start(transport, root, artifact, host), False, 0)
     except AgentClosed as exc:
         if exc.returncode != MISSING:
             raise DeployError(_explain(exc)) from None
@@ -109,11 +116,9 @@ async def start_agent(transport: Transport, root: str, artifact: AgentArtifact) 
     if done.returncode != 0:
         raise DeployError(f"agent install failed ({done.returncode}): {done.stderr_text}")
     try:
-        client = await _try_start(transport, root, artifact)
+        client = await _try_start(transport, root, artifact, host)
     except AgentClosed as exc:
         raise DeployError(_explain(exc)) from None
-    except RemoteError as exc:
-        raise DeployError(f"agent refused hello: {exc.message}") from None
     return StartedAgent(client, True, len(data))
 
 

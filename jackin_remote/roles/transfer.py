@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent_host import layout
-from agent_host.protocol import E_DOCKER_UNAVAILABLE, Message, RemoteError
+from agent_host.protocol import E_DOCKER_UNAVAILABLE, Message
 from agent_host.roles import PROGRESS
 from agent_host.wire import DEFAULT_BUILD_NETWORK
 from jackin_remote.agent.deploy import root_prelude
-from jackin_remote.errors import JackinError
+from jackin_remote.errors import AgentCallError, JackinError
 from jackin_remote.roles import tree
 from jackin_remote.roles.manifest import RoleError
 from jackin_remote.roles.role import Role
@@ -124,7 +124,7 @@ async def _call(
 ) -> dict[str, Any]:
     try:
         result: dict[str, Any] = await link.agent.call(method, params, on_event=on_event)
-    except RemoteError as exc:
+    except AgentCallError as exc:
         hint = (
             "start the docker engine on the host, and let the ssh user use it (docker group)"
             if exc.code == E_DOCKER_UNAVAILABLE
@@ -138,6 +138,6 @@ async def _call(
                 "network"
             )
         raise RoleBuildError(
-            f"{link.host.name}: role {role.name}: {exc.message}", hint=hint
+            f"{link.host.name}: role {role.name}: {exc.reason}", hint=hint
         ) from None
     return result

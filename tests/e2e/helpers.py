@@ -65,6 +65,17 @@ def wait_for(cli: CLI, inventory: Path, session_id: str, states: set[str] = FINA
         time.sleep(1)
 
 
+def workspace_containers(workspace: Path) -> set[str]:
+    """Containers made for `workspace` (by its label): other tests' containers, made meanwhile
+    on the same engine, never count."""
+    from jackin_remote.workspace import workspace_name
+
+    label = f"label=jackin.workspace={workspace_name(workspace.resolve())}"
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", label],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return set(out.split())
+
+
 def managed_containers(*docker_prefix: str) -> set[str]:
     out = subprocess.run(
         [*docker_prefix, "docker", "ps", "-a", "--filter", "label=jackin.managed=true",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.helpers import TEST_ROLE, make_workspace, managed_containers
+from tests.e2e.helpers import TEST_ROLE, make_workspace, workspace_containers
 
 
 def role_dir(tmp_path: Path, manifest: str) -> Path:
@@ -51,7 +51,6 @@ def test_bad_launch_input_is_refused_before_any_effect(
         extra = ["--on", "nowhere"]
     elif case == "secret-env":
         extra = ["--env", "GITHUB_TOKEN=ghp_x"]
-    before = managed_containers()
     proc = cli.run("-i", str(local_inventory), "launch", "--role", role, "--runtime", "shell",
                    "--task", "true", *extra, target)  # fmt: skip
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -60,7 +59,7 @@ def test_bad_launch_input_is_refused_before_any_effect(
     # Nothing was made: no host root, no laptop state, no container.
     assert not (tmp_path / "host-root").exists()
     assert not (laptop / "jackin").exists()
-    assert managed_containers() == before
+    assert workspace_containers(Path(target)) == set()
     as_json = cli.run("-i", str(local_inventory), "launch", "--role", role, "--runtime", "shell",
                       "--task", "true", *extra, "--json", target)  # fmt: skip
     assert as_json.returncode == 2

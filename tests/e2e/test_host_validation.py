@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from agent_host import layout
-from agent_host.protocol import E_INVALID_PARAMS, RemoteError
+from agent_host.protocol import E_INVALID_PARAMS
 from agent_host.wire import CROCKFORD, LABEL_SESSION, image_tag
+from jackin_remote.errors import AgentCallError
 from jackin_remote.fleet import Pool
 from jackin_remote.inventory import load_inventory
 from tests.conftest import CLI
@@ -131,10 +132,10 @@ async def test_every_tampered_field_is_refused_before_anything_is_made(
             spec = copy.deepcopy(explained_spec)
             spec["session_id"] = _fresh_id()
             tamper(spec)
-            with pytest.raises(RemoteError) as info:
+            with pytest.raises(AgentCallError) as info:
                 await link.agent.call("session.create", {"spec": spec, "secret_env": {}})
-            assert info.value.code == E_INVALID_PARAMS, (field, info.value.message)
-            assert field in info.value.message, (field, info.value.message)
+            assert info.value.code == E_INVALID_PARAMS, (field, info.value.reason)
+            assert field in info.value.reason, (field, info.value.reason)
             session_id = spec.get("session_id")
             if isinstance(session_id, str):
                 assert session_id not in _records(root), field
@@ -143,7 +144,7 @@ async def test_every_tampered_field_is_refused_before_anything_is_made(
         spec = copy.deepcopy(explained_spec)
         spec["session_id"] = _fresh_id()
         for secrets_sent in ({"ANTHROPIC_API_KEY": "x"}, {"HOME": "/root"}):
-            with pytest.raises(RemoteError) as info:
+            with pytest.raises(AgentCallError) as info:
                 await link.agent.call("session.create", {"spec": spec, "secret_env": secrets_sent})
             assert info.value.code == E_INVALID_PARAMS
         assert spec["session_id"] not in _records(root)
@@ -193,9 +194,9 @@ async def test_the_host_refuses_a_root_image_user_even_when_the_controller_skips
     try:
         async with Pool(inventory) as pool:
             link = await pool.agent(inventory.hosts["local"])
-            with pytest.raises(RemoteError) as info:
+            with pytest.raises(AgentCallError) as info:
                 await link.agent.call("session.create", {"spec": spec, "secret_env": {}})
-        assert "root (uid 0" in info.value.message
+        assert "root (uid 0" in info.value.reason
         assert _containers_of(spec["session_id"]) == ""
         root = tmp_path / "host-root"
         assert not Path(layout.work_dir(str(root), spec["session_id"])).exists()

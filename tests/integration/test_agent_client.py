@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from agent_host.protocol import Message, RemoteError
+from agent_host.protocol import Message
 from jackin_remote.agent.client import AgentClient
+from jackin_remote.errors import AgentCallError
 from jackin_remote.transport.local import LocalTransport
 
 # The scripted agent: answers hello, then for "stream" sends hostile notifications and odd
@@ -62,7 +63,7 @@ async def test_a_raising_listener_and_malformed_messages_never_kill_the_reader()
         assert result == {"done": True}
         assert seen == ["boom", "kept"]
         assert any(isinstance(e, ValueError) for e in client.listener_errors)
-        with pytest.raises(RemoteError, match=r"\[/red\] a bare string"):
+        with pytest.raises(AgentCallError, match=r"\[/red\] a bare string"):
             await asyncio.wait_for(client.call("fail"), 120)
     finally:
         await client.close()

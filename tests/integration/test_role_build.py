@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.protocol import RemoteError
+from jackin_remote.errors import AgentCallError
 from jackin_remote.fleet import Pool
 from jackin_remote.inventory import load_inventory
 from jackin_remote.roles import Role, RoleBuildError, ensure_role_image, image_tag, load_role
@@ -187,12 +187,12 @@ async def test_building_a_role_that_was_never_uploaded_is_not_found(
         link = await pool.agent(host)
         params = {"name": role.name, "hash": role.content_hash}
         status = await link.agent.call("role.status", params)
-        with pytest.raises(RemoteError) as caught:
+        with pytest.raises(AgentCallError) as caught:
             await link.agent.call(
                 "role.build", {**params, "dockerfile": "Dockerfile", "user": "agent"}
             )
     assert status == {"image": image_tag(role), "present": False, "uploaded": False}
-    assert caught.value.code == "not_found" and "not uploaded" in caught.value.message
+    assert caught.value.code == "not_found" and "not uploaded" in caught.value.reason
 
 
 @pytest.mark.fleet
