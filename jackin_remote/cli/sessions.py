@@ -426,10 +426,13 @@ def diff(ctx: typer.Context, session: str, raw: bool = RAW, as_json: bool = JSON
         row, result = _session_call(ctx, session, "session.diff", {})
     except JackinError as error:
         fail(error, as_json=as_json)
+    # Only the fields a diff has: a host's answer never chooses the envelope's keys.
+    answer = result if isinstance(result, dict) else {}
+    fields = {key: answer.get(key) for key in ("text", "stat", "from", "truncated")}
     if as_json:
-        print_json(session=row["id"], host=row["host"], **result)
+        print_json(session=row["id"], host=row["host"], **fields)
     else:
-        write_text(str(result["text"]), raw=raw)
+        write_text(str(fields["text"] or ""), raw=raw)
 
 
 def register(app: typer.Typer) -> None:

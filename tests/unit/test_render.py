@@ -266,3 +266,20 @@ def test_contract_panel_shows_hostile_paths_and_tasks_literally() -> None:
         output = render(contract_panel(data), 400, terminal=terminal)
         assert_inert(output)
         assert "/home/me/x[/b][/red][bold]\\x1b]52;c;cHduZWQ=\\x07" in plain(output)
+
+
+def test_a_hosts_diff_answer_cannot_choose_the_json_envelope(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A compromised host answers `session.diff` with keys of the envelope itself."""
+    import json as json_mod
+
+    from jackin_remote.cli import sessions as cli_sessions
+
+    hostile = {"text": "d", "session": "spoofed", "host": "elsewhere", "schema_version": "v0"}
+    monkeypatch.setattr(cli_sessions, "_session_call",
+                        lambda *a, **k: ({"id": "abcd1234", "host": "real"}, hostile))  # fmt: skip
+    cli_sessions.diff(None, "abcd1234", raw=False, as_json=True)  # type: ignore[arg-type]
+    data = json_mod.loads(capsys.readouterr().out)
+    assert (data["session"], data["host"], data["schema_version"]) == ("abcd1234", "real", "v1")
+    assert data["text"] == "d"
