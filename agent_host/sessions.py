@@ -7,6 +7,7 @@ Python 3.9 compatible.
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import time
@@ -494,8 +495,12 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
         data = container.logs(stdout=True, stderr=True, tail=tail)
         return {"text": data.decode(errors="replace")}
     ctx.streaming()
+    # One decoder for the stream: a character split across two chunks stays one character.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail):
-        ctx.notify("session.log", {"data": chunk.decode(errors="replace")})
+        text = decoder.decode(chunk)
+        if text:
+            ctx.notify("session.log", {"data": text})
     return {"text": ""}
 
 
