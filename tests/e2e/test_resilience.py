@@ -116,8 +116,8 @@ class Target:
     def exists(self, path: str) -> bool:
         return subprocess.run([*self.docker, "test", "-e", path]).returncode == 0
 
-    def touch(self, path: str) -> None:
-        subprocess.run([*self.docker, "touch", path], check=True)
+    def touch(self, path: str, check: bool = True) -> None:
+        subprocess.run([*self.docker, "touch", path], check=check, stderr=subprocess.DEVNULL)
 
 
 def _local_target(local_inventory: Path, tmp_path: Path) -> Target:
@@ -175,6 +175,14 @@ def _killed_launch(cli: CLI, target: Target, ws: Path, step: str) -> str:
 
 
 def _check_killed_launch(cli: CLI, target: Target, ws: Path, step: str) -> None:
+    try:
+        _check_killed_launch_at(cli, target, ws, step)
+    finally:  # a paused host agent never outlives the test, whatever failed
+        if step in testhooks.HOST_STEPS:
+            target.touch(f"{target.root}/{testhooks.PAUSE_DIR}/{step}.resume", check=False)
+
+
+def _check_killed_launch_at(cli: CLI, target: Target, ws: Path, step: str) -> None:
     sid = _killed_launch(cli, target, ws, step)
     inv = str(target.inventory)
     # The laptop records a session only once the host's answer is processed: never here.
@@ -186,6 +194,7 @@ def _check_killed_launch(cli: CLI, target: Target, ws: Path, step: str) -> None:
         # The controller is gone, the host still holds its `starting` record; then it finishes.
         row = session_row(cli, target.inventory, sid, "--on", target.selector)
         assert row["state"] == "starting", row
+        assert sid not in managed_containers(*target.docker)
         target.touch(f"{target.root}/{testhooks.PAUSE_DIR}/{step}.resume")
     expected = SETTLED[step]
     if expected is None:
