@@ -116,6 +116,11 @@ class Target:
     def exists(self, path: str) -> bool:
         return subprocess.run([*self.docker, "test", "-e", path]).returncode == 0
 
+    def agents(self) -> str:
+        """The host agents serving this root, as `pgrep -af` lists them ("" when none)."""
+        argv = [*self.docker, "pgrep", "-af", f"serve --root {self.root}"]
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
     def touch(self, path: str, check: bool = True) -> None:
         subprocess.run([*self.docker, "touch", path], check=check, stderr=subprocess.DEVNULL)
 
@@ -195,6 +200,7 @@ def _check_killed_launch_at(cli: CLI, target: Target, ws: Path, step: str) -> No
         row = session_row(cli, target.inventory, sid, "--on", target.selector)
         assert row["state"] == "starting", row
         assert sid not in managed_containers(*target.docker)
+        assert target.agents(), "the paused agent is still there to finish the job"
         target.touch(f"{target.root}/{testhooks.PAUSE_DIR}/{step}.resume")
     expected = SETTLED[step]
     if expected is None:
@@ -216,6 +222,11 @@ def _check_killed_launch_at(cli: CLI, target: Target, ws: Path, step: str) -> No
         assert (row["state"], row["exit_code"]) == ("exited", 0), row
         assert "uncommitted note" in cli.run("-i", inv, "logs", again["id"], check=True).stdout
         cli.run("-i", inv, "rm", "--force", again["id"], check=True)
+    # No agent outlives its caller: the killed launch's exits too (it saw the hang-up).
+    deadline = time.monotonic() + 120
+    while target.agents():
+        assert time.monotonic() < deadline, f"agents left running: {target.agents()}"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("step", testhooks.STEPS)
