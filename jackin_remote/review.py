@@ -36,12 +36,13 @@ from agent_host.protocol import RemoteError
 from jackin_remote.core.names import is_session_id
 from jackin_remote.errors import AgentProtocolError, JackinError, StateError, UsageError
 from jackin_remote.fleet import HostLink
-from jackin_remote.safe_extract import TooLarge, safe_extract
+from jackin_remote.safe_extract import TooLarge, resolve_inside, safe_extract
 from jackin_remote.workspace import JACKIN_DIR  # never synced to hosts, so pulls never travel back
 
 PULLED_DIR = "pulled"
 MAX_SIZE_FLAG = "--max-size"
 DEFAULT_MAX_SIZE = "4G"
+MAX_LINK_TARGET = 4096  # PATH_MAX: a longer "link" cannot be followed anywhere
 READ_CHUNK = 1024 * 1024  # asked per session.read; the host may answer less, never more
 _OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -59,7 +60,8 @@ class PullResult:
     path: Path  # the local repository (clone) or the pulled directory (copy)
     bytes: int  # bytes that crossed the wire
     skipped: tuple[tuple[str, str], ...] = field(default=())  # copy: (entry, why) refused
-    # copy: (link, target) of links pointing outside the pulled tree: reported, not made.
+    # (link, target) of links pointing outside the pulled tree. copy: not made; clone: in the
+    # branch as git blobs (made only if the branch is checked out), those the session touched.
     outside_links: tuple[tuple[str, str], ...] = field(default=())
 
     @property
@@ -166,9 +168,10 @@ async def _pull_clone(
             bundle = Path(tmp) / "pull.bundle"
             received = await _download(link, session_id, "bundle", size, bundle)
             await _fetch_bundle(repo, bundle, ref, commit)
+    base = record.get("base_commit")
     return PullResult(session_id, "clone", branch, commit, previous,
-                      await _changed_files(repo, record.get("base_commit"), commit), repo.resolve(),
-                      received)  # fmt: skip
+                      await _changed_files(repo, base, commit), repo.resolve(), received,
+                      outside_links=await _branch_outside_links(repo, base, commit))  # fmt: skip
 
 
 async def _fetch_bundle(repo: Path, bundle: Path, ref: str, commit: str) -> None:
@@ -200,11 +203,63 @@ async def _refuse_checked_out(repo: Path, ref: str) -> None:
 
 
 async def _changed_files(repo: Path, base: Any, commit: str) -> int:
+    return len(await _changed_names(repo, base, commit))
+
+
+async def _changed_names(repo: Path, base: Any, commit: str) -> set[str]:
     if isinstance(base, str) and await _rev(repo, base + "^{commit}") == base:
         out = await _git(repo, "diff", "--name-only", "-z", "--no-renames", base, commit)
     else:
         out = await _git(repo, "ls-tree", "-r", "--name-only", "-z", commit)
-    return len([name for name in out.split("\0") if name])
+    return {name for name in out.split("\0") if name}
+
+
+async def _branch_outside_links(repo: Path, base: Any, commit: str) -> tuple[tuple[str, str], ...]:
+    """Links the session added or changed on its branch that point outside the repository.
+
+    They stay blobs in git (nothing is made here), but a checkout of the branch would create
+    them, so they are reported as for a copy session. Resolved with every link of the tree, as
+    a checkout would lay them out; a target too long to be a path counts as outside."""
+    listing = await _git(repo, "ls-tree", "-r", "-z", "--full-tree", commit)
+    oids: dict[str, str] = {}
+    for entry in listing.split("\0"):
+        meta, _, path = entry.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] == "120000":
+            oids[path] = fields[2]
+    if not oids:
+        return ()
+    targets = await _link_targets(repo, oids)
+    links = {tuple(path.split("/")): target for path, target in targets.items()}
+    changed = await _changed_names(repo, base, commit)
+    return tuple(sorted(
+        (path, target) for path, target in targets.items()
+        if path in changed and resolve_inside(tuple(path.split("/"))[:-1], target, links) is None
+    ))  # fmt: skip
+
+
+async def _link_targets(repo: Path, oids: dict[str, str]) -> dict[str, str]:
+    """path -> link text, read with one `cat-file --batch`; sizes are checked first, so an
+    agent-made giant "link" is never read into memory."""
+    unique = sorted(set(oids.values()))
+    out = await _git_bytes(repo, ("cat-file", "--batch-check"), ("\n".join(unique) + "\n").encode())
+    sizes = {}
+    for line in out.decode(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] == "blob" and fields[2].isdigit():
+            sizes[fields[0]] = int(fields[2])
+    small = [oid for oid in unique if sizes.get(oid, MAX_LINK_TARGET + 1) <= MAX_LINK_TARGET]
+    texts: dict[str, str] = {}
+    if small:
+        raw = await _git_bytes(repo, ("cat-file", "--batch"), ("\n".join(small) + "\n").encode())
+        at = 0
+        for oid in small:
+            header_end = raw.index(b"\n", at)
+            size = int(raw[at:header_end].split()[2])
+            texts[oid] = raw[header_end + 1 : header_end + 1 + size].decode(errors="replace")
+            at = header_end + 1 + size + 1
+    # "" resolves as outside: a link we could not read is reported, not trusted.
+    return {path: texts.get(oid, "") for path, oid in oids.items()}
 
 
 # -- copy: a tar stream extracted under .jackin/pulled/<id> -------------------------------------
@@ -344,7 +399,23 @@ async def _require_repo(repo: Path) -> None:
                          "git repository it was launched from")  # fmt: skip
 
 
-async def _run_git(repo: Path, args: tuple[str, ...] | list[str]) -> tuple[int, str, str]:
+async def _git_bytes(repo: Path, args: tuple[str, ...], input: bytes) -> bytes:
+    code, out, err = await _run_git_raw(repo, args, input)
+    if code != 0:
+        raise StateError(f"{repo}: `git {' '.join(args)}` failed: {err.decode(errors='replace')}")
+    return out
+
+
+async def _run_git(
+    repo: Path, args: tuple[str, ...] | list[str], input: bytes | None = None
+) -> tuple[int, str, str]:
+    code, out, err = await _run_git_raw(repo, args, input)
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _run_git_raw(
+    repo: Path, args: tuple[str, ...] | list[str], input: bytes | None
+) -> tuple[int, bytes, bytes]:
     env = dict(os.environ)
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
         env.pop(name, None)  # an outer hook's environment must not redirect us
@@ -352,13 +423,13 @@ async def _run_git(repo: Path, args: tuple[str, ...] | list[str]) -> tuple[int, 
     try:
         process = await asyncio.create_subprocess_exec(
             "git", "--no-optional-locks", "-C", str(repo), *args, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
     except FileNotFoundError:
         raise UsageError("git is not installed on this machine", hint="install git") from None
-    out, err = await process.communicate()
-    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+    out, err = await process.communicate(input)
+    return process.returncode or 0, out, err
 
 
 def _session_id(record: dict[str, Any]) -> str:

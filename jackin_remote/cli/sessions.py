@@ -411,9 +411,11 @@ def pull(
     else:
         where = data.get("branch") or data.get("path")
         out.print(line(f"pulled {row['id']} from {row['host']} into {where}"))
+        fate = ("not created" if result.isolation == "copy"
+                else f"a checkout of {result.branch} would create it")  # fmt: skip
         for name, target in result.outside_links:
             err.print(line(("warning:", "yellow"), " link ", (name, "bold"), " -> ", target,
-                           " points outside the pulled tree: not created",
+                           f" points outside the pulled tree: {fate}",
                            multiline=False))  # fmt: skip
         for name, why in result.skipped:
             err.print(line(("warning:", "yellow"), " skipped ", (name, "bold"), f": {why}",

@@ -275,3 +275,27 @@ def test_links_out_of_the_pulled_tree_are_reported_and_not_made(
     # The hostile name is shown, escaped: no raw ESC/BEL reaches the terminal.
     assert "\x1b" not in human.stderr + human.stdout and "\x07" not in human.stderr
     assert "esc\\x1b]0;owned\\x07 -> /etc" in human.stderr, human.stderr
+
+
+def test_links_out_of_the_repository_on_a_pulled_branch_are_reported(
+    cli: CLI, local_inventory: Path, tmp_path: Path, sessions: Sessions
+) -> None:
+    """A clone session's links stay blobs in git, but a checkout of the branch would make them:
+    the ones the session added that point outside the repository are reported too."""
+    ws = make_workspace(tmp_path / "ws")
+    task = ("ln -s /home/agent/.ssh keys && ln -s ../../x up && ln -s . self"
+            " && ln -s self/../out trick && ln -s README.md ok")  # fmt: skip
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--task", task)  # fmt: skip
+    sid = session["id"]
+    sessions.append((cli, local_inventory, sid))
+    assert wait_for(cli, local_inventory, sid)["state"] == "exited"
+
+    data = cli.json("-i", str(local_inventory), "pull", sid)
+    expected = {"keys": "/home/agent/.ssh", "up": "../../x", "trick": "self/../out"}
+    assert {e["path"]: e["target"] for e in data["outside_links"]} == expected
+    assert git(ws, "cat-file", "-p", f"jackin/{sid}:keys") == "/home/agent/.ssh"
+    assert not os.path.lexists(ws / "keys"), "the user's working tree was touched"
+    human = cli.run("-i", str(local_inventory), "pull", sid, check=True)
+    for name, link_target in expected.items():
+        assert f"{name} -> {link_target} points outside" in human.stderr, human.stderr

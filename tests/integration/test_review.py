@@ -197,6 +197,7 @@ async def test_clone_pull_brings_committed_and_uncommitted_work_as_a_branch(
     # The link is a blob inside git (mode 120000), never a file on the laptop's disk.
     assert git(repo, "ls-tree", result.commit, "leak").startswith("120000 blob")
     assert git(repo, "cat-file", "-p", f"{result.commit}:leak") == "/etc/passwd"
+    assert result.outside_links == (("leak", "/etc/passwd"),)  # reported: a checkout makes it
     # README (launch), agent.txt, app.py, todo.md, leak, .gitattributes, nested (a gitlink)
     assert result.files == 7
     assert git(repo, "ls-tree", result.commit, "nested").startswith("160000 commit")
