@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncssh
 
+from agent_host.protocol import MAX_LINE_BYTES
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.errors import HostError, HostKeyError
 from jackin_remote.inventory.model import Host
@@ -216,10 +217,19 @@ class SSHChannel(Channel):
             await self._process.stdin.drain()
 
     async def readline(self) -> bytes:
-        try:
-            return await self._process.stdout.readline()
-        except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
-            return b""
+        # asyncssh hands back a line longer than the receive window (2 MB) in pieces: join them,
+        # or the reply is taken for noise and its call waits for ever.
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                piece = await self._process.stdout.readline()
+            except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
+                return b""
+            parts.append(piece)
+            size += len(piece)
+            if not piece or piece.endswith(b"\n") or size > MAX_LINE_BYTES:
+                return b"".join(parts)
 
     def close_stdin(self) -> None:
         with contextlib.suppress(Exception):

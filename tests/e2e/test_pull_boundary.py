@@ -299,3 +299,19 @@ def test_links_out_of_the_repository_on_a_pulled_branch_are_reported(
     human = cli.run("-i", str(local_inventory), "pull", sid, check=True)
     for name, link_target in expected.items():
         assert f"{name} -> {link_target} points outside" in human.stderr, human.stderr
+
+
+def test_a_large_diff_arrives_whole_over_ssh(
+    cli: CLI, fleet_inventory: Path, tmp_path: Path, sessions: Sessions
+) -> None:
+    """A reply line longer than the SSH channel's receive window (2 MB) used to arrive in pieces
+    that the client dropped as noise: the call then waited for ever."""
+    ws = make_workspace(tmp_path / "ws")
+    task = "seq 1 600000 > numbers.txt"  # about 3.9 MB of diff text
+    (session,) = launch(cli, fleet_inventory, ws, "--on", "fleet-1", "--runtime", "shell",
+                        "--network", "none", "--task", task)  # fmt: skip
+    sid = session["id"]
+    sessions.append((cli, fleet_inventory, sid))
+    assert wait_for(cli, fleet_inventory, sid)["state"] == "exited"
+    data = cli.json("-i", str(fleet_inventory), "diff", sid, timeout=300)
+    assert "+600000\n" in data["text"] and not data["truncated"]
