@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -20,9 +21,16 @@ EXIT_SOME_HOSTS_FAILED = 3  # the others come from the error: JackinError.exit_c
 
 T = TypeVar("T")
 
-# Piped output is read by people in logs too: give tables room instead of 80 columns.
+
+def _piped_width() -> int:
+    """Piped output is read by people in logs too: give tables room instead of 80 columns,
+    unless COLUMNS names a width (as a terminal's would be)."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 160
+
+
 # SafeConsole: no markup, and external text is shown literally (see ui/safe.py).
-out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else _piped_width())
 err = SafeConsole(stderr=True, soft_wrap=True)  # never break a path in two
 
 

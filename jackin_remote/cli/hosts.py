@@ -25,6 +25,9 @@ app = typer.Typer(help="Inventory hosts: list, show, add, rm, check, trust.", no
 
 JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
 ON = typer.Option("all", "--on", help="NAME | GROUP | label:X | all (comma-separated).")
+WIDE = typer.Option(
+    False, "--wide", help="Every column, unfolded (wider than the terminal if need be)."
+)
 
 
 def _host_dict(host: Any) -> dict[str, Any]:
@@ -40,7 +43,7 @@ def _host_dict(host: Any) -> dict[str, Any]:
 
 
 @app.command("list")
-def list_hosts(ctx: typer.Context, on: str = ON, as_json: bool = JSON) -> None:
+def list_hosts(ctx: typer.Context, on: str = ON, wide: bool = WIDE, as_json: bool = JSON) -> None:
     """List inventory hosts."""
     from jackin_remote.inventory import select_hosts
 
@@ -53,7 +56,7 @@ def list_hosts(ctx: typer.Context, on: str = ON, as_json: bool = JSON) -> None:
         return
     from jackin_remote.ui.hosts import hosts_table
 
-    out.print(hosts_table(hosts))
+    out.print(hosts_table(hosts, wide=wide), crop=not wide)
 
 
 @app.command("show")
@@ -146,6 +149,7 @@ def remove(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
 def check(
     ctx: typer.Context,
     on: str = ON,
+    wide: bool = WIDE,
     as_json: bool = JSON,
     accept_new: bool = typer.Option(
         False, "--accept-new", help="Trust unknown host keys on first use (never changed ones)."
@@ -179,7 +183,7 @@ def check(
     else:
         from jackin_remote.ui.hosts import check_table
 
-        out.print(check_table(entries))
+        out.print(check_table(entries, wide=wide), crop=not wide)
     if any(e["status"] != "ok" or e["verdict"] == "unusable" for e in entries):
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 

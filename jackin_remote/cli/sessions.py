@@ -53,6 +53,9 @@ BUILD_NETWORK = typer.Option(
     "(the engine's network, for a Dockerfile that downloads).",
 )
 WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
+WIDE = typer.Option(
+    False, "--wide", help="Every column, unfolded (wider than the terminal if need be)."
+)
 RAW = typer.Option(
     False, "--raw", help="Pass the text through untouched (escape sequences included)."
 )
@@ -186,6 +189,7 @@ def ls(
     on: str = typer.Option("all", "--on", help="Host, group, label:X or all."),
     cached: bool = typer.Option(False, "--cached", help="Answer from the local view only."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop the local view, ask every host."),
+    wide: bool = WIDE,
     as_json: bool = JSON,
 ) -> None:
     """Every session on every host, merged into one view."""
@@ -225,7 +229,7 @@ def ls(
     else:
         from jackin_remote.ui.sessions import sessions_table
 
-        out.print(sessions_table(rows))
+        out.print(sessions_table(rows, wide=wide), crop=not wide)
         for result in failed:
             err.print(line((f"{result.host.name}: {result.state}:", "yellow"), " ",
                            getattr(result.error, "reason", result.error)))  # fmt: skip

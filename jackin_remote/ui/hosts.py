@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from jackin_remote.inventory.model import Host
+from jackin_remote.ui.fit import ColumnSpec, FittedTable
 from jackin_remote.ui.safe import line, text
 
 STATUS_STYLE = {
@@ -26,19 +26,29 @@ STATUS_STYLE = {
 VERDICT_STYLE = {"ready": "green", "degraded": "yellow", "unusable": "red"}
 
 
-def hosts_table(hosts: Sequence[Host]) -> Table:
-    table = Table(title="hosts", title_justify="left")
-    for column in ("name", "transport", "address", "user", "labels", "capacity", "root", "from"):
-        table.add_column(column)
+HOST_COLUMNS = (
+    ColumnSpec("name", 0, whole=True),
+    ColumnSpec("transport", 3),
+    ColumnSpec("address", 1),
+    ColumnSpec("user", 4),
+    ColumnSpec("labels", 2),
+    ColumnSpec("capacity", 2),
+    ColumnSpec("root", 5),
+    ColumnSpec("from", 6),
+)
+
+
+def hosts_table(hosts: Sequence[Host], *, wide: bool = False) -> FittedTable:
+    rows = []
     for host in hosts:
         address = "-" if host.is_local else f"{host.ssh_address}:{host.port or 22}"
         if host.jump:
             address += f" via {host.jump}"
-        table.add_row(*(text(cell) for cell in (
+        rows.append([text(cell) for cell in (
             host.name, host.transport, address, host.user or "-", ",".join(host.labels) or "-",
             host.capacity, host.root, host.where,
-        )))  # fmt: skip
-    return table
+        )])  # fmt: skip
+    return FittedTable("hosts", HOST_COLUMNS, rows, wide=wide)
 
 
 def _number(value: Any, spec: str, suffix: str = "", scale: float = 1) -> str:
@@ -76,20 +86,22 @@ def _short_os(name: Any) -> str:
     return text.replace("GNU/Linux ", "").split(" (")[0]
 
 
-def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
-    table = Table(title="hosts check", title_justify="left")
-    for column in (
-        "host",
-        "status",
-        "verdict",
-        "rtt",
-        "system",
-        "resources",
-        "tools",
-        "agent",
-        "skew",
-    ):
-        table.add_column(column, no_wrap=column in ("host", "status", "verdict", "rtt"))
+# Never cut: the host, its status and its verdict. The rest folds, then goes, in this order.
+CHECK_COLUMNS = (
+    ColumnSpec("host", 0, whole=True),
+    ColumnSpec("status", 0, whole=True),
+    ColumnSpec("verdict", 0, whole=True),
+    ColumnSpec("rtt", 5),
+    ColumnSpec("system", 4),
+    ColumnSpec("resources", 1),
+    ColumnSpec("tools", 2),
+    ColumnSpec("agent", 3),
+    ColumnSpec("skew", 6),
+)
+
+
+def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> RenderableType:
+    rows: list[list[Text]] = []
     notes: list[Text] = []
     for entry in entries:
         name = text(entry["name"])
@@ -97,7 +109,7 @@ def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
         verdict = text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], ""))
         facts = entry.get("facts")
         if facts is None:
-            table.add_row(name, status, verdict, *["-"] * 6)
+            rows.append([name, status, verdict, *(Text("-") for _ in range(6))])
             error = entry.get("error") or {}
             notes.append(line((f"{entry['name']}: ", "bold"), error.get("message", "")))
             if error.get("hint"):
@@ -110,7 +122,7 @@ def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
             f"  rsync {facts.get('rsync') or 'missing'}  git {facts.get('git') or 'missing'}",
             multiline=False,
         )  # fmt: skip
-        table.add_row(
+        rows.append([
             name, status, verdict,
             text(_number(entry.get("latency_ms"), ".1f", "ms")),
             text(f"{_short_os(facts.get('os'))}, {facts.get('kernel')}, {facts.get('arch')}"),
@@ -118,9 +130,10 @@ def check_table(entries: Sequence[dict[str, Any]]) -> RenderableType:
             tools,
             text(f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'})"),
             text(_number(entry.get("clock_skew_s"), "+.2f", "s")),
-        )  # fmt: skip
+        ])  # fmt: skip
         for problem in entry.get("problems", []):
             style = "red" if problem["severity"] == "fail" else "yellow"
             notes.append(line((f"{entry['name']}: ", "bold"), (problem["message"], style)))
             notes.append(line((f"  hint: {problem['hint']}", "dim")))
+    table = FittedTable("hosts check", CHECK_COLUMNS, rows, wide=wide)
     return Group(table, *notes) if notes else table

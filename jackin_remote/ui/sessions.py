@@ -11,8 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from rich.table import Table
-
+from jackin_remote.ui.fit import ColumnSpec, FittedTable
 from jackin_remote.ui.safe import text
 
 STATE_STYLE = {
@@ -42,21 +41,25 @@ def _memory(value: Any) -> str:
     return f"{value / 1024**2:.0f}M" if value < 1024**3 else f"{value / 1024**3:.1f}G"
 
 
-def sessions_table(rows: Sequence[dict[str, Any]], now: float | None = None) -> Table:
-    table = Table(title="sessions", title_justify="left")
-    for column in (
-        "session",
-        "host",
-        "workspace",
-        "role",
-        "runtime",
-        "state",
-        "agent",
-        "age",
-        "cpu",
-        "mem",
-    ):
-        table.add_column(column, no_wrap=True)  # fmt: skip
+# Never cut: the session, its host and its state. The rest folds, then goes, in this order.
+COLUMNS = (
+    ColumnSpec("session", 0, whole=True),
+    ColumnSpec("host", 0, whole=True),
+    ColumnSpec("workspace", 3),
+    ColumnSpec("role", 5),
+    ColumnSpec("runtime", 6),
+    ColumnSpec("state", 0, whole=True),
+    ColumnSpec("agent", 1),
+    ColumnSpec("age", 2),
+    ColumnSpec("cpu", 4),
+    ColumnSpec("mem", 4),
+)
+
+
+def sessions_table(
+    rows: Sequence[dict[str, Any]], now: float | None = None, *, wide: bool = False
+) -> FittedTable:
+    cells = []
     for row in rows:
         state = str(row.get("shown_state") or row["state"])
         state_text = text(state, style=STATE_STYLE.get(state, ""))
@@ -68,12 +71,12 @@ def sessions_table(rows: Sequence[dict[str, Any]], now: float | None = None) -> 
         live = state == "running"
         agent_status = str(row.get("agent_status") or "unknown")
         cpu = row.get("cpu_percent")
-        table.add_row(
+        cells.append([
             text(f"{row['id']}" + (f" ({row['name']})" if row.get("name") else "")),
             *(text(row[key]) for key in ("host", "workspace", "role", "runtime")), state_text,
             text(agent_status, style=STATUS_STYLE.get(agent_status, "")),
             text(age(row.get("created_at"), now)),
             text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
             text(_memory(row.get("memory_bytes")) if live else "-"),
-        )  # fmt: skip
-    return table
+        ])  # fmt: skip
+    return FittedTable("sessions", COLUMNS, cells, wide=wide)

@@ -24,6 +24,7 @@ from jackin_remote.core.contract import (
 from jackin_remote.errors import JackinError
 from jackin_remote.inventory.model import Host
 from jackin_remote.ui.contract import contract_panel
+from jackin_remote.ui.fit import ColumnSize, ColumnSpec, fit_columns
 from jackin_remote.ui.hosts import check_table, hosts_table
 from jackin_remote.ui.safe import SafeConsole, line, visible
 from jackin_remote.ui.sessions import sessions_table
@@ -35,10 +36,12 @@ HOSTILE = "x[/b][/red][bold]\x1b]52;c;cHduZWQ=\x07\x1b]0;pwned\x07\x1b[2J\rY\x08
 RAW_CONTROLS = ("\x1b", "\x07", "\x08", "\r", "\x9b", "\u202e")
 
 
-def render(renderable: RenderableType, width: int, *, terminal: bool = False) -> str:
+def render(
+    renderable: RenderableType, width: int, *, terminal: bool = False, crop: bool = True
+) -> str:
     console = Console(file=io.StringIO(), width=width, force_terminal=terminal,
                       color_system="standard" if terminal else None)  # fmt: skip
-    console.print(renderable)
+    console.print(renderable, crop=crop)
     return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 
@@ -50,6 +53,47 @@ def plain(output: str) -> str:
 def assert_inert(output: str) -> None:
     for char in RAW_CONTROLS:
         assert char not in plain(output), (char, output)
+
+
+# -- fitting columns to a width -------------------------------------------------------------
+
+SPECS = (ColumnSpec("id", 0, whole=True), ColumnSpec("notes", 2), ColumnSpec("state", 0, True),
+         ColumnSpec("extra", 1))  # fmt: skip
+
+
+def sizes(**natural: tuple[int, int]) -> dict[str, ColumnSize]:
+    return {name: ColumnSize(name, minimum, wide, minimum) for name, (minimum, wide) in
+            natural.items()}  # fmt: skip
+
+
+def test_fit_keeps_every_column_at_its_natural_width_when_it_fits() -> None:
+    got = fit_columns(SPECS, sizes(id=(8, 8), notes=(5, 30), state=(12, 12), extra=(5, 10)), 200)
+    assert got == [("id", 8), ("notes", 30), ("state", 12), ("extra", 10)]
+
+
+def test_fit_folds_before_it_drops_and_drops_the_least_important_first() -> None:
+    size = sizes(id=(8, 8), notes=(5, 30), state=(12, 12), extra=(5, 10))
+    # 8+30+12+10 + 4*3+1 = 73: at 60 the widest foldable column is narrowed, nothing dropped.
+    got = dict(fit_columns(SPECS, size, 60))
+    assert got["id"] == 8 and got["state"] == 12 and set(got) == {"id", "notes", "state",
+                                                                  "extra"}  # fmt: skip
+    assert sum(got.values()) + 13 <= 60
+    # At 40 even the minima (8+5+12+5 + 13 = 43) do not fit: "notes" (priority 2) goes first.
+    assert [name for name, _ in fit_columns(SPECS, size, 40)] == ["id", "state", "extra"]
+    # At 20 only the columns that are never dropped are left, at their whole width.
+    assert fit_columns(SPECS, size, 20) == [("id", 8), ("state", 12)]
+
+
+def test_fit_never_narrows_a_whole_column_below_its_longest_word() -> None:
+    size = {
+        "id": ColumnSize("id", 8, 20, 8),
+        "notes": ColumnSize("notes", 5, 5, 5),
+        "state": ColumnSize("state", 12, 40, 12),
+        "extra": ColumnSize("extra", 5, 5, 5),
+    }
+    for width in range(10, 120):
+        got = dict(fit_columns(SPECS, size, width))
+        assert got["id"] >= 8 and got["state"] >= 12, width
 
 
 # -- visible() -------------------------------------------------------------------------------
@@ -218,6 +262,109 @@ def test_sessions_table(width: int) -> None:
         assert "exited" in second and "done" in second and "1m" in second
         assert "12%" not in second  # only live sessions show usage
         assert "lost (was running; last contact 2h ago)" in output
+
+
+FLEET_ROWS = [
+    session_row(),
+    session_row(id="efgh6789", name=None, host="build-1", state="failed_setup",
+                agent_status="unknown"),
+    session_row(id="jkmn0123", name="a-rather-long-session-name", host="gpu-box-eu-west-3",
+                workspace="a-long-workspace-name-9f8e7d", role="python-data-science-agent",
+                state="crashed"),
+    session_row(id="pqrs4567", name=None, host="fleet-2", state="running", shown_state="lost",
+                last_contact=NOW - 7200),
+]  # fmt: skip
+SESSION_HEADERS = ("session", "host", "workspace", "role", "runtime", "state", "agent", "age",
+                   "cpu", "mem")  # fmt: skip
+
+
+def assert_fits(output: str, width: int) -> None:
+    """No line is wider than the terminal and nothing was cut with an ellipsis."""
+    assert "\u2026" not in output, output
+    for row in output.splitlines():
+        assert len(row) <= width, (width, row)
+
+
+def shown_headers(output: str, headers: tuple[str, ...]) -> set[str]:
+    """The headers on the table's header line (between the heavy borders), each whole."""
+    header_line = next(r for r in output.splitlines() if r.startswith("\u2503"))
+    cells = {cell.strip() for cell in header_line.split("\u2503")}
+    assert all(not cell or cell in headers for cell in cells), header_line  # none cut or blank
+    return {cell for cell in cells if cell}
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sessions_table_never_cuts_an_id_a_host_or_a_state(width: int) -> None:
+    output = render(sessions_table(FLEET_ROWS, now=NOW), width)
+    assert_fits(output, width)
+    words = output.split()
+    for row in FLEET_ROWS:
+        assert row["id"] in words and row["host"] in words, (row, output)
+        assert str(row.get("shown_state") or row["state"]) in words, (row, output)
+    shown = shown_headers(output, SESSION_HEADERS)
+    assert {"session", "host", "state"} <= shown
+    left_out = [h for h in SESSION_HEADERS if h not in shown]
+    if left_out:  # a person is told what --wide would add
+        assert f"not shown at this width: {', '.join(left_out)}; --wide" in output
+    if width >= 200:
+        assert not left_out and "abcd2345 (fix-login)" in output
+        first = next(r for r in output.splitlines() if "abcd2345" in r)
+        for cell in ("web-1", "app-1a2b3c", "test-agent", "demo", "running", "working", "3h",
+                     "12%", "300M"):  # fmt: skip
+            assert cell in first, (cell, first)
+        assert "lost (was running; last contact" in output
+    if width == 80:
+        assert {"agent", "age"} <= shown  # what a person scans for comes before cpu and mem
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_sessions_table_wide_has_every_column_on_one_line(width: int) -> None:
+    output = render(sessions_table(FLEET_ROWS, now=NOW, wide=True), width, crop=False)
+    assert shown_headers(output, SESSION_HEADERS) == set(SESSION_HEADERS)
+    body = [r for r in output.splitlines() if r.startswith("\u2502")]
+    assert len(body) == len(FLEET_ROWS)  # nothing folded onto a second line
+    assert "a-rather-long-session-name" in output and "python-data-science-agent" in output
+    assert "not shown" not in output
+
+
+CHECK_HEADERS = ("host", "status", "verdict", "rtt", "system", "resources", "tools", "agent",
+                 "skew")  # fmt: skip
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_check_table_never_cuts_a_host_a_status_or_a_verdict(width: int) -> None:
+    long_host = check_entry(load=[0.5])
+    long_host["name"] = "gpu-box-eu-west-3"
+    entries = [
+        check_entry(load=[1.0]), long_host,
+        {"name": "db-2", "status": "host_key_mismatch", "verdict": "unusable",
+         "error": {"message": "the host key changed", "hint": "hosts trust db-2"}},
+    ]  # fmt: skip
+    output = render(check_table(entries), width)
+    assert_fits(output, width)
+    words = output.split()
+    for name, status, verdict in (("web-1", "ok", "ready"), ("gpu-box-eu-west-3", "ok", "ready"),
+                                  ("db-2", "host_key_mismatch", "unusable")):  # fmt: skip
+        row = next(r for r in output.splitlines() if f" {name} " in r)
+        assert f" {status} " in row and f" {verdict} " in row, row
+        assert name in words
+    shown = shown_headers(output, CHECK_HEADERS)
+    assert {"host", "status", "verdict", "resources"} <= shown
+    wide = render(check_table(entries, wide=True), width, crop=False)
+    assert shown_headers(wide, CHECK_HEADERS) == set(CHECK_HEADERS)
+    assert "4 cpu, 8.0G mem, 50.0G free, load 1.00" in wide
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_hosts_table_never_cuts_a_name(width: int) -> None:
+    hosts = [*HOSTS, Host("gpu-box-eu-west-3", address="gpu.example.org", labels=("gpu",))]
+    output = render(hosts_table(hosts), width)
+    assert_fits(output, width)
+    for host in hosts:
+        assert host.name in output.split()
+    assert {"name", "address"} <= shown_headers(
+        output, ("name", "transport", "address", "user", "labels", "capacity", "root", "from")
+    )
 
 
 def test_sessions_table_shows_a_hostile_hosts_rows_literally() -> None:
