@@ -177,6 +177,32 @@ class Pool:
             self._agents[host.name] = asyncio.ensure_future(self._start_agent(host))
         return await self._agents[host.name]
 
+    async def deployed_agent(self, host: Host) -> HostLink | None:
+        """`host`'s agent if this version is already deployed there (then kept, as agent()
+        keeps it), else None: nothing is sent or installed. Unreachable hosts raise HostError."""
+        from jackin_remote.agent.deploy import DeployError, StartedAgent, start_deployed_agent
+
+        if host.name not in self._agents:
+            link = await self.link(host)
+            try:
+                client = await start_deployed_agent(
+                    link.transport, host.root, self.artifact(), host.name
+                )
+            except (DeployError, AgentClosed) as exc:
+                raise HostError(
+                    host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
+                    hint="run `jackin-remote hosts check` for details",
+                ) from None  # fmt: skip
+            if client is None:
+                return None
+            link.started = StartedAgent(client, False, 0)
+
+            async def ready() -> HostLink:
+                return link
+
+            self._agents[host.name] = asyncio.ensure_future(ready())
+        return await self._agents[host.name]
+
     # -- fan-out -------------------------------------------------------------------------
     async def map(
         self, hosts: Sequence[Host], work: Callable[[HostLink], Awaitable[T]]

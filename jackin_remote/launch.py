@@ -1,7 +1,10 @@
 """explain and launch: resolve contracts (no side effects), then apply their plans.
 
-Placement uses the laptop's last-known session counts, so resolving a contract never touches a
-host; applying the plan is where the first host-side effect happens.
+Placement goes only to hosts that answer. `launch` asks every candidate for its sessions first
+(live counts) and refuses, before starting anything, when the sessions do not all fit. `explain`
+only connects (no agent is started, so nothing is deployed or written on a host) and uses the
+laptop's last-known counts; its contract says which. Applying the plan is where the first
+host-side effect happens.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jackin_remote.core.contract import (
     pick_runtime,
     resolve_contract,
 )
+from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
 from jackin_remote.errors import AgentCallError, HostError, JackinError, UsageError
@@ -148,7 +152,7 @@ def _workspace_ref(scan: WorkspaceScan) -> WorkspaceRef:
     )
 
 
-def _target_ref(host: Host, candidates: Sequence[Host]) -> TargetRef:
+def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> TargetRef:
     return TargetRef(
         host=host.name,
         transport=host.transport,
@@ -158,25 +162,44 @@ def _target_ref(host: Host, candidates: Sequence[Host]) -> TargetRef:
         memory=host.limits.memory,
         cpus=host.limits.cpus,
         pids=host.limits.pids,
-        candidates=tuple(h.name for h in candidates) if len(candidates) > 1 else (),
+        candidates=tuple(slots) if len(slots) > 1 else (),
+        placed_by=placed_by if len(slots) > 1 else None,
     )
 
 
-def placements(prepared: Prepared, running: Mapping[str, int]) -> list[Host]:
-    slots = [Slot(h.name, h.capacity, running.get(h.name, 0)) for h in prepared.hosts]
+# What the candidates' counts are, as the contract says it.
+LIVE = "live counts: every candidate was asked before anything was started"
+LAST_KNOWN = ("counts last known to this laptop; explain connects to the candidates but starts "
+              "nothing on them")  # fmt: skip
+
+
+def slots_for(
+    hosts: Sequence[Host], running: Mapping[str, int], errors: Mapping[str, str] | None = None
+) -> list[Slot]:
+    """Placement's view of the candidates: their counts, and why a host did not answer."""
+    errors = errors or {}
+    return [Slot(h.name, h.capacity, running.get(h.name, 0), errors.get(h.name)) for h in hosts]
+
+
+def placements(prepared: Prepared, slots: Sequence[Slot]) -> list[Host]:
     by_name = {h.name: h for h in prepared.hosts}
     return [by_name[name] for name in place(slots, prepared.count)]
 
 
-def contracts(prepared: Prepared, running: Mapping[str, int]) -> list[Contract]:
-    """One resolved contract per session to launch. Pure given `running` (last-known counts)."""
+def contracts(
+    prepared: Prepared, slots: Sequence[Slot], placed_by: str | None = None
+) -> list[Contract]:
+    """One resolved contract per session to launch. Pure given `slots` (what the candidates
+    said, or the last-known counts). Raises PlacementError before anything is started when the
+    sessions do not all fit on the hosts that answered."""
     role, workspace = _role_ref(prepared.role), _workspace_ref(prepared.scan)
     return [
         resolve_contract(
-            new_session_id(), _target_ref(host, prepared.hosts), role, workspace, prepared.request
+            new_session_id(), _target_ref(host, slots, placed_by), role, workspace,
+            prepared.request,
         )
-        for host in placements(prepared, running)
-    ]
+        for host in placements(prepared, slots)
+    ]  # fmt: skip
 
 
 def running_counts(store: Store | None) -> dict[str, int]:
@@ -185,6 +208,75 @@ def running_counts(store: Store | None) -> dict[str, int]:
         if row["state"] in ("starting", "running") and row["host_state"] == "ok":
             counts[row["host"]] = counts.get(row["host"], 0) + 1
     return counts
+
+
+async def live_slots(pool: Pool, hosts: Sequence[Host], known: Mapping[str, int]) -> list[Slot]:
+    """Ask every candidate, concurrently (the pool bounds the handshakes), before anything is
+    resolved: a host that does not answer is never placed on; one whose agent is already
+    deployed gives its live running count. Nothing is deployed or written here (on a host or
+    in the laptop's view): where this agent version is not on a host yet, the laptop's
+    last-known count (`known`) stands."""
+    from jackin_remote.agent.client import AgentClosed
+    from jackin_remote.sessions import checked_records
+
+    async def ask(host: Host) -> int:
+        link = await pool.deployed_agent(host)
+        if link is None:
+            return known.get(host.name, 0)
+        reply = await link.agent.call("session.list", {})
+        entries = checked_records(host.name, reply.get("sessions"))
+        return sum(1 for entry in entries if entry["state"] in ("starting", "running"))
+
+    async def ask_one(host: Host) -> tuple[int, str | None]:
+        try:
+            return await ask(host), None
+        except HostError as exc:
+            return 0, f"{exc.state}: {exc.reason}"
+        except (JackinError, AgentClosed) as exc:
+            return 0, f"{HostState.AGENT_ERROR}: {getattr(exc, 'reason', None) or exc}"
+
+    found = await asyncio.gather(*(ask_one(h) for h in hosts))
+    running = {h.name: count for h, (count, _) in zip(hosts, found, strict=True)}
+    errors = {h.name: e for h, (_, e) in zip(hosts, found, strict=True) if e is not None}
+    return slots_for(hosts, running, errors)
+
+
+async def answering_slots(
+    pool: Pool, hosts: Sequence[Host], running: Mapping[str, int]
+) -> list[Slot]:
+    """For explain: connect to each candidate (transport only: no agent is started, so nothing
+    is deployed or written on a host) and keep the laptop's last-known counts."""
+
+    async def reach(host: Host) -> str | None:
+        try:
+            await pool.link(host)
+        except HostError as exc:
+            return f"{exc.state}: {exc.reason}"
+        return None
+
+    found = await asyncio.gather(*(reach(h) for h in hosts))
+    errors = {h.name: error for h, error in zip(hosts, found, strict=True) if error is not None}
+    return slots_for(hosts, running, errors)
+
+
+async def launch_contracts(pool: Pool, prepared: Prepared, store: Store | None) -> list[Contract]:
+    """launch: the candidates asked live, then the contracts (PlacementError if they do not
+    all fit: nothing has been started)."""
+    slots = await live_slots(pool, prepared.hosts, running_counts(store))
+    return contracts(prepared, slots, LIVE)
+
+
+async def explain_contracts(prepared: Prepared, store: Store | None) -> list[Contract]:
+    """explain: with several candidates, drop those that do not answer a connection; the
+    counts are the laptop's last-known ones. With one, nothing is contacted."""
+    from jackin_remote.fleet import Pool
+
+    running = running_counts(store)
+    if len(prepared.hosts) < 2:
+        return contracts(prepared, slots_for(prepared.hosts, running))
+    async with Pool(prepared.inventory) as pool:
+        slots = await answering_slots(pool, prepared.hosts, running)
+    return contracts(prepared, slots, LAST_KNOWN)
 
 
 # -- apply -------------------------------------------------------------------------------------

@@ -122,6 +122,19 @@ async def start_agent(
     return StartedAgent(client, True, len(data))
 
 
+async def start_deployed_agent(
+    transport: Transport, root: str, artifact: AgentArtifact, host: str | None = None
+) -> AgentClient | None:
+    """Start this agent version only if it is already on the host; None when it is not.
+    Sends and installs nothing (placement asks hosts before any contract is resolved)."""
+    try:
+        return await _try_start(transport, root, artifact, host)
+    except AgentClosed as exc:
+        if exc.returncode == MISSING:
+            return None
+        raise DeployError(_explain(exc)) from None
+
+
 def _explain(exc: AgentClosed) -> str:
     if exc.returncode == NO_PYTHON:
         return "python3 not found on the host (the agent needs python3 >= 3.9)"

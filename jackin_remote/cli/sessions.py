@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,32 @@ def _options(
 
 
 def _resolve(ctx: typer.Context, options: Any) -> tuple[Any, list[Any]]:
-    """Read-only: load, check and resolve. Creates nothing anywhere."""
-    from jackin_remote.launch import contracts, prepare, running_counts
+    """Read-only: load, check and resolve. Creates nothing anywhere (explain: with several
+    candidates it connects to them, and starts nothing)."""
+    from jackin_remote.launch import explain_contracts, prepare
     from jackin_remote.store import Store
 
     prepared = prepare(load(ctx), options)
-    return prepared, contracts(prepared, running_counts(Store.open_existing()))
+    return prepared, run(explain_contracts(prepared, Store.open_existing()))
+
+
+def _resolve_live(
+    ctx: typer.Context, options: Any, runner: asyncio.Runner
+) -> tuple[Any, list[Any], Any]:
+    """launch: like _resolve, but every candidate is asked first (live counts), on the pool
+    that then applies the plan. Nothing is started when the sessions do not all fit."""
+    from jackin_remote.fleet import Pool
+    from jackin_remote.launch import launch_contracts, prepare
+    from jackin_remote.store import Store
+
+    prepared = prepare(load(ctx), options)
+    pool = Pool(prepared.inventory)
+    try:
+        items = runner.run(launch_contracts(pool, prepared, Store.open_existing()))
+    except BaseException:
+        runner.run(pool.close())
+        raise
+    return prepared, items, pool
 
 
 def _show_contracts(items: list[Any]) -> None:
@@ -138,14 +159,15 @@ def launch(
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
-    from jackin_remote.fleet import Pool
     from jackin_remote.launch import apply
     from jackin_remote.store import Store
 
     try:
         options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
                            isolation, name, key_from, include, build_network)  # fmt: skip
-        prepared, items = _resolve(ctx, options)
+        # One event loop and pool for placement and apply: the agents asked stay in use.
+        runner = asyncio.Runner()
+        prepared, items, pool = _resolve_live(ctx, options, runner)
     except JackinError as error:
         fail(error, as_json=as_json)
     if not as_json:
@@ -156,16 +178,17 @@ def launch(
             err.print(line((f"{host}:", "dim"), " ", message.rstrip()))
 
     async def go(progress: Any = None) -> list[dict[str, Any]]:
-        async with Pool(prepared.inventory) as pool:
+        async with pool:
             return await apply(pool, prepared, items, Store(), step, progress)
 
     from jackin_remote.ui.progress import SyncProgressBar, wants_progress
 
     if not as_json and wants_progress(prepared.scan):
-        with SyncProgressBar() as bar:
-            results = run(go(bar))
+        with SyncProgressBar() as bar, runner:
+            results = runner.run(go(bar))
     else:
-        results = run(go())
+        with runner:
+            results = runner.run(go())
     by_id = {c.identity["session"]: c for c in items}
     if as_json:
         print_json(sessions=[{**r, "contract": by_id[r["id"]].to_dict()} for r in results])

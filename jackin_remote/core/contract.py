@@ -33,6 +33,7 @@ from agent_host.wire import (
     container_name,
 )
 from jackin_remote.core.names import is_valid_name
+from jackin_remote.core.placement import Slot
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
 from jackin_remote.errors import UsageError
 
@@ -81,7 +82,8 @@ class TargetRef:
     memory: str | None
     cpus: float | None
     pids: int | None
-    candidates: tuple[str, ...] = ()  # when a selector matched several hosts
+    candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
+    placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
 
 @dataclass(frozen=True)
@@ -418,7 +420,8 @@ def resolve_contract(
             "session": session_id,
             "name": request.name,
             "host": target.host,
-            "candidates": list(target.candidates),
+            "candidates": [slot.as_dict() for slot in target.candidates],
+            "placed_by": target.placed_by,
             "transport": target.transport,
             "workspace": {
                 "name": workspace.name,

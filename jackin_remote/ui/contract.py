@@ -32,11 +32,19 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def _candidate(slot: dict[str, Any]) -> str:
+    if not slot["answered"]:
+        return f"{slot['host']} did not answer"
+    return f"{slot['host']} {slot['running']}/{slot['capacity']}"
+
+
 def _identity(data: dict[str, Any]) -> RenderableType:
     ws, role = data["workspace"], data["role"]
     host = data["host"]
     if data.get("candidates"):
-        host += f"  (least loaded of {', '.join(data['candidates'])})"
+        shown = ", ".join(_candidate(c) for c in data["candidates"])
+        basis = f"; {data['placed_by']}" if data.get("placed_by") else ""
+        host += f"  (least loaded of {shown}{basis})"
     return _kv([
         ("session", data["session"] + (f" ({data['name']})" if data.get("name") else "")),
         ("host", f"{host}  [{data['transport']}]"),
