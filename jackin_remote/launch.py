@@ -287,15 +287,18 @@ async def apply(
     store: Store,
     step: Step,
     progress: ProgressCallback | None = None,
+    build_output: Step | None = None,
 ) -> list[dict[str, Any]]:
     """Apply each contract's plan. Hosts are prepared once each (sync, image), concurrently; a
-    failure on one host fails only its sessions."""
+    failure on one host fails only its sessions. Role build output goes to `build_output`
+    (default: `step`), so that a caller can fold it."""
     by_host: dict[str, list[Contract]] = {}
     for contract in plan:
         by_host.setdefault(contract.identity["host"], []).append(contract)
     hosts = {h.name: h for h in prepared.hosts}
     results = await asyncio.gather(
-        *(_apply_host(pool, prepared, hosts[name], items, store, step, progress)
+        *(_apply_host(pool, prepared, hosts[name], items, store, step, progress,
+                      build_output or step)
           for name, items in by_host.items())
     )  # fmt: skip
     return [entry for batch in results for entry in batch]
@@ -309,6 +312,7 @@ async def _apply_host(
     store: Store,
     step: Step,
     progress: ProgressCallback | None,
+    build_output: Step,
 ) -> list[dict[str, Any]]:
     from agent_host import testhooks
     from jackin_remote.roles import ensure_role_image
@@ -328,7 +332,7 @@ async def _apply_host(
         await ensure_role_image(
             link,
             prepared.role,
-            lambda line: step(host.name, line),
+            lambda line: build_output(host.name, line),
             network=prepared.request.build_network,
         )
     except JackinError as exc:

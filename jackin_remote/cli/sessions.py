@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,18 @@ BUILD_NETWORK = typer.Option(
 WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .).")
 WIDE = typer.Option(
     False, "--wide", help="Every column, unfolded (wider than the terminal if need be)."
+)
+FULL_CONTRACT = typer.Option(
+    False,
+    "--full-contract",
+    help="Print every session's contract in full (default: one per batch, with what differs "
+    "per session).",
+)
+VERBOSE = typer.Option(
+    False,
+    "--verbose",
+    "-v",
+    help="Print the role build's output as it comes, and every contract in full.",
 )
 RAW = typer.Option(
     False, "--raw", help="Pass the text through untouched (escape sequences included)."
@@ -117,11 +130,17 @@ def _resolve_live(
     return prepared, items, pool
 
 
-def _show_contracts(items: list[Any]) -> None:
+def _show_contracts(items: list[Any], prepared: Any, *, full: bool = False) -> None:
+    """Every contract in full (`full`), else one per batch with what differs per session."""
     from jackin_remote.ui.contract import contract_panel
+    from jackin_remote.ui.launch import batch_view
 
-    for contract in items:
-        out.print(contract_panel(contract.to_dict()))
+    if full:
+        for contract in items:
+            out.print(contract_panel(contract.to_dict()))
+        return
+    roots = {host.name: host.root for host in prepared.hosts}
+    out.print(batch_view([contract.to_dict() for contract in items], roots))
 
 
 def explain(
@@ -130,6 +149,7 @@ def explain(
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
+    full_contract: bool = FULL_CONTRACT,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -142,13 +162,13 @@ def explain(
                                count, isolation, name, key_from, include,
                                build_network)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
-            _, items = _resolve(ctx, options)
+            prepared, items = _resolve(ctx, options)
         except JackinError as error:
             fail(error, as_json=as_json)
     if as_json:
         print_json(contracts=[c.to_dict() for c in items])
     else:
-        _show_contracts(items)
+        _show_contracts(items, prepared, full=full_contract)
 
 
 def launch(
@@ -157,6 +177,7 @@ def launch(
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
+    full_contract: bool = FULL_CONTRACT, verbose: bool = VERBOSE,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -171,24 +192,26 @@ def launch(
     except JackinError as error:
         fail(error, as_json=as_json)
     if not as_json:
-        _show_contracts(items)
+        _show_contracts(items, prepared, full=full_contract or verbose)
+    from jackin_remote.ui.launch import LaunchProgress, next_steps
+
+    shown = LaunchProgress(err, verbose=verbose)  # build output folded into a line per host
 
     def step(host: str, message: str) -> None:
         if not as_json:
-            err.print(line((f"{host}:", "dim"), " ", message.rstrip()))
+            shown.step(host, message)
 
-    async def go(progress: Any = None) -> list[dict[str, Any]]:
+    def build(host: str, output: str) -> None:
+        if not as_json:
+            shown.build(host, output)
+
+    async def go() -> list[dict[str, Any]]:
         async with pool:
-            return await apply(pool, prepared, items, Store(), step, progress)
+            return await apply(pool, prepared, items, Store(), step,
+                               shown if shown.live and not as_json else None, build)  # fmt: skip
 
-    from jackin_remote.ui.progress import SyncProgressBar, wants_progress
-
-    if not as_json and wants_progress(prepared.scan):
-        with SyncProgressBar() as bar, runner:
-            results = runner.run(go(bar))
-    else:
-        with runner:
-            results = runner.run(go())
+    with shown if not as_json else contextlib.nullcontext(), runner:
+        results = runner.run(go())
     by_id = {c.identity["session"]: c for c in items}
     if as_json:
         print_json(sessions=[{**r, "contract": by_id[r["id"]].to_dict()} for r in results])
@@ -203,6 +226,13 @@ def launch(
                     f"({entry['container']})",
                     f", branch {entry['branch']}" if entry.get("branch") else "",
                 ))  # fmt: skip
+        for host in sorted({e["host"] for e in results if e["state"] == "not_started"}):
+            log = shown.failed_build_log(host)  # the whole build output of a failed host
+            if log is not None:
+                err.print(log)
+        steps = next_steps(results, str(items[0].identity["mode"]) if items else "task")
+        if steps is not None:
+            out.print(steps)
     if any(entry["error"] for entry in results):
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 

@@ -98,7 +98,7 @@ def test_role_build_output_with_markup_and_escapes_is_shown_inert(
     try:
         # Before the fix, `[/usr/lib]` raised inside the progress listener, killed the RPC
         # reader, and launch waited for ever: the timeout is only a guard for that failure.
-        proc = cli.run(*args, timeout=300)
+        proc = cli.run(*args, "--verbose", timeout=300)  # build output is folded without it
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "build-nonce-" in proc.stderr and "Traceback" not in proc.stderr
         assert SHOWN in proc.stderr
