@@ -148,22 +148,34 @@ class Store:
         return result
 
     def find(self, ref: str) -> dict[str, Any]:
-        """A session by full id, unique id prefix or name."""
+        """A session by full id, unique id prefix or name, optionally as HOST:REF (host names
+        never hold ':', session ids and names neither) to pick among hosts that report the same
+        id, e.g. one machine under two inventory names."""
+        host, _, wanted = ref.rpartition(":")
         rows = [
             row
             for row in self.db.query("SELECT * FROM sessions")
-            if row["id"].startswith(ref) or row["name"] == ref
+            if (row["id"].startswith(wanted) or row["name"] == wanted)
+            and (not host or row["host"] == host)
         ]
-        exact = [row for row in rows if row["id"] == ref or row["name"] == ref]
+        exact = [row for row in rows if row["id"] == wanted or row["name"] == wanted]
         if len(exact) == 1:
             return self._laptop_fields(exact[0])
-        if not rows:
+        if not rows or not wanted:
             raise UsageError(
                 f"no session matches {ref!r}", hint="see `jackin-remote ls` for session ids"
             )
         if len(rows) > 1:
-            listing = ", ".join(f"{row['id']} on {row['host']}" for row in rows[:6])
+            listing = ", ".join(f"{row['host']}:{row['id']}" for row in rows[:6])
             raise UsageError(
-                f"{ref!r} matches several sessions: {listing}", hint="type more of the id"
+                f"{ref!r} matches several sessions: {listing}",
+                hint="type more of the id, or name its host as HOST:ID",
             )
         return self._laptop_fields(rows[0])
+
+    def forget_host(self, host: str) -> None:
+        """A host removed from the inventory: its cached sessions and state (not `launches`,
+        the laptop's own record, should the host come back)."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM sessions WHERE host = ?", [host])
+            self.db.execute("DELETE FROM hosts WHERE name = ?", [host])

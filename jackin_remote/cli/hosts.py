@@ -139,6 +139,12 @@ def remove(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
         changed = remove_host(source, name, inventory=_inventory_source(ctx, source))
     except JackinError as error:
         fail(error, as_json=as_json)
+    from jackin_remote.store import Store
+
+    # Its cached sessions go too: they would still match ids (pull, logs) under a dead name.
+    cache = Store.open_existing()
+    if cache is not None:
+        cache.forget_host(name)
     if as_json:
         print_json(removed=name, file=str(changed))
     else:
