@@ -72,8 +72,12 @@ def show(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
     if as_json:
         print_json(host=data)
         return
+    from jackin_remote.ui.contract import shown
+
     for key, value in data.items():
-        out.print(line((f"{key:>14}", "bold"), f"  {value if value not in (None, []) else '-'}"))
+        if isinstance(value, dict):  # limits: one word per bound, "-" for none
+            value = ", ".join(f"{k} {shown(v)}" for k, v in value.items())
+        out.print(line((f"{key:>14}", "bold"), "  ", shown(value)))
 
 
 def _edit_target(ctx: typer.Context, file: Path | None) -> Path:

@@ -394,7 +394,12 @@ def rm(
 
 
 def attach(ctx: typer.Context, session: str) -> None:
-    """Attach this terminal to an interactive session's tmux (detach: Ctrl-b d)."""
+    """Attach this terminal to an interactive session's tmux.
+
+    Detach with Ctrl-b d (the session keeps running). Inside your own tmux, whose prefix is
+    also Ctrl-b, press Ctrl-b Ctrl-b d: the first Ctrl-b goes to the outer tmux, which sends
+    the second one on to the session's.
+    """
     from jackin_remote.agent.deploy import attach_script
     from jackin_remote.fleet import Pool
     from jackin_remote.sessions import find_session

@@ -159,6 +159,9 @@ def openssh_base_argv(target: SSHTarget, *, master: bool = True, tty: bool = Fal
         "-o", "UpdateHostKeys=no",
         "-o", f"HostKeyAlgorithms={_host_key_algorithms(target.key_line)}",
         "-o", "BatchMode=yes",
+        # Errors only: no "Shared connection to ... closed." after attach, no "Pseudo-terminal
+        # will not be allocated" notices in rsync's or our own output.
+        "-o", "LogLevel=ERROR",
         "-o", "ServerAliveInterval=5",
         "-o", "ServerAliveCountMax=3",
     ]  # fmt: skip

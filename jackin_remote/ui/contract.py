@@ -23,12 +23,23 @@ TITLES = {
 }  # fmt: skip
 
 
+def shown(value: Any) -> str:
+    """A value as words: yes/no for booleans (never Python's True/False), "-" for nothing."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "" or value == [] or value == ():
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(shown(item) for item in value)
+    return str(value)
+
+
 def _kv(rows: list[tuple[str, Any]]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, value in rows:
-        table.add_row(text(key), text("-" if value in (None, "", []) else value))
+        table.add_row(text(key), text(shown(value)))
     return table
 
 

@@ -430,3 +430,20 @@ def test_a_hosts_diff_answer_cannot_choose_the_json_envelope(
     data = json_mod.loads(capsys.readouterr().out)
     assert (data["session"], data["host"], data["schema_version"]) == ("abcd1234", "real", "v1")
     assert data["text"] == "d"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_contract_panel_says_yes_and_no_never_true_or_false(width: int) -> None:
+    output = render(contract_panel(contract()), width)
+    assert "True" not in output and "False" not in output
+    assert re.search(r"no new privileges\s+yes", output), output
+    assert re.search(r"snapshot before start\s+no", output), output
+
+
+def test_openssh_logs_errors_only() -> None:
+    """ "Shared connection to ... closed." and "Pseudo-terminal will not be allocated" are
+    OpenSSH notices (LogLevel INFO): they never reach rsync's or attach's output."""
+    from jackin_remote.transport.openssh import SSHTarget, openssh_argv
+
+    argv = openssh_argv(SSHTarget(HOSTS[1], "ssh-ed25519 AAAA"), "true", tty=True)
+    assert "LogLevel=ERROR" in argv
