@@ -8,7 +8,8 @@ so callers and the CLI handle only our own types:
     │   └── InventoryError      (the role manifest's RoleError is one too)
     ├── UsageError              bad command-line input (names, selectors, flags)
     ├── HostError               one host failed; carries its HostState
-    │   └── HostKeyError        host key unknown or changed (never connect on these)
+    │   └── HostKeyError        host key unknown (host_key_unknown) or changed
+    │                           (host_key_mismatch): never connect on these
     ├── AgentCallError          the host agent answered a request with an error (its code,
     │                           mapped once, in agent/client.py)
     ├── AgentProtocolError      the host agent answered something we cannot use
@@ -115,7 +116,8 @@ class HostKeyError(HostError):
         changed: bool,
         hint: str | None = None,
     ) -> None:
-        super().__init__(host, HostState.HOST_KEY_MISMATCH, message, hint=hint)
+        state = HostState.HOST_KEY_MISMATCH if changed else HostState.HOST_KEY_UNKNOWN
+        super().__init__(host, state, message, hint=hint)
         self.fingerprint = fingerprint
         self.changed = changed
 

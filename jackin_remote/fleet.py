@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import asyncssh
 
     from jackin_remote.agent.deploy import StartedAgent
-    from jackin_remote.transport.ssh import SSHSettings
+    from jackin_remote.transport.ssh import RecordedKey, SSHSettings
 
 T = TypeVar("T")
 
@@ -83,6 +83,7 @@ class Pool:
         self._conns: dict[str, asyncio.Task[asyncssh.SSHClientConnection]] = {}
         self._handshakes = asyncio.Semaphore(self.settings.max_handshakes)
         self._artifact: AgentArtifact | None = None
+        self.recorded_keys: list[RecordedKey] = []  # what --accept-new recorded, to be shown
 
     # -- connections ---------------------------------------------------------------------
     def _ssh_settings(self) -> SSHSettings:
@@ -105,7 +106,8 @@ class Pool:
         for attempt in range(HANDSHAKE_RETRIES + 1):
             async with self._handshakes:
                 try:
-                    return await open_connection(host, self._ssh_settings(), tunnel=tunnel)
+                    return await open_connection(host, self._ssh_settings(), tunnel=tunnel,
+                                                 on_recorded=self.recorded_keys.append)  # fmt: skip
                 except HostError as exc:
                     if not exc.transient or attempt == HANDSHAKE_RETRIES:
                         raise

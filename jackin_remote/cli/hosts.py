@@ -126,10 +126,28 @@ def add(
         add_host(target, name, fields, inventory=_inventory_source(ctx, target))
     except JackinError as error:
         fail(error, as_json=as_json)
+    warnings = [] if identity_file is None else identity_file_warnings(identity_file)
     if as_json:
-        print_json(added=name, file=str(target))
+        print_json(added=name, file=str(target), warnings=warnings)
     else:
         out.print(line("added host ", (name, "bold"), f" to {target}"))
+        for warning in warnings:
+            err.print(line(("warning: ", "yellow"), warning))
+
+
+def identity_file_warnings(identity_file: str) -> list[str]:
+    """`hosts add --identity-file` of a file this machine cannot read: warned, not refused (the
+    inventory may be shared with a machine where the file exists)."""
+    path = Path(identity_file).expanduser()
+    try:
+        with path.open("rb"):
+            return []
+    except FileNotFoundError:
+        what = "does not exist on this machine"
+    except OSError as exc:
+        what = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    return [f"identity file {identity_file} {what}: connections from here will fail until it "
+            "does (recorded anyway, as it may exist where the inventory is used)"]  # fmt: skip
 
 
 @app.command("rm")
@@ -179,21 +197,34 @@ def check(
     except JackinError as error:
         fail(error, as_json=as_json)
 
+    recorded: list[Any] = []
+
     async def go() -> list[dict[str, Any]]:
         async with Pool(inventory, PoolSettings(accept_new=accept_new)) as pool:
-            return await check_hosts(pool, hosts)
+            entries = await check_hosts(pool, hosts)
+            recorded.extend(pool.recorded_keys)
+            return entries
 
     if not as_json and out.is_terminal:
         with err.status(f"checking {len(hosts)} host(s)..."):
             entries = run(go())
     else:
         entries = run(go())
+    # Trust on first use is only as good as a later look at what was trusted: say what it was.
+    by_host = {key.host: key for key in recorded}
+    for entry in entries:
+        if entry["name"] in by_host:
+            entry["host_key_recorded"] = by_host[entry["name"]].as_dict()
     if as_json:
         print_json(hosts=entries)
     else:
         from jackin_remote.ui.hosts import check_table
 
         out.print(check_table(entries, wide=wide), crop=not wide)
+    for key in [] if as_json else recorded:
+        err.print(line((f"{key.host}: ", "bold"), "recorded new host key ",
+                       (f"{key.key_type} {key.fingerprint}", "bold"),
+                       f" for {key.pattern} in {key.file} (--accept-new)"))  # fmt: skip
     if any(e["status"] != "ok" or e["verdict"] == "unusable" for e in entries):
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
@@ -205,21 +236,24 @@ def _same_fingerprint(given: str, seen: str) -> bool:
 
 
 def trust_confirmation(
-    *, changed: bool, replace: bool, given: str | None, seen: str, yes: bool
-) -> bool:
+    *, changed: bool, replace: bool, given: str | None, seen: str, yes: bool,
+    shown: str | None = None,
+) -> bool:  # fmt: skip
     """Whether the flags confirm recording `seen` (True), or a prompt may still ask (False).
+    `shown` is the key as messages show it (type and fingerprint).
 
     Raises UsageError when they cannot: a changed key needs --replace AND --fingerprint naming
     the new key (--yes is not enough); a wrong --fingerprint is always refused."""
+    shown = shown or seen
     if given is not None and not _same_fingerprint(given, seen):
         raise UsageError(
-            f"the host presents {seen}, not the fingerprint given ({given})",
+            f"the host presents {shown}, not the fingerprint given ({given})",
             hint="check the fingerprint out of band; nothing was recorded",
         )
     if changed:
         if not replace or given is None:
             raise UsageError(
-                f"HOST KEY CHANGED: the host now presents {seen}",
+                f"HOST KEY CHANGED: the host now presents {shown}",
                 hint="verify the new fingerprint out of band, then rerun with "
                 f"--replace --fingerprint {seen} (entries in ~/.ssh/known_hosts: remove them "
                 "with `ssh-keygen -R`)",
@@ -266,10 +300,17 @@ def trust(
     except JackinError as error:
         fail(error, as_json=as_json)
     if witness.presented is None:
+        verified = witness.verified
         if as_json:
-            print_json(host=name, trusted=True, recorded=False)
+            key_fields = (
+                {}
+                if verified is None
+                else {"fingerprint": fingerprint(verified), "key_type": verified.get_algorithm()}
+            )
+            print_json(host=name, trusted=True, recorded=False, **key_fields)  # fmt: skip
         else:
-            out.print(line(f"{name}: host key already trusted"))
+            what = f": {describe_key(verified)}" if verified is not None else ""
+            out.print(line(f"{name}: host key already trusted{what}"))
         return
     seen = fingerprint(witness.presented)
     shown = describe_key(witness.presented)
@@ -280,8 +321,9 @@ def trust(
         ), as_json=as_json)  # fmt: skip
     try:
         confirmed = trust_confirmation(
-            changed=witness.changed, replace=replace, given=given, seen=seen, yes=yes
-        )
+            changed=witness.changed, replace=replace, given=given, seen=seen, yes=yes,
+            shown=shown,
+        )  # fmt: skip
     except UsageError as error:
         if witness.changed:
             known = [describe_key(k) for k in witness.trusted] + witness.mentions

@@ -154,8 +154,9 @@ class KeyWitness:
     trusted: list[asyncssh.SSHKey] = field(default_factory=list)
     mentions: list[str] = field(default_factory=list)  # "path:N (@marker)" about this host
     trouble: list[str] = field(default_factory=list)  # known_hosts problems (any host)
-    presented: asyncssh.SSHKey | None = None
+    presented: asyncssh.SSHKey | None = None  # a key no source trusts (set by validate)
     accepted_new: bool = False
+    verified: asyncssh.SSHKey | None = None  # the trusted key a handshake that went through saw
 
     def known_hosts(
         self, host: str, addr: str, port: int | None
@@ -213,6 +214,54 @@ class KeyWitness:
 
     def pattern(self) -> str:
         return known_hosts_pattern(self.lookup_host or "", self.lookup_port)
+
+
+# OpenSSH's order of plain host key algorithms (ssh_config(5) HostKeyAlgorithms): ed25519 first,
+# RSA last. asyncssh's own default starts with RSA, so a host nobody knows yet showed its RSA key
+# while the docs (and ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) talk about ed25519.
+PREFERRED_HOST_KEY_ALGS: tuple[str, ...] = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+)
+
+
+def host_key_algorithms(known: list[str], supported: list[str]) -> list[str]:
+    """What to offer for the server's host key, best first, as OpenSSH does: the algorithms of
+    keys already known for the host first (so a host known by its RSA key is not refused for
+    showing its ed25519 one), then the preferred order. Only what asyncssh `supported`."""
+    order = [*known, *PREFERRED_HOST_KEY_ALGS]
+    return [alg for alg in dict.fromkeys(order) if alg in supported]
+
+
+def known_key_algorithms(
+    sources: TrustSources, names: tuple[str, ...], port: int | None
+) -> list[str] | None:
+    """Signature algorithms of the keys known for `names` before connecting (pinned key, else
+    known_hosts), for `host_key_algorithms`. None when a certificate authority is known for
+    the host: then certificates must be offered, as asyncssh does by itself."""
+    if sources.pinned:
+        return _sig_algorithms([asyncssh.import_public_key(sources.pinned)])
+    keys: list[asyncssh.SSHKey] = []
+    for path in sources.known_hosts_files:
+        scan = read_known_hosts(path)
+        table = asyncssh.import_known_hosts("\n".join(line.text for line in scan.lines))
+        for name in names:
+            found, cas, *_ = table.match(name, "", port)
+            if cas:
+                return None
+            keys += found
+    return _sig_algorithms(keys)
+
+
+def _sig_algorithms(keys: list[asyncssh.SSHKey]) -> list[str]:
+    return [alg.decode() for key in keys for alg in key.sig_algorithms]
 
 
 def known_hosts_pattern(host: str, port: int | None) -> str:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import re
 import shlex
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ from jackin_remote.transport.hostkeys import (
     TrustSources,
     describe_key,
     fingerprint,
+    host_key_algorithms,
+    known_key_algorithms,
     record_trust,
 )
 
@@ -83,13 +89,104 @@ def connect_kwargs(host: Host, settings: SSHSettings) -> dict[str, object]:
     return kwargs
 
 
+@dataclass(frozen=True)
+class ResolvedHost:
+    """What ~/.ssh/config makes of an inventory host, read with asyncssh's own parser so that
+    it is what the connection will use: for messages and for host-key algorithms."""
+
+    address: str
+    port: int
+    identity_files: tuple[str, ...]  # IdentityFile lines of the config, as written
+    host_key_algorithms: object  # HostKeyAlgorithms of the config, or None
+    connect_timeout: float | None = None  # ConnectTimeout of the config, as OpenSSH honours it
+
+
+def resolve_host(host: Host) -> ResolvedHost:
+    port = host.port if host.port is not None else ()
+    config_path = Path.home() / ".ssh" / "config"
+    try:
+        from asyncssh.config import SSHClientConfig
+
+        paths = [config_path] if os.access(config_path, os.R_OK) else []
+        user = host.user if host.user is not None else ()
+        config = SSHClientConfig.load(None, paths, False, False, False, "", user,
+                                      host.ssh_address, port)  # fmt: skip
+    except Exception:  # asyncssh reports a broken config itself, when it connects
+        return ResolvedHost(host.ssh_address, host.port or 22, (), None)
+    address = config.get("Hostname") or host.ssh_address
+    files = config.get("IdentityFile") or ()
+    config_port = config.get("Port")
+    timeout = config.get("ConnectTimeout")
+    return ResolvedHost(
+        str(address), config_port if isinstance(config_port, int) else host.port or 22,
+        tuple(str(f) for f in files) if isinstance(files, list | tuple) else (),
+        config.get("HostKeyAlgorithms"),
+        float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
+    )  # fmt: skip
+
+
+def host_key_algs(host: Host, settings: SSHSettings, resolved: ResolvedHost) -> list[str] | None:
+    """The server host key algorithms to offer, or None to leave it to asyncssh (the user's
+    own HostKeyAlgorithms, or a known certificate authority)."""
+    if resolved.host_key_algorithms:
+        return None
+    names = tuple(dict.fromkeys((resolved.address, host.ssh_address)))
+    known = known_key_algorithms(trust_sources(host, settings), names, resolved.port)
+    if known is None:
+        return None
+    from asyncssh.public_key import get_public_key_algs
+
+    return host_key_algorithms(known, [alg.decode() for alg in get_public_key_algs()])
+
+
+def check_identity_files(host: Host, resolved: ResolvedHost) -> None:
+    """A key file named in the inventory or ~/.ssh/config that cannot be read fails here, by
+    name and by where it was named, rather than as a bare OSError from deep in asyncssh."""
+    if host.identity_file is not None:
+        wanted = [(host.identity_file, f"identity_file of host {host.name} in {host.where}")]
+    else:
+        wanted = [(f, "IdentityFile in ~/.ssh/config") for f in resolved.identity_files]
+    for path, named_in in wanted:
+        error = _unreadable(Path(path).expanduser())
+        if error is not None:
+            raise key_file_error(host, path, named_in, error)
+
+
+def _unreadable(path: Path) -> OSError | None:
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as exc:
+        return exc
+
+
+def key_file_error(host: Host, path: str, named_in: str, exc: OSError) -> HostError:
+    if isinstance(exc, FileNotFoundError):
+        what, hint = "does not exist", f"fix the path ({named_in}), or create the key"
+    else:
+        what = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        hint = f"check the file's permissions, or fix the path ({named_in})"
+    full = str(Path(path).expanduser())
+    shown = path if full == path else f"{path} ({full})"
+    return HostError(
+        host.name, HostState.AUTH_FAILED, f"identity file {shown} {what}: {named_in}", hint=hint
+    )
+
+
 async def _handshake(
     host: Host,
     settings: SSHSettings,
     witness: KeyWitness,
     tunnel: asyncssh.SSHClientConnection | None,
 ) -> asyncssh.SSHClientConnection:
+    resolved = resolve_host(host)
+    check_identity_files(host, resolved)
     kwargs = connect_kwargs(host, settings)
+    timeout = resolved.connect_timeout or settings.connect_timeout
+    kwargs["connect_timeout"] = timeout
+    algs = host_key_algs(host, settings, resolved)
+    if algs is not None:
+        kwargs["server_host_key_algs"] = algs
     if tunnel is not None:
         kwargs["tunnel"] = tunnel
     try:
@@ -102,20 +199,59 @@ async def _handshake(
     except asyncssh.HostKeyNotVerifiable:
         raise host_key_error(host, witness) from None
     except asyncssh.PermissionDenied as exc:
+        raise auth_failed(host, resolved, exc.reason) from None
+    except asyncssh.KeyImportError as exc:
         raise HostError(
-            host.name, HostState.AUTH_FAILED, f"authentication failed: {exc.reason}",
-            hint="check user and identity_file in the inventory, or your ssh-agent",
+            host.name, HostState.AUTH_FAILED, f"an identity file cannot be used as a key: {exc}",
+            hint=f"check identity_file in {host.where} (or IdentityFile in ~/.ssh/config)",
         ) from None  # fmt: skip
     except (asyncssh.ConnectionLost, ConnectionResetError) as exc:
-        error = unreachable(host, exc)
+        error = connect_failure(host, resolved, exc, timeout)
         error.transient = True
         raise error from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise unreachable(host, exc) from None
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # A file asyncssh read on its own (a certificate, an agent socket...).
+            raise key_file_error(host, str(exc.filename), "read for this connection", exc) from None
+        raise connect_failure(host, resolved, exc, timeout) from None
+
+
+def auth_failed(host: Host, resolved: ResolvedHost, reason: str) -> HostError:
+    """Which keys were offered, so that the operator knows which one the host refused."""
+    if host.identity_file is not None:
+        keys = [f"{host.identity_file} (identity_file in {host.where})"]
+    elif resolved.identity_files:
+        keys = [f"{f} (IdentityFile in ~/.ssh/config)" for f in resolved.identity_files]
+    else:
+        keys = ["the default keys in ~/.ssh (id_ed25519, id_ecdsa, id_rsa...)"]
+    if os.environ.get("SSH_AUTH_SOCK"):
+        keys.append("the keys of ssh-agent (SSH_AUTH_SOCK)")
+    user = host.user or "the ~/.ssh/config or local user"
+    return HostError(
+        host.name, HostState.AUTH_FAILED,
+        f"authentication failed as {user} ({reason}); keys tried: {'; '.join(keys)}",
+        hint=f"check user and identity_file in {host.where}, and that the key's .pub is in "
+        "~/.ssh/authorized_keys on the host",
+    )  # fmt: skip
 
 
 def trust_sources(host: Host, settings: SSHSettings) -> TrustSources:
     return TrustSources(host.host_key, settings.known_hosts_files, names=(host.ssh_address,))
+
+
+@dataclass(frozen=True)
+class RecordedKey:
+    """A key --accept-new recorded: what the operator is shown, so they can still check it."""
+
+    host: str
+    pattern: str  # the known_hosts host field
+    key_type: str
+    fingerprint: str
+    file: Path
+
+    def as_dict(self) -> dict[str, str]:
+        return {"pattern": self.pattern, "key_type": self.key_type,
+                "fingerprint": self.fingerprint, "file": str(self.file)}  # fmt: skip
 
 
 async def open_connection(
@@ -123,12 +259,18 @@ async def open_connection(
     settings: SSHSettings,
     *,
     tunnel: asyncssh.SSHClientConnection | None = None,
+    on_recorded: Callable[[RecordedKey], None] | None = None,
 ) -> asyncssh.SSHClientConnection:
-    """Connect and authenticate, or raise HostError with the right state. Never trusts silently."""
+    """Connect and authenticate, or raise HostError with the right state. Never trusts silently:
+    a key accepted on first use is recorded and handed to `on_recorded`."""
     witness = KeyWitness(trust_sources(host, settings), accept_new=settings.accept_new)
     conn = await _handshake(host, settings, witness, tunnel)
     if witness.accepted_new and witness.presented is not None:
-        record_trust(settings.jackin_known_hosts, witness.pattern(), witness.presented)
+        key = witness.presented
+        record_trust(settings.jackin_known_hosts, witness.pattern(), key)
+        if on_recorded is not None:
+            on_recorded(RecordedKey(host.name, witness.pattern(), key.get_algorithm(),
+                                    fingerprint(key), settings.jackin_known_hosts))  # fmt: skip
     return conn
 
 
@@ -151,20 +293,64 @@ async def fetch_host_key(
         if exc.state is HostState.AUTH_FAILED:
             return witness  # the key was trusted; authentication is not our business here
         raise
+    witness.verified = conn.get_server_host_key()
     conn.close()
     return witness
 
 
-def unreachable(host: Host, exc: BaseException) -> HostError:
+_REFUSED = (errno.ECONNREFUSED,)
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
+_NO_ROUTE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+
+
+def _errnos(exc: BaseException) -> set[int]:
+    """The errno of an OSError, or of each attempt asyncio folds into "Multiple exceptions"."""
+    found = {exc.errno} if isinstance(exc, OSError) and exc.errno is not None else set()
+    for attempt in getattr(exc, "exceptions", ()) or ():
+        found |= _errnos(attempt)
+    if not found and "Connect call failed" in str(exc):
+        found |= {int(code) for code in _ERRNO_IN_TEXT.findall(str(exc))}
+    return found
+
+
+def connect_failure(
+    host: Host, resolved: ResolvedHost, exc: BaseException, timeout: float
+) -> HostError:
+    """The cause of a failed connection, in words, with what to do about that cause. The state
+    (unreachable) is shown next to the message by every caller: the message does not repeat it."""
+    where = f"{resolved.address}:{resolved.port}"
+    check = f"check address and port of host {host.name} in {host.where}"
+    if resolved.address != host.ssh_address:
+        check += f" (and HostName {resolved.address} in ~/.ssh/config)"
+    codes = _errnos(exc)
     if isinstance(exc, socket.gaierror):
-        what = f"cannot resolve {host.ssh_address!r}"
+        what = f"cannot resolve host name {resolved.address!r} ({exc.strerror or exc})"
+        hint = "the name does not resolve from this machine (DNS, /etc/hosts): " + check.replace(
+            "address and port", "the address", 1
+        )
     elif isinstance(exc, TimeoutError):
-        what = "connection timed out"
+        what = f"no answer from {where} within {timeout:g}s"
+        hint = f"is the host up, and is port {resolved.port} open through any firewall? {check}"
+    elif codes and codes <= set(_REFUSED):
+        what = f"connection refused by {where}"
+        hint = f"nothing listens on port {resolved.port} there: is sshd running? {check}"
+    elif codes & set(_NO_ROUTE):
+        what = f"no route to {where} ({exc})"
+        hint = f"the network cannot reach that address from here: {check}"
+    elif isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError):
+        what = f"{where} closed the connection during the SSH handshake ({exc})"
+        hint = "sshd dropped it (MaxStartups, a firewall, or not an SSH server on that port?)"
     else:
-        what = str(exc) or type(exc).__name__
+        what = f"cannot connect to {where}: {exc or type(exc).__name__}"
+        hint = f"is the host up and sshd listening? {check}"
+    return HostError(host.name, HostState.UNREACHABLE, what, hint=hint)
+
+
+def unreachable(host: Host, exc: BaseException) -> HostError:
+    """A link lost after it was made (a command could not run on an open connection)."""
     return HostError(
-        host.name, HostState.UNREACHABLE, f"unreachable: {what}",
-        hint="is the host up and sshd listening? check address/port in the inventory",
+        host.name, HostState.UNREACHABLE, f"the SSH connection failed: {exc or type(exc).__name__}",
+        hint="run `jackin-remote hosts check` on this host",
     )  # fmt: skip
 
 

@@ -73,7 +73,9 @@ def test_accept_new_refuses_a_host_any_known_hosts_line_is_unsure_about(
     data = cli.json("-i", str(inv), "hosts", "check", "--on", "box", "--accept-new",
                     ok_codes=(3,))  # fmt: skip
     entry = data["hosts"][0]
-    assert entry["status"] == "host_key_mismatch", entry
+    # A line about this host makes the key a changed one; trouble elsewhere leaves it unknown.
+    unknown = case == "a malformed line about another host"
+    assert entry["status"] == ("host_key_unknown" if unknown else "host_key_mismatch"), entry
     assert not (laptop / "jackin" / "config" / "known_hosts").exists()  # nothing recorded
     assert str(ssh_dir / "known_hosts") in entry["error"]["message"]  # names the line
 

@@ -78,7 +78,7 @@ def test_unknown_host_key_is_refused_then_trusted(
     )
     refused = cli.json("-i", str(inv), "hosts", "check", "--on", "box", ok_codes=(3,))
     entry = refused["hosts"][0]
-    assert entry["status"] == "host_key_mismatch"
+    assert entry["status"] == "host_key_unknown"  # not a changed key: nothing knew it
     assert entry["error"]["key_changed"] is False
     assert re.match(r"SHA256:\S+", entry["error"]["fingerprint"])
     assert "jackin-remote hosts trust box" in entry["error"]["hint"]
