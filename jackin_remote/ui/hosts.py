@@ -21,6 +21,7 @@ STATUS_STYLE = {
     "unreachable": "red",
     "auth_failed": "red",
     "host_key_mismatch": "bold red",
+    "host_key_unknown": "yellow",
     "agent_error": "yellow",
 }
 VERDICT_STYLE = {"ready": "green", "degraded": "yellow", "unusable": "red"}
