@@ -438,7 +438,7 @@ def resolve_contract(
         },
         routing={
             "backend": target.backend,
-            "why": f"the backend set for host {target.host} in the inventory",
+            "why": "docker is the default backend, and the only one this version has",
             "risk_tier": "container (runc): shared host kernel, namespaces + cgroups",
             "alternatives": ["docker+dind (private daemon): later", "microVM: later"],
         },
