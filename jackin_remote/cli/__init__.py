@@ -18,6 +18,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's option table marks flags `<bool>` and cuts long help at 80 columns.
+    rich_markup_mode=None,
 )
 app.add_typer(hosts.app, name="hosts")
 sessions.register(app)
