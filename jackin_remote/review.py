@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_host.protocol import RemoteError
 from jackin_remote.core.names import is_session_id
 from jackin_remote.errors import AgentProtocolError, JackinError, StateError, UsageError
 from jackin_remote.fleet import HostLink
@@ -131,7 +130,7 @@ async def pull_session(
         result = await _pull_copy(link, session_id, Path(workspace), limit)
     else:
         raise StateError(f"session {session_id}: unknown isolation {isolation!r}")
-    await _call(link, "session.mark_pulled", {"id": session_id, "commit": result.commit})
+    await link.agent.call("session.mark_pulled", {"id": session_id, "commit": result.commit})
     return result
 
 
@@ -142,7 +141,7 @@ async def _pull_clone(
     await _require_repo(repo)
     branch = branch_name(session_id)
     ref = f"refs/heads/{branch}"
-    reply = await _call(link, "session.bundle", {"id": session_id, "max_bytes": limit})
+    reply = await link.agent.call("session.bundle", {"id": session_id, "max_bytes": limit})
     commit = _object_id(reply.get("commit"), link, "commit")
     size = _size(reply, link)
     if reply.get("over_limit") or size > limit:
@@ -266,14 +265,14 @@ async def _link_targets(repo: Path, oids: dict[str, str]) -> dict[str, str]:
 async def _pull_copy(link: HostLink, session_id: str, workspace: Path, limit: int) -> PullResult:
     if not workspace.is_dir():
         raise UsageError(f"workspace {str(workspace)!r} is not a directory")
-    snapshot = await _call(link, "session.snapshot", {"id": session_id})
+    snapshot = await link.agent.call("session.snapshot", {"id": session_id})
     tree = _object_id(snapshot.get("commit"), link, "tree id")
     pulled = _pulled_dir(workspace)
     final = pulled / session_id
     # One scratch dir holds the download and the tree being extracted: whatever fails, it goes.
     scratch = Path(tempfile.mkdtemp(prefix=f".incoming-{session_id}-", dir=pulled))
     try:
-        reply = await _call(link, "session.pack", {"id": session_id, "max_bytes": limit})
+        reply = await link.agent.call("session.pack", {"id": session_id, "max_bytes": limit})
         size = _size(reply, link)
         if reply.get("over_limit") or size > limit:
             raise too_large(link.host.name, session_id, limit)
@@ -291,7 +290,7 @@ async def _pull_copy(link: HostLink, session_id: str, workspace: Path, limit: in
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(JackinError):
-            await _call(link, "session.release", {"id": session_id})
+            await link.agent.call("session.release", {"id": session_id})
     return PullResult(session_id, "copy", None, tree, None, report.files + report.symlinks,
                       final, received, tuple(report.skipped),
                       tuple(report.outside_links))  # fmt: skip
@@ -307,8 +306,7 @@ async def _download(link: HostLink, session_id: str, kind: str, size: int, dest:
     with os.fdopen(fd, "wb") as out:
         while received < size:
             want = min(READ_CHUNK, size - received)
-            reply = await _call(
-                link,
+            reply = await link.agent.call(
                 "session.read",
                 {"id": session_id, "kind": kind, "offset": received, "length": want},
             )
@@ -371,13 +369,6 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 
 # -- host side: agent calls -----------------------------------------------------------------------
-async def _call(link: HostLink, method: str, params: dict[str, Any]) -> Any:
-    try:
-        return await link.agent.call(method, params)
-    except RemoteError as exc:
-        raise JackinError(f"{link.host.name}: {exc.message}") from None
-
-
 # -- local git ------------------------------------------------------------------------------------
 async def _git(repo: Path, *args: str, hint: str | None = None) -> str:
     code, out, err = await _run_git(repo, args)
