@@ -49,6 +49,9 @@ from agent_host.wire import (
 
 Range = Tuple[int, int]  # [start, end)
 STOP_TIMEOUT = 10
+PANE_POLL = 1.0  # seconds between two looks at an interactive session's pane (logs -f)
+PANE_TAIL = 8  # printed lines remembered to find where the next capture continues
+RESTARTABLE = ("stopped", "exited", "crashed")
 SETUP_GRACE = 600.0  # a `starting` record older than this, whose setter-upper is gone, failed
 
 
@@ -490,7 +493,10 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
     except _not_found():
         raise RemoteError(E_NOT_FOUND, "the container of %s is gone" % record["id"]) from None
     if record["mode"] == "interactive":
-        return {"text": _tmux_capture(container)}
+        if not params.get("follow"):
+            return {"text": _tmux_capture(container)}
+        ctx.streaming()
+        return _follow_pane(ctx, container)
     if not params.get("follow"):
         data = container.logs(stdout=True, stderr=True, tail=tail)
         return {"text": data.decode(errors="replace")}
@@ -508,6 +514,56 @@ def _tmux_capture(container: Any) -> str:
     argv = ["tmux", "capture-pane", "-p", "-t", TMUX_SESSION, "-S", "-2000"]
     result = container.exec_run(argv)
     return str(result.output.decode(errors="replace"))
+
+
+def _follow_pane(ctx: Context, container: Any) -> Dict[str, Any]:
+    """`logs -f` of an interactive session: the tmux pane polled, each line printed once it is
+    settled (above the cursor), until the sandbox stops or the controller goes away."""
+    argv = ["tmux", "display-message", "-p", "-t", TMUX_SESSION, "#{history_size} #{cursor_y}",
+            ";", "capture-pane", "-p", "-t", TMUX_SESSION, "-S", "-"]  # fmt: skip
+    from docker.errors import DockerException
+
+    tail: List[str] = []
+    end = 0
+    while not ctx.cancelled:
+        try:
+            result = container.exec_run(argv)
+        except DockerException:
+            break  # the sandbox stopped (or is gone) between two looks
+        if result.exit_code != 0:
+            break  # tmux (the session's main process) is gone
+        head, _, screen = result.output.decode(errors="replace").partition("\n")
+        try:
+            history, cursor = (int(part) for part in head.split())
+        except ValueError:
+            break
+        lines, end = settled_news(screen.split("\n")[: history + cursor], tail, end)
+        if lines:
+            ctx.notify("session.log", {"data": "".join(item + "\n" for item in lines)})
+            tail = (tail + lines)[-PANE_TAIL:]
+        try:
+            container.reload()
+        except DockerException:
+            break
+        if container.status != "running":
+            break
+        time.sleep(PANE_POLL)
+    return {"text": ""}
+
+
+def settled_news(settled: List[str], tail: List[str], end: int) -> Tuple[List[str], int]:
+    """The lines of `settled` not printed yet, and where the printed ones now end. `tail` is
+    what was printed last and `end` where it ended in the previous capture. Pure.
+
+    The history only grows until its limit, then drops lines at the top: the printed tail is
+    looked for at its old place first, then above it. Not found (the screen was cleared or
+    redrawn), every settled line is new."""
+    size = len(tail)
+    if size:
+        for stop in range(min(end, len(settled)), size - 1, -1):
+            if settled[stop - size : stop] == tail:
+                return settled[stop:], len(settled)
+    return settled, len(settled)
 
 
 # -- stop / rm -------------------------------------------------------------------------------
@@ -531,6 +587,49 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
                 finished_at=time.time(),
                 agent_status="unknown",
             )
+        return public_record(_existing(store.get(record["id"])))
+    finally:
+        store.close()
+
+
+def start(ctx: Context, params: Message) -> Dict[str, Any]:
+    """Start a stopped, exited or crashed session again: its own container, as it was made (the
+    same spec, checkout and sandbox user); the record says `running` again."""
+    from docker.errors import DockerException
+
+    store = Store(ctx.root)
+    try:
+        record = _get(store, params)
+        hint = {"hint": "see `jackin-remote ls`; launch a new session instead"}
+        if record["state"] in ("starting", "failed_setup", "purged"):
+            raise RemoteError(
+                E_CONFLICT, "session %s is %s: only a stopped, exited or crashed session can be "
+                "started again" % (record["id"], record["state"]), hint,
+            )  # fmt: skip
+        client = _docker()
+        try:
+            container = client.containers.get(record["container"])
+        except _not_found():
+            raise RemoteError(
+                E_NOT_FOUND, "the container of %s is gone: it cannot start again" % record["id"],
+                hint,
+            ) from None  # fmt: skip
+        if container.status in ("running", "restarting", "paused"):
+            raise RemoteError(E_CONFLICT, "session %s is already running" % record["id"])
+        try:
+            container.start()
+        except DockerException as exc:
+            raise RemoteError(
+                E_FAILED, "docker could not start %s: %s" % (record["id"], exc)
+            ) from None
+        store.update(
+            record["id"],
+            state=SessionState.RUNNING.value,
+            exit_code=None,
+            finished_at=None,
+            started_at=time.time(),
+            agent_status=agent_status("running", record["mode"]),
+        )
         return public_record(_existing(store.get(record["id"])))
     finally:
         store.close()
@@ -649,5 +748,6 @@ HANDLERS = {
     "session.list": list_sessions,
     "session.logs": logs,
     "session.stop": stop,
+    "session.start": start,
     "session.rm": remove,
 }

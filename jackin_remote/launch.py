@@ -10,12 +10,14 @@ host-side effect happens.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jackin_remote.config import choose_runtime
 from jackin_remote.core.contract import (
     Contract,
     LaunchRequest,
@@ -47,7 +49,7 @@ Step = Callable[[str, str], None]  # (host, message)
 class LaunchOptions:
     selector: str
     role: str
-    runtime: str
+    runtime: str | None  # None: the role's only runtime (config.choose_runtime)
     workspace: Path
     task: str | None = None
     network: str = "open"
@@ -59,6 +61,7 @@ class LaunchOptions:
     include: tuple[str, ...] = ()
     role_cache: Path | None = None  # where a git role is fetched (None: the laptop cache)
     build_network: str = "none"  # the role build's network: none | default
+    limits: tuple[tuple[str, Any], ...] = ()  # a config's limits: replace the inventory's
 
 
 @dataclass
@@ -100,16 +103,17 @@ def prepare(
         raise UsageError("--name names one session; it cannot be used with --count")
     check_session_name(options.name)
     env = parse_env(list(options.env))
-    hosts = select_hosts(inventory, options.selector)
+    hosts = [_with_limits(h, options.limits) for h in select_hosts(inventory, options.selector)]
     role = load_role(options.role, options.role_cache)
+    runtime = choose_runtime(options.runtime, role.name, tuple(role.runtimes))
     scan = scan_workspace(options.workspace, include=options.include)
-    key_env = pick_runtime(options.runtime, _role_ref(role)).key_env
+    key_env = pick_runtime(runtime, _role_ref(role)).key_env
     source = options.key_from or key_env
     credential: dict[str, str] = {}
     if key_env and source and environ.get(source):
         credential[key_env] = environ[source]
     request = LaunchRequest(
-        runtime=options.runtime,
+        runtime=runtime,
         task=options.task,
         network=options.network,
         env=env,
@@ -120,6 +124,12 @@ def prepare(
         build_network=options.build_network,
     )
     return Prepared(inventory, hosts, role, scan, request, credential, options.count)
+
+
+def _with_limits(host: Host, limits: Sequence[tuple[str, Any]]) -> Host:
+    if not limits:
+        return host
+    return dataclasses.replace(host, limits=dataclasses.replace(host.limits, **dict(limits)))
 
 
 def _role_ref(role: Role) -> RoleRef:

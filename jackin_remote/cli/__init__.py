@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from jackin_remote import __version__
-from jackin_remote.cli import hosts, sessions
+from jackin_remote.cli import config, hosts, sessions
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
 
@@ -16,12 +16,12 @@ app = typer.Typer(
     name="jackin-remote",
     help="Run sandboxed coding agents on servers you own (or on this machine).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     # Plain help: rich's option table marks flags `<bool>` and cuts long help at 80 columns.
     rich_markup_mode=None,
 )
 app.add_typer(hosts.app, name="hosts")
+app.add_typer(config.app, name="config")
 sessions.register(app)
 
 
@@ -45,6 +45,8 @@ def root(
 
 def main() -> None:
     try:
-        app()
+        # One name however it is started (`python -m jackin_remote` too): shell completion is
+        # keyed by it (_JACKIN_REMOTE_COMPLETE).
+        app(prog_name="jackin-remote")
     except JackinError as error:  # raised outside a command's own handling
         fail(error)

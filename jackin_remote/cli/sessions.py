@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from jackin_remote.cli import complete
 from jackin_remote.cli.common import (
     EXIT_SOME_HOSTS_FAILED,
     err,
@@ -20,20 +21,38 @@ from jackin_remote.cli.common import (
     run,
     write_text,
 )
-from jackin_remote.errors import JackinError
+from jackin_remote.errors import JackinError, UsageError
 from jackin_remote.ui.safe import line
 
 JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
 ON = typer.Option(
-    "local",
+    None,
     "--on",
-    help="Host, group, label:X or all; sessions go to the "
-    "least-loaded matching host with free capacity.",
+    help="Host, group, label:X or all; sessions go to the least-loaded matching host with free "
+    "capacity. Default: `on` in a config file, else local (a launch never sends the workspace "
+    "to a server you did not name; see `jackin-remote config show`).",
+    show_default=False,
+    autocompletion=complete.hosts,
 )
 ROLE = typer.Option(
-    ..., "--role", help="Role directory or git URL (jackin.role.toml + Dockerfile)."
+    None,
+    "--role",
+    help="Role directory (relative: to the current directory) or git URL (jackin.role.toml + "
+    "Dockerfile). Default: `role` in a config file.",
+    show_default=False,
 )
-RUNTIME = typer.Option("shell", "--runtime", help="claude|codex|amp|opencode|gemini|shell|demo")
+RUNTIME = typer.Option(
+    None,
+    "--runtime",
+    help="claude|codex|amp|opencode|gemini|shell|demo. Default: `runtime` in a config file, "
+    "else the role's runtime when it declares only one; required otherwise.",
+    show_default=False,
+)
+IGNORE_WS = typer.Option(
+    False,
+    "--ignore-workspace-config",
+    help="Do not read the workspace's .jackin/config.toml (approved or not).",
+)
 TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
 TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
 NETWORK = typer.Option("open", "--network", help="open | none (none is enforced by the engine).")
@@ -58,6 +77,9 @@ WORKSPACE = typer.Argument(Path("."), help="The workspace directory (default: .)
 WIDE = typer.Option(
     False, "--wide", help="Every column, unfolded (wider than the terminal if need be)."
 )
+SESSION = typer.Argument(
+    ..., help="Session id, unique id prefix or name.", autocompletion=complete.sessions
+)
 FULL_CONTRACT = typer.Option(
     False,
     "--full-contract",
@@ -76,9 +98,9 @@ RAW = typer.Option(
 
 
 def _options(
-    on: str,
-    role: str,
-    runtime: str,
+    on: str | None,
+    role: str | None,
+    runtime: str | None,
     workspace: Path,
     task: str | None,
     task_file: Path | None,
@@ -90,14 +112,21 @@ def _options(
     key_from: str | None,
     include: list[str],
     build_network: str = "none",
+    *,
+    ignore_workspace: bool = False,
+    as_json: bool = False,
 ) -> Any:
+    from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
 
+    chosen = launch_defaults(workspace, on=on, role=role, runtime=runtime,
+                             ignore_workspace=ignore_workspace,
+                             interactive=interactive(as_json))  # fmt: skip
     return LaunchOptions(
-        selector=on, role=role, runtime=runtime, workspace=workspace,
+        selector=chosen.on, role=chosen.role, runtime=chosen.runtime, workspace=workspace,
         task=read_task(task, task_file), network=network, env=tuple(env), count=count,
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
-        build_network=build_network,
+        build_network=build_network, limits=chosen.limits,
     )  # fmt: skip
 
 
@@ -144,12 +173,13 @@ def _show_contracts(items: list[Any], prepared: Any, *, full: bool = False) -> N
 
 
 def explain(
-    ctx: typer.Context, workspace: Path = WORKSPACE, on: str = ON, role: str = ROLE,
-    runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
+    ctx: typer.Context, workspace: Path = WORKSPACE, on: str | None = ON,
+    role: str | None = ROLE, runtime: str | None = RUNTIME, task: str | None = TASK,
+    task_file: Path | None = TASK_FILE,
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
-    full_contract: bool = FULL_CONTRACT,
+    ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -159,8 +189,9 @@ def explain(
     with tempfile.TemporaryDirectory(prefix="jackin-explain-") as scratch:
         try:
             options = _options(on, role, runtime, workspace, task, task_file, network, env,
-                               count, isolation, name, key_from, include,
-                               build_network)  # fmt: skip
+                               count, isolation, name, key_from, include, build_network,
+                               ignore_workspace=ignore_workspace_config,
+                               as_json=as_json)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -172,12 +203,14 @@ def explain(
 
 
 def launch(
-    ctx: typer.Context, workspace: Path = WORKSPACE, on: str = ON, role: str = ROLE,
-    runtime: str = RUNTIME, task: str | None = TASK, task_file: Path | None = TASK_FILE,
+    ctx: typer.Context, workspace: Path = WORKSPACE, on: str | None = ON,
+    role: str | None = ROLE, runtime: str | None = RUNTIME, task: str | None = TASK,
+    task_file: Path | None = TASK_FILE,
     network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
-    full_contract: bool = FULL_CONTRACT, verbose: bool = VERBOSE,
+    ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
+    verbose: bool = VERBOSE,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -185,7 +218,8 @@ def launch(
 
     try:
         options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
-                           isolation, name, key_from, include, build_network)  # fmt: skip
+                           isolation, name, key_from, include, build_network,
+                           ignore_workspace=ignore_workspace_config, as_json=as_json)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)
@@ -197,7 +231,11 @@ def launch(
 
     shown = LaunchProgress(err, verbose=verbose)  # build output folded into a line per host
 
+    creating: dict[str, list[str]] = {}  # host -> sessions whose create was sent (for Ctrl-C)
+
     def step(host: str, message: str) -> None:
+        if message.startswith(CREATING):
+            creating.setdefault(host, []).append(message.removeprefix(CREATING).strip())
         if not as_json:
             shown.step(host, message)
 
@@ -210,8 +248,12 @@ def launch(
             return await apply(pool, prepared, items, Store(), step,
                                shown if shown.live and not as_json else None, build)  # fmt: skip
 
-    with shown if not as_json else contextlib.nullcontext(), runner:
-        results = runner.run(go())
+    try:
+        with shown if not as_json else contextlib.nullcontext(), runner:
+            results = runner.run(go())
+    except KeyboardInterrupt:
+        _interrupted(sorted({c.identity["host"] for c in items}), creating)
+        raise typer.Exit(130) from None
     by_id = {c.identity["session"]: c for c in items}
     if as_json:
         print_json(sessions=[{**r, "contract": by_id[r["id"]].to_dict()} for r in results])
@@ -237,9 +279,29 @@ def launch(
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
 
 
+CREATING = "creating session "  # launch.apply's step for a session.create sent to a host
+
+
+def _interrupted(hosts: list[str], creating: dict[str, list[str]]) -> None:
+    """What a Ctrl-C during launch left, host by host: nothing is undone, so say what stays."""
+    err.print(line(("interrupted:", "yellow"), " the launch stopped; nothing was undone."))
+    for host in hosts:
+        ids = creating.get(host, [])
+        if ids:
+            err.print(line(f"  {host}: session {', '.join(ids)} was being created; the host "
+                           "finishes it on its own. See `jackin-remote ls`; remove it with "
+                           f"`jackin-remote rm {' '.join(ids)}`."))  # fmt: skip
+        else:
+            err.print(line(f"  {host}: no session was created. Files already synced and a role "
+                           "image already built stay on the host; the next launch reuses "
+                           "them."))  # fmt: skip
+
+
 def ls(
     ctx: typer.Context,
-    on: str = typer.Option("all", "--on", help="Host, group, label:X or all."),
+    on: str = typer.Option(
+        "all", "--on", help="Host, group, label:X or all.", autocompletion=complete.hosts
+    ),
     cached: bool = typer.Option(False, "--cached", help="Answer from the local view only."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop the local view, ask every host."),
     wide: bool = WIDE,
@@ -318,7 +380,7 @@ def _session_call(
 
 def logs(
     ctx: typer.Context,
-    session: str,
+    session: str = SESSION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the session ends."),
     tail: int | None = typer.Option(None, "--tail", help="Only the last N lines."),
     raw: bool = RAW,
@@ -350,7 +412,7 @@ def logs(
         write_text(held + str(result["text"]), raw=raw)
 
 
-def stop(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
+def stop(ctx: typer.Context, session: str = SESSION, as_json: bool = JSON) -> None:
     """Stop a session's sandbox. Its checkout stays until rm."""
     try:
         row, result = _session_call(ctx, session, "session.stop", {})
@@ -362,38 +424,132 @@ def stop(ctx: typer.Context, session: str, as_json: bool = JSON) -> None:
         out.print(line(f"{row['id']} on {row['host']}: {result['state']}"))
 
 
+FINISHED = ("exited", "crashed", "failed_setup", "stopped")  # rm --all-exited takes these
+
+
 def rm(
     ctx: typer.Context,
-    session: str,
+    sessions: list[str] = typer.Argument(
+        None, help="Session ids, unique id prefixes or names.", autocompletion=complete.sessions,
+        show_default=False,
+    ),
+    all_exited: bool = typer.Option(
+        False, "--all-exited",
+        help="Also every session whose sandbox has ended: exited, crashed, failed_setup, stopped.",
+    ),
+    on: str = typer.Option(
+        "all", "--on", help="With --all-exited: only on these hosts.",
+        autocompletion=complete.hosts,
+    ),
     force: bool = typer.Option(False, "--force", help="Discard work that was not pulled."),
     as_json: bool = JSON,
-) -> None:
-    """Remove a session: its container and checkout. Refuses while work is unpulled."""
+) -> None:  # fmt: skip
+    """Remove sessions: their containers and checkouts. Refuses while work is unpulled."""
+    from jackin_remote.fleet import Pool
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.sessions import call, find_session, host_of, refresh
     from jackin_remote.store import Store
 
+    if not sessions and not all_exited:
+        problem = UsageError("name the sessions to remove, or give --all-exited",
+                             hint="see `jackin-remote ls` for session ids")  # fmt: skip
+        fail(problem, as_json=as_json)
     try:
-        row, result = _session_call(ctx, session, "session.rm", {"force": force})
+        inventory = load(ctx)
+        scope = select_hosts(inventory, on) if all_exited else []
     except JackinError as error:
         fail(error, as_json=as_json)
     store = Store()
-    store.db.execute("DELETE FROM sessions WHERE key = ?", [row["key"]])
-    store.db.conn.commit()
-    discarded = result.get("discarded_commit") if result["discarded_unpulled"] else None
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        async with Pool(inventory) as pool:
+            rows: dict[str, tuple[dict[str, Any], Any]] = {}
+            for ref in sessions or []:
+                try:
+                    row, host = await find_session(pool, inventory, store, ref)
+                    rows.setdefault(row["key"], (row, host))
+                except JackinError as error:
+                    failed.append({"session": ref, "host": None, "error": error.message,
+                                   "hint": error.hint})  # fmt: skip
+            if all_exited:
+                for result in await refresh(pool, scope, store):
+                    if not result.ok:
+                        reason = getattr(result.error, "reason", str(result.error))
+                        failed.append({"session": None, "host": result.host.name,
+                                       "error": reason, "hint": None})  # fmt: skip
+                for row in store.sessions([h.name for h in scope]):
+                    if row["shown_state"] in FINISHED:
+                        rows.setdefault(row["key"], (row, host_of(inventory, row)))
+            for row, host in rows.values():
+                try:
+                    result = await call(pool, host, "session.rm", {"id": row["id"], "force": force})
+                except JackinError as error:
+                    failed.append({"session": row["id"], "host": row["host"],
+                                   "error": error.message, "hint": error.hint})  # fmt: skip
+                    continue
+                store.forget(row["key"])
+                done.append({"session": row["id"], "host": row["host"], "removed": True,
+                             "discarded_unpulled": result["discarded_unpulled"],
+                             "discarded_commit": result.get("discarded_commit")
+                             if result["discarded_unpulled"] else None,
+                             "not_inspected": result.get("not_inspected")})  # fmt: skip
+
+    try:
+        run(go())
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    _report_rm(done, failed, single=len(sessions or []) == 1 and not all_exited, as_json=as_json)
+    if failed:
+        raise typer.Exit(1 if not done and len(failed) == 1 else EXIT_SOME_HOSTS_FAILED)
+
+
+def _report_rm(done: list[dict[str, Any]], failed: list[dict[str, Any]], *, single: bool,
+               as_json: bool) -> None:  # fmt: skip
     if as_json:
-        print_json(session=row["id"], host=row["host"], removed=True,
-                   discarded_unpulled=result["discarded_unpulled"], discarded_commit=discarded,
-                   not_inspected=result.get("not_inspected"))  # fmt: skip
+        # One session named: its fields at the top too, as before several could be named.
+        top = (done or failed)[0] if single and (done or failed) else {}
+        print_json(**top, removed_sessions=done, failed=failed)
         return
-    out.print(line(f"removed {row['id']} from {row['host']}"))
-    if result["discarded_unpulled"]:
-        what = f"commit {discarded[:12]}" if discarded else "its checkout"
-        out.print(line(f"  discarded work that was never pulled ({what})"))
-    if result.get("not_inspected"):
-        out.print(line(f"  the sandbox was removed first; its checkout could not be inspected: "
-                       f"{result['not_inspected']}"))  # fmt: skip
+    for entry in done:
+        out.print(line(f"removed {entry['session']} from {entry['host']}"))
+        if entry["discarded_unpulled"]:
+            commit = entry["discarded_commit"]
+            what = f"commit {commit[:12]}" if commit else "its checkout"
+            out.print(line(f"  discarded work that was never pulled ({what})"))
+        if entry["not_inspected"]:
+            out.print(line(f"  the sandbox was removed first; its checkout could not be "
+                           f"inspected: {entry['not_inspected']}"))  # fmt: skip
+    if not done and not failed:
+        out.print(line("nothing to remove: no session has ended"))
+    for entry in failed:
+        who = entry["session"] or entry["host"]
+        err.print(line(("error:", "bold red"), f" {who}: ", entry["error"]))
+        if entry["hint"]:
+            err.print(line(("  hint: ", "dim"), (entry["hint"], "dim")))
 
 
-def attach(ctx: typer.Context, session: str) -> None:
+def start(ctx: typer.Context, session: str = SESSION, as_json: bool = JSON) -> None:
+    """Start a stopped, exited or crashed session again (its own container and checkout)."""
+    from jackin_remote.sessions import checked_records
+    from jackin_remote.store import Store
+
+    try:
+        row, result = _session_call(ctx, session, "session.start", {})
+        (entry,) = checked_records(row["host"], [result])  # a host's answer is parsed, typed
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    Store().record(row["host"], entry)
+    if as_json:
+        print_json(session=entry["id"], host=row["host"], state=entry["state"])
+    else:
+        out.print(line(f"{entry['id']} on {row['host']}: {entry['state']}"))
+        if entry["mode"] == "interactive":
+            out.print(line(f"  attach: jackin-remote attach {entry['id']}"))
+
+
+def attach(ctx: typer.Context, session: str = SESSION) -> None:
     """Attach this terminal to an interactive session's tmux.
 
     Detach with Ctrl-b d (the session keeps running). Inside your own tmux, whose prefix is
@@ -428,7 +584,7 @@ def attach(ctx: typer.Context, session: str) -> None:
 
 def pull(
     ctx: typer.Context,
-    session: str,
+    session: str = SESSION,
     workspace: Path | None = typer.Option(
         None,
         "--into",
@@ -484,7 +640,7 @@ def pull(
                            multiline=False))  # fmt: skip
 
 
-def diff(ctx: typer.Context, session: str, raw: bool = RAW, as_json: bool = JSON) -> None:
+def diff(ctx: typer.Context, session: str = SESSION, raw: bool = RAW, as_json: bool = JSON) -> None:
     """Show what a session changed, against where it started."""
     try:
         row, result = _session_call(ctx, session, "session.diff", {})
@@ -500,5 +656,5 @@ def diff(ctx: typer.Context, session: str, raw: bool = RAW, as_json: bool = JSON
 
 
 def register(app: typer.Typer) -> None:
-    for command in (explain, launch, ls, logs, attach, stop, rm, pull, diff):
+    for command in (explain, launch, ls, logs, attach, stop, start, rm, pull, diff):
         app.command(command.__name__)(command)

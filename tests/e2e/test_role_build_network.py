@@ -174,7 +174,7 @@ def test_an_unknown_build_network_is_refused(
 ) -> None:
     ws = make_workspace(tmp_path / "ws")
     role = str(REPO / "roles" / "test-agent")
-    proc = cli.run("-i", str(local_inventory), "explain", "--role", role,
+    proc = cli.run("-i", str(local_inventory), "explain", "--role", role, "--runtime", "shell",
                    "--build-network", "host", str(ws))  # fmt: skip
     assert proc.returncode != 0
     assert "--build-network 'host'" in proc.stderr + proc.stdout

@@ -107,6 +107,7 @@ def test_every_value_a_hint_lists_is_accepted(
     (workspace / "a.txt").write_text("a\n")
     result = CliRunner().invoke(app, [
         "-i", str(inventory), "explain", "--role", str(REPO / "roles" / "test-agent"),
+        *(() if flag == "--runtime" else ("--runtime", "shell")),  # the role declares two
         flag, value, "--json", str(workspace),
     ])  # fmt: skip
     assert result.exit_code == 0, (flag, value, result.output)
