@@ -1,4 +1,8 @@
-"""`hosts check`: connect, deploy the agent if needed, gather facts, judge each host."""
+"""`hosts check`: connect, deploy the agent if needed, gather facts, judge each host.
+
+Also the read-only capacity probe that `explain` and `launch` share with it: one shell command
+over the transport (no agent, nothing written), so the limits are checked before any work.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,43 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jackin_remote.agent.deploy import CLEAN_PATH, root_prelude
+from jackin_remote.core.capacity import Capacity, Misfit, limit_misfits, parse_probe
 from jackin_remote.core.hoststate import HostState
-from jackin_remote.core.verdict import problems, verdict
+from jackin_remote.core.verdict import misfit_problems, problems, verdict
 from jackin_remote.errors import AgentCallError, HostError
 from jackin_remote.fleet import HostLink, HostResult, Pool
 from jackin_remote.inventory.model import Host
+from jackin_remote.inventory.origins import limit_settings
 
 PINGS = 3
+PROBE_TIMEOUT = 20.0
+
+# Reads only: CPUs this account may use (what the engine's NumCPU counts), MemTotal, pid_max and
+# the free space of the host root's nearest existing directory (the root may not exist yet).
+PROBE_SCRIPT = (
+    f"PATH={CLEAN_PATH}\n"
+    'p="$root"\n'
+    'while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname -- "$p"); done\n'
+    'echo "cpus $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)"\n'
+    'echo "pid_max $(cat /proc/sys/kernel/pid_max 2>/dev/null)"\n'
+    "echo \"memory_kb $(sed -n 's/^MemTotal:[[:space:]]*\\([0-9]*\\) kB$/\\1/p' /proc/meminfo"
+    ' 2>/dev/null)"\n'
+    'df -Pk -- "$p" 2>/dev/null | awk \'NR == 2 { print "disk_free_kb " $4 }\'\n'
+    'printf "disk_path %s\\n" "$p"\n'
+)
+
+
+async def read_capacity(link: HostLink) -> Capacity:
+    """The host's CPUs, memory, pid_max and free disk, read without starting the agent."""
+    done = await link.transport.run(root_prelude(link.host.root) + PROBE_SCRIPT,
+                                    timeout=PROBE_TIMEOUT)  # fmt: skip
+    return parse_probe(done.stdout.decode(errors="replace"))
+
+
+def host_misfits(host: Host, capacity: Capacity, declared: Host | None = None) -> list[Misfit]:
+    """The limits `host` would give a sandbox that its machine cannot meet."""
+    return limit_misfits(host.name, limit_settings(host, declared), capacity)
 
 
 async def _probe(link: HostLink) -> dict[str, Any]:
@@ -35,11 +69,13 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
         if best is None or rtt < best[0]:
             best = (rtt, float(reply["time"]) - (sent + received) / 2)
     facts = await link.agent.call("facts")
+    misfits = host_misfits(link.host, await read_capacity(link))
     assert best is not None
     started = link.started
     assert started is not None
     return {
         "facts": facts,
+        "misfits": [m.as_dict() for m in misfits],
         "latency_ms": round(best[0] * 1000, 3),
         "clock_skew_s": round(best[1], 3),
         "connect_ms": round(link.connect_seconds * 1000, 1),
@@ -64,8 +100,10 @@ def report(result: HostResult[dict[str, Any]]) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
     }
     if result.value is not None:
-        found = problems(result.value["facts"], result.value["clock_skew_s"])
-        entry.update(result.value)
+        value = dict(result.value)
+        found = problems(value["facts"], value["clock_skew_s"])
+        found += misfit_problems(value.pop("misfits"))
+        entry.update(value)
         entry["verdict"] = verdict(found)
         entry["problems"] = [p.as_dict() for p in found]
         entry["error"] = None

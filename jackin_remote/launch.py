@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jackin_remote.config import choose_runtime
+from jackin_remote.core.capacity import Capacity, Misfit
 from jackin_remote.core.contract import (
     Contract,
     LaunchRequest,
@@ -272,21 +273,103 @@ async def answering_slots(
 async def launch_contracts(pool: Pool, prepared: Prepared, store: Store | None) -> list[Contract]:
     """launch: the candidates asked live, then the contracts (PlacementError if they do not
     all fit: nothing has been started)."""
+    # The limits first, read-only: a refusal leaves every host as it was.
+    capacities = await read_capacities(pool, prepared.hosts)
+    refuse_misfits(sorted({m.message for m in limit_misfits(prepared, capacities)}))
     slots = await live_slots(pool, prepared.hosts, running_counts(store))
-    return contracts(prepared, slots, LIVE)
+    checked, blocking = judge_fit(prepared, contracts(prepared, slots, LIVE), capacities)
+    refuse_misfits(blocking)
+    return checked
 
 
 async def explain_contracts(prepared: Prepared, store: Store | None) -> list[Contract]:
     """explain: with several candidates, drop those that do not answer a connection; the
-    counts are the laptop's last-known ones. With one, nothing is contacted."""
+    counts are the laptop's last-known ones. The placed hosts' facts are read by a read-only
+    probe (no agent is started): their misfits are warnings in the contracts."""
     from jackin_remote.fleet import Pool
 
     running = running_counts(store)
-    if len(prepared.hosts) < 2:
-        return contracts(prepared, slots_for(prepared.hosts, running))
     async with Pool(prepared.inventory) as pool:
-        slots = await answering_slots(pool, prepared.hosts, running)
-    return contracts(prepared, slots, LAST_KNOWN)
+        if len(prepared.hosts) < 2:
+            plan = contracts(prepared, slots_for(prepared.hosts, running))
+        else:
+            slots = await answering_slots(pool, prepared.hosts, running)
+            plan = contracts(prepared, slots, LAST_KNOWN)
+        # The placed hosts' facts, read-only: a limit they cannot meet is a warning here.
+        names = {c.identity["host"] for c in plan}
+        capacities = await read_capacities(pool, [h for h in prepared.hosts if h.name in names])
+    return judge_fit(prepared, plan, capacities)[0]
+
+
+# -- fit: the hosts' facts against the limits and the disk, before any work -------------------
+async def read_capacities(pool: Pool, hosts: Sequence[Host]) -> dict[str, Capacity | str]:
+    """Each host's CPUs, memory, pid_max and free disk, read by a read-only probe over the
+    transport (no agent: nothing is deployed or written), or why it could not be read."""
+    from jackin_remote.hostcheck import read_capacity
+
+    async def one(host: Host) -> Capacity | str:
+        try:
+            return await read_capacity(await pool.link(host))
+        except (HostError, TimeoutError, OSError) as exc:
+            return getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+
+    found = await asyncio.gather(*(one(h) for h in hosts))
+    return {h.name: capacity for h, capacity in zip(hosts, found, strict=True)}
+
+
+def limit_misfits(prepared: Prepared, capacities: Mapping[str, Capacity | str]) -> list[Misfit]:
+    """The limits a candidate host cannot meet. Launch refuses on any, before it asks a host
+    anything else: the value is wrong in the inventory whichever host would be picked."""
+    from jackin_remote.hostcheck import host_misfits
+
+    return [
+        misfit
+        for host in prepared.hosts
+        if isinstance(capacity := capacities.get(host.name), Capacity)
+        for misfit in host_misfits(host, capacity, prepared.inventory.host(host.name))
+    ]
+
+
+def judge_fit(
+    prepared: Prepared, plan: Sequence[Contract], capacities: Mapping[str, Capacity | str]
+) -> tuple[list[Contract], list[str]]:
+    """The placed hosts' limits and the launch's disk use (the mirror plus one checkout per
+    session, each the workspace's size) against their facts. Returns the contracts with what was
+    found added to their warnings, and the problems a launch must refuse on."""
+    from jackin_remote.core.capacity import disk_misfits
+    from jackin_remote.core.contract import with_warnings
+    from jackin_remote.hostcheck import host_misfits
+
+    sessions: dict[str, int] = {}
+    for contract in plan:
+        sessions[contract.identity["host"]] = sessions.get(contract.identity["host"], 0) + 1
+    hosts = {h.name: h for h in prepared.hosts}
+    found: dict[str, list[Misfit]] = {}
+    for name, count in sessions.items():
+        capacity = capacities.get(name)
+        if not isinstance(capacity, Capacity):
+            found[name] = [Misfit(False, f"limits and disk not checked on {name}: "
+                                  f"{capacity or 'not asked'}",
+                                  "run `jackin-remote hosts check`")]  # fmt: skip
+            continue
+        needed = prepared.scan.total_bytes * (count + 1)
+        found[name] = host_misfits(hosts[name], capacity, prepared.inventory.host(name))
+        found[name] += disk_misfits(name, capacity, needed, count)
+    checked = [
+        with_warnings(c, [f"{m.message} (hint: {m.hint})" for m in found[c.identity["host"]]])
+        for c in plan
+    ]
+    return checked, [m.message for misfits in found.values() for m in misfits if m.blocking]
+
+
+def refuse_misfits(blocking: Sequence[str]) -> None:
+    """Launch stops here, before anything is synced, built or created on any host."""
+    if blocking:
+        raise JackinError(
+            "cannot launch, nothing was started: " + "; ".join(blocking),
+            hint="change the limit in the inventory (or free the disk), then launch again; "
+            "`jackin-remote explain` and `hosts check` show the same check",
+        )
 
 
 # -- apply -------------------------------------------------------------------------------------

@@ -342,9 +342,11 @@ def ls(
                     "error": getattr(r.error, "reason", str(r.error))} for r in failed],
         )  # fmt: skip
     else:
-        from jackin_remote.ui.sessions import sessions_table
+        from jackin_remote.ui.sessions import failure_notes, sessions_table
 
         out.print(sessions_table(rows, wide=wide), crop=not wide)
+        for note in failure_notes(rows):
+            out.print(note)
         for result in failed:
             err.print(line((f"{result.host.name}: {result.state}:", "yellow"), " ",
                            getattr(result.error, "reason", result.error)))  # fmt: skip
@@ -360,10 +362,15 @@ def _session_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _session_call(
-    ctx: typer.Context, ref: str, method: str, params: dict[str, Any], on_event: Any = None
-) -> tuple[dict[str, Any], Any]:
+    ctx: typer.Context, ref: str, method: str, params: dict[str, Any], on_event: Any = None,
+    when_gone: Any = None,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """`when_gone(row, error)`: what to raise instead when the host says the session's
+    container is gone; `row` is the host's record of it, asked again."""
+    from agent_host.protocol import E_NOT_FOUND
+    from jackin_remote.errors import AgentCallError
     from jackin_remote.fleet import Pool
-    from jackin_remote.sessions import call, find_session
+    from jackin_remote.sessions import call, find_session, refresh
     from jackin_remote.store import Store
 
     inventory = load(ctx)
@@ -372,10 +379,29 @@ def _session_call(
     async def go() -> tuple[dict[str, Any], Any]:
         async with Pool(inventory) as pool:
             row, host = await find_session(pool, inventory, store, ref)
-            result = await call(pool, host, method, {"id": row["id"], **params}, on_event)
+            try:
+                result = await call(pool, host, method, {"id": row["id"], **params}, on_event)
+            except AgentCallError as exc:
+                if when_gone is None or exc.code != E_NOT_FOUND:
+                    raise
+                await refresh(pool, [host], store)
+                fresh = [r for r in store.sessions([host.name]) if r["id"] == row["id"]]
+                raise when_gone(fresh[0] if fresh else row, exc) from None
             return row, result
 
     return run(go())
+
+
+def _recorded_error(row: dict[str, Any], gone: Any) -> Any:
+    """A session whose sandbox never ran (failed_setup): its recorded reason, else `gone`."""
+    error = row.get("error")
+    if not isinstance(error, str) or not error.strip():
+        return gone
+    return JackinError(
+        f"{row['id']} on {row['host']} has no container ({row['state']}): {error}",
+        hint=f"fix what the reason says, then launch again; `jackin-remote rm {row['id']}` "
+        "forgets this session",
+    )
 
 
 def logs(
@@ -401,11 +427,16 @@ def logs(
     try:
         row, result = _session_call(ctx, session, "session.logs",
                                     {"follow": follow and not as_json, "tail": tail},
-                                    on_event)  # fmt: skip
+                                    on_event, when_gone=_recorded_error)  # fmt: skip
     except JackinError as error:
         fail(error, as_json=as_json)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    if not str(result["text"]).strip() and row.get("state") == "failed_setup":
+        # A sandbox that never started has no output: its recorded reason is what there is.
+        recorded = _recorded_error(row, None)
+        if recorded is not None:
+            fail(recorded, as_json=as_json)
     if as_json:
         print_json(session=row["id"], host=row["host"], text=result["text"])
     else:

@@ -9,7 +9,7 @@ Contract: credentials appear by name, source and delivery only.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from agent_host import layout
@@ -570,3 +570,11 @@ def _working_tree_note(workspace: WorkspaceRef) -> str:
             "'jackin: local working tree at launch', on top of your HEAD"
         )
     return "clean: the session starts from your HEAD"
+
+
+def with_warnings(contract: Contract, extra: list[str]) -> Contract:
+    """The contract with warnings found after it was resolved (the host's facts: a limit it
+    cannot meet, tight disk), so explain shows them in the same place as every other warning."""
+    if not extra:
+        return contract
+    return replace(contract, warnings=[*contract.warnings, *extra])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from jackin_remote.core.capacity import MIN_DISK_FREE
 
 Severity = Literal["warn", "fail"]
 Verdict = Literal["ready", "degraded", "unusable"]
 
 MIN_PYTHON = (3, 9)
-MIN_DISK_FREE = 5 * 1024**3
 MAX_CLOCK_SKEW = 2.0  # seconds; beyond this, ages and timeouts in the fleet view lie
 
 
@@ -70,6 +72,12 @@ def problems(facts: dict[str, Any], clock_skew: float | None) -> list[Problem]:
             Problem("warn", f"clock is off by {clock_skew:+.1f} s", "enable NTP on the host")
         )
     return found
+
+
+def misfit_problems(misfits: Iterable[Mapping[str, Any]]) -> list[Problem]:
+    """Limits the host cannot meet (core/capacity.py). A warning here, not a failure: the host
+    is fine, the inventory asks too much of it, and launch refuses until the value is fixed."""
+    return [Problem("warn", str(m["message"]), str(m["hint"])) for m in misfits]
 
 
 def verdict(found: list[Problem]) -> Verdict:

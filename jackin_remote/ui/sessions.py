@@ -11,8 +11,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from rich.text import Text
+
 from jackin_remote.ui.fit import ColumnSpec, FittedTable
-from jackin_remote.ui.safe import text
+from jackin_remote.ui.safe import line, text
 
 STATE_STYLE = {
     "running": "green", "starting": "cyan", "exited": "blue", "crashed": "red",
@@ -80,3 +82,22 @@ def sessions_table(
             text(_memory(row.get("memory_bytes")) if live else "-"),
         ])  # fmt: skip
     return FittedTable("sessions", COLUMNS, cells, wide=wide)
+
+
+NOTE_CHARS = 300  # a failure reason under the table; `logs` prints the whole of it
+
+
+def failure_notes(rows: Sequence[dict[str, Any]]) -> list[Text]:
+    """Why a session failed, one line under the table per failed session: the host's recorded
+    error (`failed_setup` keeps no container, so the reason is all there is to read)."""
+    notes = []
+    for row in rows:
+        error = row.get("error")
+        if not isinstance(error, str) or not error.strip():
+            continue
+        reason = " ".join(error.split())
+        if len(reason) > NOTE_CHARS:
+            reason = reason[:NOTE_CHARS] + f"... (see `jackin-remote logs {row['id']}`)"
+        notes.append(line((f"{row['id']} on {row['host']}: {row['state']}:", "red"), " ",
+                          reason, multiline=False))  # fmt: skip
+    return notes

@@ -1,0 +1,154 @@
+"""Whether a host can meet a sandbox's limits and hold its files: pure, decided before any work.
+
+`explain`, `launch` and `hosts check` read the same few facts from a host (CPUs, memory, the
+kernel's pid_max, free disk under the host root) and judge them here. A limit the host cannot
+meet is `blocking`: launch refuses before it syncs or builds anything (the engine would refuse
+it only at container creation, after the image build, with its own words). The message names
+where the value was set (`hosts.toml:17 defaults.limits.cpus`), so the fix is one edit away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent_host.wire import memory_bytes
+
+# Below this much free disk after a launch, a host is tight (builds, logs, later sessions).
+MIN_DISK_FREE = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a host has. None: the host did not say (the check is then skipped, not failed)."""
+
+    cpus: int | None = None
+    memory: int | None = None  # bytes, MemTotal
+    pid_max: int | None = None
+    disk_path: str | None = None  # the host root, or its nearest existing parent
+    disk_free: int | None = None  # bytes available to the host account there
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One limit as the operator set it: `origin` says where (file:line and key)."""
+
+    key: str  # memory | cpus | pids
+    value: str | float | int
+    field: str  # "defaults.limits.cpus", "hosts.build-1.limits.cpus", "the built-in limits.cpus"
+    where: str | None = None  # "/ops/inventory/hosts.toml:17"; None: not from a file we know
+
+    @property
+    def origin(self) -> str:
+        return f"{self.where} {self.field}" if self.where else self.field
+
+
+@dataclass(frozen=True)
+class Misfit:
+    blocking: bool  # True: the host cannot meet it (launch refuses); False: a warning
+    message: str
+    hint: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"blocking": self.blocking, "message": self.message, "hint": self.hint}
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def parse_probe(output: str) -> Capacity:
+    """The `key value` lines the read-only probe prints (hostcheck.PROBE_SCRIPT). Unknown keys
+    and junk are ignored: a fact the host did not give is simply not checked."""
+    found: dict[str, str] = {}
+    for raw in output.splitlines():
+        key, _, value = raw.partition(" ")
+        found.setdefault(key, value)
+    memory_kb = _int(found.get("memory_kb", ""))
+    free_kb = _int(found.get("disk_free_kb", ""))
+    return Capacity(
+        cpus=_int(found.get("cpus", "")),
+        memory=None if memory_kb is None else memory_kb * 1024,
+        pid_max=_int(found.get("pid_max", "")),
+        disk_path=found.get("disk_path") or None,
+        disk_free=None if free_kb is None else free_kb * 1024,
+    )
+
+
+def gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"
+
+
+def _shown(value: str | float | int) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def limit_misfits(host: str, settings: Sequence[Setting], capacity: Capacity) -> list[Misfit]:
+    """Each limit the host cannot meet, naming where it was set and what the host has."""
+    found: list[Misfit] = []
+    for setting in settings:
+        have = _have(setting, capacity)
+        if have is None:
+            continue
+        wanted, what, ceiling = have
+        if wanted <= ceiling:
+            continue
+        found.append(
+            Misfit(
+                True,
+                f"{setting.origin} = {_shown(setting.value)}, but {host} has {what}",
+                f"set limits.{setting.key} to at most {_ceiling(setting.key, ceiling)} "
+                f"({setting.where or 'in the inventory'}; for {host} alone: in its "
+                f"[hosts.{host}] table)",
+            )
+        )
+    return found
+
+
+def _ceiling(key: str, ceiling: int) -> str:
+    if key == "memory":
+        return f"{ceiling // 1024**2}m"
+    return str(ceiling)
+
+
+def _have(setting: Setting, capacity: Capacity) -> tuple[float, str, int] | None:
+    """(wanted, what the host has in words, the most it can give) or None if unknown."""
+    if setting.key == "cpus" and capacity.cpus is not None:
+        assert isinstance(setting.value, int | float)
+        plural = "" if capacity.cpus == 1 else "s"
+        return float(setting.value), f"{capacity.cpus} CPU{plural}", capacity.cpus
+    if setting.key == "memory" and capacity.memory is not None:
+        wanted = memory_bytes(setting.value)
+        return float(wanted), f"{gib(capacity.memory)} of memory", capacity.memory
+    if setting.key == "pids" and capacity.pid_max is not None:
+        assert isinstance(setting.value, int)
+        return float(setting.value), f"pid_max {capacity.pid_max}", capacity.pid_max
+    return None
+
+
+def disk_misfits(host: str, capacity: Capacity, needed: int, sessions: int) -> list[Misfit]:
+    """`needed`: bytes this launch writes on the host (the workspace mirror and one checkout
+    per session). Refused when they do not fit; a warning when little would be left."""
+    free, where = capacity.disk_free, capacity.disk_path or "the host root"
+    if free is None:
+        return []
+    what = f"the workspace mirror and {sessions} checkout(s), about {gib(needed)}"
+    if free < needed:
+        return [
+            Misfit(
+                True,
+                f"{host} has {gib(free)} free under {where}, but this launch writes {what}",
+                f"free disk space on {host}, or set a different root for it in the inventory",
+            )
+        ]
+    if free - needed < MIN_DISK_FREE:
+        return [
+            Misfit(
+                False,
+                f"{host} would have {gib(free - needed)} free under {where} after this launch "
+                f"({what})",
+                f"free disk space on {host}: role builds, logs and later sessions need room",
+            )
+        ]
+    return []
