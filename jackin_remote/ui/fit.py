@@ -68,9 +68,13 @@ def fit_columns(
         kept.remove(droppable.pop())
     widths = {s.name: sizes[s.name].natural for s in kept}
     excess = _total(widths.values()) - width
-    for floor in (lambda n: max(sizes[n].minimum, sizes[n].words), lambda n: sizes[n].minimum):
+    # First fold at spaces only, then cut the words of foldable columns down to their floor.
+    for floors in (
+        {s.name: max(sizes[s.name].minimum, sizes[s.name].words) for s in kept},
+        {s.name: sizes[s.name].minimum for s in kept},
+    ):
         while excess > 0:
-            shrinkable = [s.name for s in kept if widths[s.name] > floor(s.name)]
+            shrinkable = [s.name for s in kept if widths[s.name] > floors[s.name]]
             if not shrinkable:
                 break
             widest = max(shrinkable, key=lambda name: widths[name])
