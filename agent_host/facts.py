@@ -6,6 +6,8 @@ the others.
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 import json
 import os
 import platform
@@ -13,10 +15,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-from agent_host import AGENT_VERSION
+from agent_host import AGENT_VERSION, layout
+from agent_host.wire import IDENTITY_RE, HostIdentity
 
 PROBE_TIMEOUT = 5.0
 
@@ -169,6 +173,54 @@ def collect(root: str) -> Dict[str, Any]:
         "user": _user(),
         "time": time.time(),
     }
+
+
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def _read_id(path: str) -> Optional[str]:
+    """A 32-hex id from `path`, or None if it is missing, unreadable or not one."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            value = fh.read(64).strip().lower()
+    except OSError:
+        return None
+    return value if IDENTITY_RE.match(value) else None
+
+
+def machine_id() -> Optional[str]:
+    """/etc/machine-id where the system has one ("uninitialized", empty or absent: None)."""
+    for path in MACHINE_ID_FILES:
+        value = _read_id(path)
+        if value is not None:
+            return value
+    return None
+
+
+def root_id(root: str) -> Optional[str]:
+    """This root's own random id, made on first use. Written to a private file and hard-linked
+    into place, so two agents asking at once (one root under two names, in one `ls`) both read
+    the one complete id that won; an existing id is never replaced."""
+    path = layout.root_id_file(root)
+    value = _read_id(path)
+    if value is not None or os.path.lexists(path):
+        return value
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=".root-id.", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(binascii.hexlify(os.urandom(16)).decode() + "\n")
+        with contextlib.suppress(FileExistsError):  # another agent made it first: theirs wins
+            os.link(scratch, path)
+    finally:
+        os.unlink(scratch)
+    return _read_id(path)
+
+
+def identity(root: str) -> Dict[str, Any]:
+    """The `identity` method: the same machine or root under two inventory names (see
+    wire.HostIdentity)."""
+    return HostIdentity(machine_id=machine_id(), root_id=root_id(root)).to_wire()
 
 
 def _user() -> Optional[str]:

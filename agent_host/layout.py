@@ -2,6 +2,7 @@
 
     <root>/agent/jackin-agent-<hash>/         the agent itself (unpacked, byte-compiled)
     <root>/state.db                           sessions on this host (source of truth)
+    <root>/root-id                            random id of this root, made once (host identity)
     <root>/workspaces/<ws>/mirror/            workspace mirror (rsync target)
     <root>/workspaces/<ws>/manifest.json      hash + file list of the last completed sync
     <root>/roles/<role>/<content-hash>/       role build context
@@ -32,6 +33,10 @@ def agent_dir(root: str) -> str:
 
 def state_db(root: str) -> str:
     return os.path.join(root, "state.db")
+
+
+def root_id_file(root: str) -> str:
+    return os.path.join(root, "root-id")
 
 
 def workspace_dir(root: str, workspace: str) -> str:

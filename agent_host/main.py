@@ -21,6 +21,12 @@ def _facts(ctx: Context, params: Message) -> Dict[str, Any]:
     return facts.collect(ctx.root)
 
 
+def _identity(ctx: Context, params: Message) -> Dict[str, Any]:
+    from agent_host import facts
+
+    return facts.identity(ctx.root)
+
+
 def _ping(ctx: Context, params: Message) -> Dict[str, Any]:
     # The host's clock, read as late as possible: the controller derives skew from it.
     return {"pong": True, "time": time.time()}
@@ -28,7 +34,7 @@ def _ping(ctx: Context, params: Message) -> Dict[str, Any]:
 
 def handlers() -> Dict[str, Handler]:
     """Every RPC method. Feature modules each export HANDLERS; names are `area.verb`."""
-    table: Dict[str, Handler] = {"facts": _facts, "ping": _ping}
+    table: Dict[str, Handler] = {"facts": _facts, "identity": _identity, "ping": _ping}
     for module in _feature_modules():
         table.update(module.HANDLERS)
     return table

@@ -568,3 +568,42 @@ def records_from_wire(items: object) -> List[SessionRecord]:
     if not isinstance(items, list):
         raise SpecError("sessions", "must be a list")
     return [SessionRecord.from_wire(item) for item in items]
+
+
+# -- who a host is (the `identity` method) -----------------------------------------------------
+IDENTITY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check_identity(value: object, field_name: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not IDENTITY_RE.match(value):
+        raise SpecError(field_name, "must be 32 lowercase hex digits")
+    return value
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """What lets the laptop tell one machine, and one host root, under two inventory names.
+
+    `machine_id` is /etc/machine-id (None where there is none, as in most containers);
+    `root_id` a random id the agent made once under its root: two names reporting the same
+    root_id read the same root, so the same sessions. The host key, the other half of the
+    proof, is not the host's word: the laptop takes it from the connection it verified."""
+
+    machine_id: Optional[str]
+    root_id: Optional[str]
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"machine_id": self.machine_id, "root_id": self.root_id}
+
+    @classmethod
+    def from_wire(cls, data: object) -> "HostIdentity":
+        known = _check_keys(data, ("machine_id", "root_id"), "identity")
+        try:
+            return cls(
+                machine_id=_check_identity(known.get("machine_id"), "machine_id"),
+                root_id=_check_identity(known.get("root_id"), "root_id"),
+            )
+        except SpecError as exc:
+            raise SpecError("identity." + exc.field, exc.problem) from None

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from jackin_remote.agent.deploy import CLEAN_PATH, root_prelude
+from jackin_remote.core.aliases import Alias, aliases
 from jackin_remote.core.capacity import Capacity, Misfit, limit_misfits, parse_probe
 from jackin_remote.core.hoststate import HostState
-from jackin_remote.core.verdict import misfit_problems, problems, verdict
+from jackin_remote.core.verdict import alias_problems, misfit_problems, problems, verdict
 from jackin_remote.errors import AgentCallError, HostError
 from jackin_remote.fleet import HostLink, HostResult, Pool
+from jackin_remote.hostid import host_identity
 from jackin_remote.inventory.model import Host
 from jackin_remote.inventory.origins import limit_settings
 
@@ -69,12 +71,14 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
         if best is None or rtt < best[0]:
             best = (rtt, float(reply["time"]) - (sent + received) / 2)
     facts = await link.agent.call("facts")
+    identity = await host_identity(link)
     misfits = host_misfits(link.host, await read_capacity(link))
     assert best is not None
     started = link.started
     assert started is not None
     return {
         "facts": facts,
+        "identity": identity,
         "misfits": [m.as_dict() for m in misfits],
         "latency_ms": round(best[0] * 1000, 3),
         "clock_skew_s": round(best[1], 3),
@@ -88,8 +92,11 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
     }
 
 
-def report(result: HostResult[dict[str, Any]]) -> dict[str, Any]:
-    """One host's entry of the `hosts check --json` envelope."""
+def report(
+    result: HostResult[dict[str, Any]], aliases_found: Sequence[Alias] = ()
+) -> dict[str, Any]:
+    """One host's entry of the `hosts check --json` envelope; `aliases_found`: the checked
+    names that are one machine (core/aliases.py), warned about on each of them."""
     host = result.host
     entry: dict[str, Any] = {
         "name": host.name,
@@ -103,7 +110,11 @@ def report(result: HostResult[dict[str, Any]]) -> dict[str, Any]:
         value = dict(result.value)
         found = problems(value["facts"], value["clock_skew_s"])
         found += misfit_problems(value.pop("misfits"))
+        identity = value.pop("identity")
+        found += alias_problems(host.name, aliases_found)
         entry.update(value)
+        entry["identity"] = {"host_key": identity.host_key, "machine_id": identity.machine_id,
+                             "root_id": identity.root_id}  # fmt: skip
         entry["verdict"] = verdict(found)
         entry["problems"] = [p.as_dict() for p in found]
         entry["error"] = None
@@ -123,4 +134,7 @@ def report(result: HostResult[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def check_hosts(pool: Pool, hosts: Sequence[Host]) -> list[dict[str, Any]]:
-    return [report(result) for result in await pool.map(hosts, _probe)]
+    results = await pool.map(hosts, _probe)
+    # One machine under two names is seen only by comparing the hosts that answered.
+    found = aliases(r.value["identity"] for r in results if r.value is not None)
+    return [report(result, found) for result in results]

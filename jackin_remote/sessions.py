@@ -3,6 +3,7 @@ through its host's agent (logs, stop, rm, pull, diff, attach)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,18 @@ async def refresh(pool: Pool, hosts: Sequence[Host], store: Store) -> list[HostR
 
     async def ask_checked(link: HostLink) -> Any:
         # The host is not trusted: its answer is parsed field by field before the store sees it.
-        return checked_records(link.host.name, (await ask(link)).get("sessions"))
+        # Who it is comes along (pipelined), so `ls` shows once what two names of one root say.
+        from jackin_remote.hostid import host_identity
+
+        listed, identity = await asyncio.gather(ask(link), host_identity(link))
+        return checked_records(link.host.name, listed.get("sessions")), identity
 
     results = await pool.map(hosts, ask_checked)
     for result in results:
         if result.ok and result.value is not None:
-            store.merge_host(result.host.name, result.value)
+            records, identity = result.value
+            store.merge_host(result.host.name, records)
+            store.record_identity(identity)
         else:
             reason = getattr(result.error, "reason", str(result.error))
             store.mark_unreachable(result.host.name, str(result.state), reason)

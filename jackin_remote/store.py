@@ -19,6 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from jackin_remote import paths
+from jackin_remote.core.aliases import Identity, root_groups
 from jackin_remote.errors import UsageError
 
 SESSION_COLUMNS = {
@@ -30,7 +31,10 @@ SESSION_COLUMNS = {
     "cpu_percent": float, "memory_bytes": int, "last_seen": float, "workspace_path": str,
     "uid": int,
 }  # fmt: skip
-HOST_COLUMNS = {"name": str, "state": str, "last_contact": float, "error": str, "checked": float}
+HOST_COLUMNS = {
+    "name": str, "state": str, "last_contact": float, "error": str, "checked": float,
+    "host_key": str, "machine_id": str, "root_id": str,  # core/aliases.py: who the host is
+}  # fmt: skip
 # Known only to this laptop: never read from a host's entry (see the module doc).
 LAPTOP_COLUMNS = frozenset({"workspace_path"})
 LAUNCH_COLUMNS = {"key": str, "host": str, "id": str, "workspace_path": str, "launched_at": float}
@@ -58,6 +62,10 @@ class Store:
         hosts = self.db.table("hosts")
         if not hosts.exists():
             hosts.create(HOST_COLUMNS, pk="name")
+        else:
+            for column, kind in HOST_COLUMNS.items():
+                if column not in hosts.columns_dict:
+                    hosts.add_column(column, kind)
         launches = self.db.table("launches")
         if not launches.exists():
             launches.create(LAUNCH_COLUMNS, pk="key")
@@ -85,10 +93,16 @@ class Store:
             )  # fmt: skip
 
     def forget(self, key: str) -> None:
-        """A removed session: its cached row and the laptop's launch record."""
+        """A removed session: its cached row and the laptop's launch record, under every name
+        proven to reach the same host root (it is gone from that root, whatever its name)."""
+        host, _, session = key.partition("/")
+        groups = self.root_groups()
+        keys = {key} | {f"{name}/{session}" for name, leader in groups.items()
+                        if host in groups and leader == groups[host]}  # fmt: skip
         with self.db.conn:
-            self.db.execute("DELETE FROM sessions WHERE key = ?", [key])
-            self.db.execute("DELETE FROM launches WHERE key = ?", [key])
+            for each in sorted(keys):
+                self.db.execute("DELETE FROM sessions WHERE key = ?", [each])
+                self.db.execute("DELETE FROM launches WHERE key = ?", [each])
 
     def merge_host(self, host: str, entries: Iterable[dict[str, Any]]) -> None:
         """Replace what we know of `host` with what it just told us."""
@@ -107,6 +121,19 @@ class Store:
                 pk="name",
             )
 
+    def record_identity(self, identity: Identity) -> None:
+        """Who `identity.name` proved to be, at its last answer (kept while it is silent)."""
+        self.db.table("hosts").upsert(
+            {"name": identity.name, "host_key": identity.host_key,
+             "machine_id": identity.machine_id, "root_id": identity.root_id},
+            pk="name", alter=False,
+        )  # fmt: skip
+
+    def root_groups(self) -> dict[str, str]:
+        """Each known host name -> the leader of the names proven to reach the same host root
+        (core/aliases.py): their sessions are one set, seen twice."""
+        return root_groups(Identity.from_row(row) for row in self.db.query("SELECT * FROM hosts"))
+
     def mark_unreachable(self, host: str, state: str, error: str) -> None:
         """The host did not answer: its sessions become `lost`, keeping their last-known data."""
         now = time.time()
@@ -121,24 +148,66 @@ class Store:
         self.db.execute("DELETE FROM sessions")
         self.db.execute("DELETE FROM hosts")
 
-    def _laptop_fields(self, row: dict[str, Any]) -> dict[str, Any]:
-        """`row` with the laptop-owned fields from `launches` (whatever the row held)."""
-        launch = next(self.db.query("SELECT workspace_path FROM launches WHERE key = ?",
-                                    [row["key"]]), None)  # fmt: skip
-        row["workspace_path"] = launch["workspace_path"] if launch else None
+    def _laptop_fields(
+        self, row: dict[str, Any], groups: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """`row` with the laptop-owned fields from `launches` (whatever the row held): this
+        name's launch record, else one made under a name proven to reach the same host root
+        (never a name merely claiming it: the proof needs the host key the laptop verified)."""
+        groups = self.root_groups() if groups is None else groups
+        leader = groups.get(row["host"])
+        query = "SELECT * FROM launches WHERE id = ? ORDER BY launched_at"
+        launches = [
+            launch
+            for launch in self.db.query(query, [row["id"]])
+            if launch["key"] == row["key"]
+            or (leader is not None and groups.get(launch["host"]) == leader)
+        ]
+        mine = [launch for launch in launches if launch["key"] == row["key"]]
+        chosen = mine or launches
+        row["workspace_path"] = chosen[-1]["workspace_path"] if chosen else None
         return row
 
+    def _launched_here(self, row: dict[str, Any]) -> bool:
+        found = self.db.query("SELECT 1 FROM launches WHERE key = ?", [row["key"]])
+        return next(found, None) is not None
+
+    def _merge_aliases(
+        self, rows: list[dict[str, Any]], groups: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """One row per session where names reach the same host root, `also` naming the other
+        names (every row gets `also`). Shown: the name that answered, then the one this
+        laptop launched under, then the first by name."""
+        by_session: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            by_session.setdefault((groups.get(row["host"], row["host"]), row["id"]), []).append(row)
+        merged = []
+        for row in rows:
+            same = by_session[(groups.get(row["host"], row["host"]), row["id"])]
+            best = min(same, key=lambda r: (r["host_state"] != "ok", not self._launched_here(r),
+                                            r["host"]))  # fmt: skip
+            if row is best:
+                row["also"] = sorted(r["host"] for r in same if r is not row)
+                merged.append(row)
+        return merged
+
     # -- reads ---------------------------------------------------------------------------
+    def view(self, hosts: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """`sessions(hosts)` as the operator reads it: a session that several names report
+        from one host root (one machine declared twice) once, `also` naming the others."""
+        return self._merge_aliases(self.sessions(hosts), self.root_groups())
+
     def sessions(self, hosts: Iterable[str] | None = None) -> list[dict[str, Any]]:
         rows = list(self.db.query("SELECT * FROM sessions ORDER BY created_at"))
         host_info = {row["name"]: row for row in self.db.query("SELECT * FROM hosts")}
+        groups = self.root_groups()
         wanted = set(hosts) if hosts is not None else None
         result = []
         for row in rows:
             if wanted is not None and row["host"] not in wanted:
                 continue
             info = host_info.get(row["host"]) or {}
-            self._laptop_fields(row)
+            self._laptop_fields(row, groups)
             row["last_contact"] = info.get("last_contact")
             if row["host_state"] != "ok":
                 row["shown_state"] = "lost"
@@ -152,15 +221,18 @@ class Store:
         never hold ':', session ids and names neither) to pick among hosts that report the same
         id, e.g. one machine under two inventory names."""
         host, _, wanted = ref.rpartition(":")
+        groups = self.root_groups()
         rows = [
             row
             for row in self.db.query("SELECT * FROM sessions")
             if (row["id"].startswith(wanted) or row["name"] == wanted)
             and (not host or row["host"] == host)
         ]
+        # One session that two names of one host root both report is one match, not two.
+        rows = self._merge_aliases(rows, groups)
         exact = [row for row in rows if row["id"] == wanted or row["name"] == wanted]
         if len(exact) == 1:
-            return self._laptop_fields(exact[0])
+            return self._laptop_fields(exact[0], groups)
         if not rows or not wanted:
             raise UsageError(
                 f"no session matches {ref!r}", hint="see `jackin-remote ls` for session ids"
@@ -171,7 +243,7 @@ class Store:
                 f"{ref!r} matches several sessions: {listing}",
                 hint="type more of the id, or name its host as HOST:ID",
             )
-        return self._laptop_fields(rows[0])
+        return self._laptop_fields(rows[0], groups)
 
     def forget_host(self, host: str) -> None:
         """A host removed from the inventory: its cached sessions and state (not `launches`,

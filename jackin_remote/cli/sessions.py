@@ -320,7 +320,7 @@ def ls(
     failed: list[Any] = []
     if cached:
         existing = Store.open_existing()
-        rows = existing.sessions(names) if existing is not None else []
+        rows = existing.view(names) if existing is not None else []
     else:
         from jackin_remote.fleet import Pool
         from jackin_remote.sessions import refresh
@@ -334,7 +334,7 @@ def ls(
                 return await refresh(pool, hosts, store)
 
         failed = [r for r in run(go()) if not r.ok]
-        rows = store.sessions(names)
+        rows = store.view(names)
     if as_json:
         print_json(
             sessions=[_session_json(row) for row in rows],
@@ -510,7 +510,7 @@ def rm(
                         reason = getattr(result.error, "reason", str(result.error))
                         failed.append({"session": None, "host": result.host.name,
                                        "error": reason, "hint": None})  # fmt: skip
-                for row in store.sessions([h.name for h in scope]):
+                for row in store.view([h.name for h in scope]):
                     if row["shown_state"] in FINISHED:
                         rows.setdefault(row["key"], (row, host_of(inventory, row)))
             for row, host in rows.values():

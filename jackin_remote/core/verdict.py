@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from jackin_remote.core.aliases import Alias
 from jackin_remote.core.capacity import MIN_DISK_FREE
 
 Severity = Literal["warn", "fail"]
@@ -78,6 +79,36 @@ def misfit_problems(misfits: Iterable[Mapping[str, Any]]) -> list[Problem]:
     """Limits the host cannot meet (core/capacity.py). A warning here, not a failure: the host
     is fine, the inventory asks too much of it, and launch refuses until the value is fixed."""
     return [Problem("warn", str(m["message"]), str(m["hint"])) for m in misfits]
+
+
+def alias_problems(name: str, found: Iterable[Alias]) -> list[Problem]:
+    """`name` is one machine with another inventory name (core/aliases.py). One root: every
+    session shows under both names and both count the same sessions against capacity. Two
+    roots: separate session sets, but one machine's CPUs, memory and disk."""
+    result = []
+    for alias in found:
+        if name not in alias.names:
+            continue
+        other = alias.names[1] if alias.names[0] == name else alias.names[0]
+        pair = f"{name} and {other}"
+        if alias.same_root:
+            result.append(Problem(
+                "warn",
+                f"{pair} are the same host root on one machine ({alias.evidence()}): "
+                "the same sessions under two names",
+                f"remove one of them (`jackin-remote hosts rm {other}`), or give them "
+                "different roots",
+            ))  # fmt: skip
+        else:
+            roots = f" ({alias.first.root} and {alias.second.root})" if alias.first.root else ""
+            result.append(Problem(
+                "warn",
+                f"{pair} are one machine ({alias.evidence()}) with different roots{roots}: "
+                "separate sessions sharing its CPUs, memory and disk",
+                f"keep both only if that is meant; otherwise remove one of them "
+                f"(`jackin-remote hosts rm {other}`)",
+            ))  # fmt: skip
+    return result
 
 
 def verdict(found: list[Problem]) -> Verdict:

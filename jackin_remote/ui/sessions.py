@@ -75,7 +75,9 @@ def sessions_table(
         cpu = row.get("cpu_percent")
         cells.append([
             text(f"{row['id']}" + (f" ({row['name']})" if row.get("name") else "")),
-            *(text(row[key]) for key in ("host", "workspace", "role", "runtime")), state_text,
+            # "twin-a (also twin-b)": other names of its host root report it too (store.view)
+            text(row["host"] + (f" (also {', '.join(row['also'])})" if row.get("also") else "")),
+            *(text(row[key]) for key in ("workspace", "role", "runtime")), state_text,
             text(agent_status, style=STATUS_STYLE.get(agent_status, "")),
             text(age(row.get("created_at"), now)),
             text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
