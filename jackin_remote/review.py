@@ -138,7 +138,16 @@ async def pull_session(
 async def _pull_clone(
     link: HostLink, session_id: str, record: dict[str, Any], repo: Path, limit: int
 ) -> PullResult:
+    repo = repo.resolve()  # git runs with -C repo: every path handed to it must be absolute
     await _require_repo(repo)
+    base = record.get("base_commit")
+    if isinstance(base, str) and await _rev(repo, base + "^{commit}") != base:
+        raise StateError(
+            f"{repo} is not the repository session {session_id} was launched from: it lacks "
+            f"commit {base[:12]}, where the session started",
+            hint=f"pull into the repository it was launched from: `jackin-remote pull "
+            f"{session_id} --into PATH`",
+        )
     branch = branch_name(session_id)
     ref = f"refs/heads/{branch}"
     reply = await link.agent.call("session.bundle", {"id": session_id, "max_bytes": limit})
@@ -167,9 +176,8 @@ async def _pull_clone(
             bundle = Path(tmp) / "pull.bundle"
             received = await _download(link, session_id, "bundle", size, bundle)
             await _fetch_bundle(repo, bundle, ref, commit)
-    base = record.get("base_commit")
     return PullResult(session_id, "clone", branch, commit, previous,
-                      await _changed_files(repo, base, commit), repo.resolve(), received,
+                      await _changed_files(repo, base, commit), repo, received,
                       outside_links=await _branch_outside_links(repo, base, commit))  # fmt: skip
 
 

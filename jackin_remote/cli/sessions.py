@@ -658,7 +658,8 @@ def pull(
     if as_json:
         print_json(session=row["id"], host=row["host"], **data)
     else:
-        where = data.get("branch") or data.get("path")
+        where = (f"branch {result.branch} of {result.path}" if result.branch
+                 else str(result.path))  # fmt: skip
         out.print(line(f"pulled {row['id']} from {row['host']} into {where}"))
         fate = ("not created" if result.isolation == "copy"
                 else f"a checkout of {result.branch} would create it")  # fmt: skip
