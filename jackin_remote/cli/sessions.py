@@ -335,16 +335,17 @@ def ls(
 
         failed = [r for r in run(go()) if not r.ok]
         rows = store.view(names)
-    if as_json:
-        print_json(
-            sessions=[_session_json(row) for row in rows],
-            hosts=[{"name": r.host.name, "status": str(r.state),
-                    "error": getattr(r.error, "reason", str(r.error))} for r in failed],
-        )  # fmt: skip
-    else:
-        from jackin_remote.ui.sessions import failure_notes, sessions_table
+    from jackin_remote.ui.sessions import capacity, capacity_line, failure_notes, sessions_table
 
+    errors = {r.host.name: getattr(r.error, "reason", str(r.error)) for r in failed}
+    summary = capacity(hosts, rows, {r.host.name: str(r.state) for r in failed})
+    if as_json:
+        for entry in summary:
+            entry["error"] = errors.get(entry["name"])
+        print_json(sessions=[_session_json(row) for row in rows], hosts=summary)
+    else:
         out.print(sessions_table(rows, wide=wide), crop=not wide)
+        out.print(capacity_line(summary))
         for note in failure_notes(rows):
             out.print(note)
         for result in failed:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.text import Text
 
+from agent_host.wire import ACTIVE_STATES
 from jackin_remote.ui.fit import ColumnSpec, FittedTable
 from jackin_remote.ui.safe import line, text
 
@@ -84,6 +85,36 @@ def sessions_table(
             text(_memory(row.get("memory_bytes")) if live else "-"),
         ])  # fmt: skip
     return FittedTable("sessions", COLUMNS, cells, wide=wide)
+
+
+def capacity(hosts: Sequence[Any], rows: Sequence[dict[str, Any]],
+             failed: Mapping[str, str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Each host's load at a glance: sessions starting or running against its capacity, or why
+    it did not answer. Pure: from the inventory hosts, the merged rows and the failures."""
+    running: dict[str, int] = {}
+    silent = dict(failed)  # from the cache (ls --cached): the state the host was last left in
+    for row in rows:
+        if row.get("host_state", "ok") != "ok":
+            silent.setdefault(row["host"], str(row["host_state"]))
+        elif row.get("state") in ACTIVE_STATES:
+            running[row["host"]] = running.get(row["host"], 0) + 1
+    return [
+        {"name": host.name, "status": silent.get(host.name, "ok"),
+         "running": running.get(host.name, 0), "capacity": host.capacity}
+        for host in hosts
+    ]  # fmt: skip
+
+
+def capacity_line(summary: Sequence[dict[str, Any]]) -> Text:
+    parts: list[Any] = ["hosts: "]
+    for index, entry in enumerate(summary):
+        if index:
+            parts.append(" · ")
+        if entry["status"] == "ok":
+            parts.append(f"{entry['name']} {entry['running']}/{entry['capacity']} running")
+        else:
+            parts.append((f"{entry['name']} {entry['status']}", "yellow"))
+    return line(*parts, multiline=False)
 
 
 NOTE_CHARS = 300  # a failure reason under the table; `logs` prints the whole of it

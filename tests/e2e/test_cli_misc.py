@@ -71,3 +71,19 @@ def test_explain_of_a_git_role_leaves_nothing_on_the_laptop(
     assert data["contracts"][0]["identity"]["role"]["name"] == "test-agent"
     assert not (laptop / "jackin").exists()
     assert not (tmp_path / "host-root").exists()
+
+
+def test_ls_shows_each_hosts_load_against_its_capacity(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none",
+                        "--task", "exec sleep infinity")  # fmt: skip
+    wait_for(cli, local_inventory, session["id"], {"running"})
+    hosts = cli.json("-i", str(local_inventory), "ls")["hosts"]
+    assert hosts == [{"name": "local", "status": "ok", "running": 1, "capacity": 4,
+                      "error": None}]  # fmt: skip
+    assert "local 1/4 running" in cli.run("-i", str(local_inventory), "ls", check=True).stdout
+    cli.run("-i", str(local_inventory), "stop", session["id"], check=True)
+    assert cli.json("-i", str(local_inventory), "ls")["hosts"][0]["running"] == 0
+    cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)

@@ -447,3 +447,23 @@ def test_openssh_logs_errors_only() -> None:
 
     argv = openssh_argv(SSHTarget(HOSTS[1], "ssh-ed25519 AAAA"), "true", tty=True)
     assert "LogLevel=ERROR" in argv
+
+
+def test_capacity_at_a_glance_counts_live_sessions_and_names_silent_hosts() -> None:
+    from types import SimpleNamespace
+
+    from jackin_remote.ui.sessions import capacity, capacity_line
+
+    hosts = [SimpleNamespace(name="a", capacity=4), SimpleNamespace(name="b", capacity=2),
+             SimpleNamespace(name="c", capacity=1)]  # fmt: skip
+    rows = [
+        {"host": "a", "state": "running", "host_state": "ok"},
+        {"host": "a", "state": "starting", "host_state": "ok"},
+        {"host": "a", "state": "exited", "host_state": "ok"},
+        {"host": "b", "state": "running", "host_state": "unreachable"},
+    ]
+    summary = capacity(hosts, rows, {"c": "auth_failed"})
+    assert [(e["name"], e["status"], e["running"], e["capacity"]) for e in summary] == [
+        ("a", "ok", 2, 4), ("b", "unreachable", 0, 2), ("c", "auth_failed", 0, 1)]  # fmt: skip
+    rendered = capacity_line(summary).plain
+    assert rendered == "hosts: a 2/4 running · b unreachable · c auth_failed"
