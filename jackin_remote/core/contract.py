@@ -279,7 +279,7 @@ def resolve_contract(
                 "host": work,
                 "container": CONTAINER_WORKDIR,
                 "mode": "rw",
-                "isolation": isolation,
+                "isolation": isolation.value,  # words, not `Isolation.CLONE`
                 "note": (
                     f"own clone on branch {branch}; synced from the laptop via {mirror}"
                     if branch
