@@ -65,6 +65,10 @@ def laptop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def cli(laptop: Path, tmp_path: Path) -> CLI:
     env = dict(os.environ)
+    # pytest-xdist workers set COLUMNS=80 and LINES=24: the CLI's width must not depend on how
+    # the tests are run. A test that wants a width sets COLUMNS itself.
+    for name in ("COLUMNS", "LINES"):
+        env.pop(name, None)
     return CLI(env=env, cwd=tmp_path)
 
 

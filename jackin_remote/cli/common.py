@@ -30,7 +30,9 @@ def _piped_width() -> int:
 
 
 # SafeConsole: no markup, and external text is shown literally (see ui/safe.py).
-out = SafeConsole(soft_wrap=False, width=None if sys.stdout.isatty() else _piped_width())
+# Piped, lines are never broken (a script greps a path whole); tables still fit the width.
+_PIPED = not sys.stdout.isatty()
+out = SafeConsole(soft_wrap=_PIPED, width=_piped_width() if _PIPED else None)
 err = SafeConsole(stderr=True, soft_wrap=True)  # never break a path in two
 
 
