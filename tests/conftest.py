@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -82,24 +83,41 @@ def local_inventory(tmp_path: Path) -> Path:
     return inv
 
 
+@contextlib.contextmanager
+def _disruption_lock() -> Iterator[None]:
+    """Held while fleet-4 is disturbed (stopped, paused, rekeyed), and while the fleet's state is
+    read: so nobody records a disturbed host's temporary key or starts it under a test."""
+    lock_path = fleet_mod.ROOT / ".fleet" / "disruptive.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def fleet() -> fleet_mod.FleetInfo:
-    return fleet_mod.fleet_up(FLEET_SIZE)
+    with _disruption_lock():
+        return fleet_mod.fleet_up(FLEET_SIZE)
 
 
 @pytest.fixture
-def fleet_inventory(fleet: fleet_mod.FleetInfo, local_inventory: Path) -> Path:
-    """fleet-1..FLEET_SIZE plus a local host with a tmp root, in one directory.
+def fleet_inventory(
+    fleet: fleet_mod.FleetInfo, local_inventory: Path, request: pytest.FixtureRequest
+) -> Path:
+    """The fleet's hosts plus a local host with a tmp root, in one directory.
 
-    Only the hosts this run brought up: .fleet/inventory lists every fleet container on the
-    machine, including stopped ones a `ls` across all hosts would then report as unreachable."""
+    fleet-4 only for a `disruptive` test: another test may have it stopped or rekeyed at any
+    moment, and a `ls` across all hosts would then report it (exit 3) in a test that never
+    touched it."""
+    disruptive = request.node.get_closest_marker("disruptive") is not None
+    hosts = [h for h in fleet.hosts if disruptive or h.name != DISRUPTIVE_HOST]
     blocks = [
         f'[hosts.{h.name}]\naddress = "{fleet_mod.ADDRESS}"\nport = {h.port}\n'
         f'user = "{fleet_mod.USER}"\nidentity_file = "{fleet.identity_file}"\n'
         f'host_key = "{h.host_key}"\nlabels = ["fleet"]\n'
-        for h in fleet.hosts
+        for h in hosts
     ]
-    members = ", ".join(f'"{h.name}"' for h in fleet.hosts)
+    members = ", ".join(f'"{h.name}"' for h in hosts)
     text = "\n".join(blocks) + f"\n[groups]\nfleet = [{members}]\n"
     (local_inventory / "fleet.toml").write_text(text)
     return local_inventory
@@ -128,10 +146,7 @@ def _one_disruptive_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[N
     if request.node.get_closest_marker("disruptive") is None:
         yield
         return
-    lock_path = fleet_mod.ROOT / ".fleet" / "disruptive.lock"
-    lock_path.parent.mkdir(exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _disruption_lock():
         yield
 
 
