@@ -117,6 +117,13 @@ def load_state() -> FleetInfo:
     )
 
 
+def ed25519_fingerprint(name: str) -> str:
+    """What the docs tell the operator to compare against: `ssh-keygen -lf` run on the host."""
+    out = docker_exec(container(name), "ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub")
+    assert out.stdout.rstrip().endswith("(ED25519)"), out.stdout
+    return str(out.stdout.split()[1])
+
+
 def container(name: str) -> str:
     """The docker container of fleet host `name` (fleet-K) in this checkout's fleet."""
     return load_state().host(name).container

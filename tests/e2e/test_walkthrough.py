@@ -149,15 +149,6 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def ed25519_fingerprint(fleet_name: str) -> str:
-    """What the doc tells the operator to compare against, run on the server itself."""
-    out = fleet_mod.docker_exec(
-        fleet_mod.container(fleet_name), "ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"
-    ).stdout
-    assert out.rstrip().endswith("(ED25519)"), out
-    return out.split()[1]
-
-
 def docker_ip(fleet_name: str) -> str:
     box = fleet_mod.container(fleet_name)
     out = subprocess.run(
@@ -298,7 +289,7 @@ def trust_answer(fleet_of: dict[str, str]) -> Responder:
         match = re.search(r"(\S+) \(\S+\) presents (\S+) (SHA256:\S+)", flat(stderr))
         assert match, stderr
         name, key_type, seen = match.groups()
-        expected = ed25519_fingerprint(fleet_of[name])
+        expected = fleet_mod.ed25519_fingerprint(fleet_of[name])
         return "y\n" if (key_type, seen) == ("ssh-ed25519", expected) else "n\n"
 
     return answer
@@ -313,7 +304,7 @@ def test_the_two_server_walkthrough_runs_as_written(
            "PATH": f"{REPO / '.venv' / 'bin'}:{cli.env['PATH']}"}  # fmt: skip
     env.pop("JACKIN_INVENTORY", None)
     shell = Shell(env, home / "jackin-remote", laptop / "shell-state")
-    fingerprints = {name: ed25519_fingerprint(box) for name, box in HOSTS.items()}
+    fingerprints = {name: fleet_mod.ed25519_fingerprint(box) for name, box in HOSTS.items()}
     ids: list[str] = []  # as launch printed them, in its order
     blocks = doc_blocks(DOC.read_text())
     # Only the install step is skipped, and the doc itself says so.

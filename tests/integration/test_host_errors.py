@@ -21,15 +21,6 @@ def flat(output: str) -> str:
     return " ".join(output.split())
 
 
-def _ed25519_fingerprint(name: str) -> str:
-    """What the docs tell the operator to compare against, run on the host itself."""
-    out = fleet_mod.docker_exec(
-        fleet_mod.container(name), "ssh-keygen", "-lf", "/etc/ssh/ssh_host_ed25519_key.pub"
-    ).stdout
-    assert out.rstrip().endswith("(ED25519)"), out
-    return out.split()[1]
-
-
 def _unpinned(tmp_path: Path, fleet: fleet_mod.FleetInfo, name: str) -> Path:
     inv = tmp_path / "unpinned.toml"
     inv.write_text(
@@ -43,7 +34,7 @@ def test_an_unknown_host_shows_the_ed25519_key_the_docs_compare_against(
     cli: CLI, fleet: fleet_mod.FleetInfo, tmp_path: Path, laptop: Path
 ) -> None:
     """It used to show the RSA key, with no type, as `host_key_mismatch`."""
-    expected = _ed25519_fingerprint("fleet-3")
+    expected = fleet_mod.ed25519_fingerprint("fleet-3")
     inv = _unpinned(tmp_path, fleet, "fleet-3")
     entry = cli.json("-i", str(inv), "hosts", "check", "--on", "box", ok_codes=(3,))["hosts"][0]
     assert entry["status"] == "host_key_unknown", entry
@@ -85,7 +76,7 @@ def test_a_host_known_by_another_key_type_is_asked_for_that_type(
 def test_accept_new_says_what_it_recorded_and_where(
     cli: CLI, fleet: fleet_mod.FleetInfo, tmp_path: Path, laptop: Path
 ) -> None:
-    expected = _ed25519_fingerprint("fleet-3")
+    expected = fleet_mod.ed25519_fingerprint("fleet-3")
     inv = _unpinned(tmp_path, fleet, "fleet-3")
     known_hosts = laptop / "jackin" / "config" / "known_hosts"
     port = fleet.host("fleet-3").port
