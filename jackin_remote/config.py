@@ -42,7 +42,7 @@ from typing import Any
 
 from jackin_remote import paths
 from jackin_remote.errors import LocatedError, UsageError
-from jackin_remote.inventory.loader import _LIMIT_VALIDATORS as LIMIT_VALIDATORS
+from jackin_remote.inventory.loader import LIMIT_VALIDATORS
 from jackin_remote.inventory.toml_lines import index_source
 from jackin_remote.inventory.values import ValueProblem, expect_str, shown, toml_type_name
 from jackin_remote.roles.manifest import RUNTIMES

@@ -533,7 +533,7 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "root": _root,
     "backend": _backend,
 }
-_LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
+LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
     "cpus": _cpus,
     "pids": _pids,
@@ -594,7 +594,7 @@ def _host_spec(
     limits_path = (*path, "limits")
     limits = _expect_table(table["limits"], limits_path, ctx)
     _check_keys(limits, LIMIT_KEYS, limits_path, ctx, what="limit")
-    return _HostSpec(fields, _validated(limits, _LIMIT_VALIDATORS, limits_path, ctx))
+    return _HostSpec(fields, _validated(limits, LIMIT_VALIDATORS, limits_path, ctx))
 
 
 _NO_DEFAULTS = _HostSpec({}, {})
