@@ -18,10 +18,10 @@ an error, so a misspelt step can never let a test pass without pausing. Python 3
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import sys
-import threading
 import time
 from typing import Mapping, Optional
 
@@ -50,8 +50,11 @@ def _wanted(environ: Mapping[str, str]) -> Optional[str]:
     return step
 
 
-def pause(step: str) -> None:
-    """Controller side: announce `step` on stderr and block for ever, if the test asked for it."""
+async def pause(step: str) -> None:
+    """Controller side: announce `step` on stderr and wait for ever, if the test asked for it.
+
+    The wait is on the event loop, not a blocked thread: SIGKILL ends the process and Ctrl-C
+    (SIGINT) interrupts the launch as it would at that step."""
     if os.environ.get(ENV) is None:
         return
     if _wanted(os.environ) != step:
@@ -59,7 +62,7 @@ def pause(step: str) -> None:
     sys.stdout.flush()  # what was printed so far (the contract) must reach the test
     sys.stderr.write(MARKER + step + "\n")
     sys.stderr.flush()
-    threading.Event().wait()  # for ever: the test kills this process
+    await asyncio.get_running_loop().create_future()  # never set
 
 
 def agent_env(environ: Optional[Mapping[str, str]] = None) -> str:

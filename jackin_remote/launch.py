@@ -414,14 +414,14 @@ async def _apply_host(
 
     try:
         step(host.name, "starting the host agent")
-        testhooks.pause("agent")
+        await testhooks.pause("agent")
         link = await pool.agent(host)
         step(host.name, "syncing the workspace")
         (synced,) = await sync_workspace(pool, [host], prepared.scan, progress=progress)
         if synced.error is not None:
             raise synced.error
         step(host.name, "preparing the role image")
-        testhooks.pause("role-image")
+        await testhooks.pause("role-image")
         await ensure_role_image(
             link,
             prepared.role,
@@ -435,7 +435,7 @@ async def _apply_host(
         session_id = contract.identity["session"]
         step(host.name, f"creating session {session_id}")
         try:
-            testhooks.pause("create-send")
+            await testhooks.pause("create-send")
             entry = await link.agent.call(
                 "session.create",
                 {"spec": contract.spec.to_wire(), "secret_env": prepared.credential},
@@ -443,7 +443,7 @@ async def _apply_host(
         except AgentCallError as exc:
             # The host recorded it (failed_setup) unless the spec was refused outright.
             return _failed(contract, exc.reason, state="failed_setup")
-        testhooks.pause("create-reply")
+        await testhooks.pause("create-reply")
         try:
             (entry,) = checked_records(host.name, [entry])
         except HostError as exc:

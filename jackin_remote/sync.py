@@ -156,7 +156,7 @@ async def _sync_host(
             await _rsync(pool, link, str(git.directory), git.files, f"{mirror}/.git", tally, None)
             files += [f".git/{name}" for name in git.files]
         seconds = time.perf_counter() - start
-    testhooks.pause("sync")
+    await testhooks.pause("sync")
     committed = await link.agent.call(
         "workspace.commit",
         {"workspace": scan.name, "manifest_hash": scan.manifest_hash,

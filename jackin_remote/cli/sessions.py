@@ -288,9 +288,10 @@ def _interrupted(hosts: list[str], creating: dict[str, list[str]]) -> None:
     for host in hosts:
         ids = creating.get(host, [])
         if ids:
-            err.print(line(f"  {host}: session {', '.join(ids)} was being created; the host "
-                           "finishes it on its own. See `jackin-remote ls`; remove it with "
-                           f"`jackin-remote rm {' '.join(ids)}`."))  # fmt: skip
+            err.print(line(f"  {host}: session {', '.join(ids)} may exist: its creation was "
+                           "asked for, and a host that got the request finishes it on its own. "
+                           f"See `jackin-remote ls`; remove it with `jackin-remote rm --force "
+                           f"{' '.join(ids)}`."))  # fmt: skip
         else:
             err.print(line(f"  {host}: no session was created. Files already synced and a role "
                            "image already built stay on the host; the next launch reuses "

@@ -11,19 +11,21 @@ from jackin_remote.agent.build import AgentArtifact
 from jackin_remote.agent.deploy import serve_script
 
 
-def test_unset_pauses_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_unset_pauses_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(testhooks.ENV, raising=False)
     for step in testhooks.CONTROLLER_STEPS:
-        testhooks.pause(step)  # returns at once
+        await testhooks.pause(step)  # returns at once
     for step in testhooks.HOST_STEPS:
         testhooks.pause_host(step, str(tmp_path))
     assert testhooks.agent_env({}) == ""
 
 
-def test_a_misspelt_step_is_an_error_not_a_silent_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_misspelt_step_is_an_error_not_a_silent_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(testhooks.ENV, "create")
     with pytest.raises(ValueError, match="create-send"):
-        testhooks.pause("agent")
+        await testhooks.pause("agent")
     with pytest.raises(ValueError):
         testhooks.agent_env()
 
