@@ -16,6 +16,7 @@ Python 3.9 compatible. The docker SDK is imported inside functions: `serve` must
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import json
 import os
@@ -413,8 +414,11 @@ def _build_checked(
     user: str,
     network: str,
 ) -> str:
-    """Build under a candidate tag; only a non-root user earns the real tag."""
-    candidate = tag + "-candidate"
+    """Build under a candidate tag; only a non-root user earns the real tag.
+
+    The candidate tag is this build's own: two controllers building the same role on one engine
+    at once must not remove or retag each other's candidate."""
+    candidate = "%s-candidate-%s" % (tag, binascii.hexlify(os.urandom(4)).decode())
     name, content_hash = role
     labels = {
         LABEL_MANAGED: "true",

@@ -83,8 +83,9 @@ def test_launch_places_only_on_hosts_that_answer(
 
         # Two sessions: both on the live host, although the dead one has more free slots.
         proc = _launch(cli, fleet_inventory, ws, "builders", 2)
-        assert proc.returncode == 0, (proc.stdout, proc.stderr)
         sessions = json.loads(proc.stdout)["sessions"]
+        outcome = [(s["id"], s["host"], s["state"], s["error"]) for s in sessions]
+        assert proc.returncode == 0, (outcome, proc.stderr)
         made = [s["id"] for s in sessions]
         assert [(s["host"], s["error"]) for s in sessions] == [("live", None), ("live", None)]
         candidates = sessions[0]["contract"]["identity"]["candidates"]
