@@ -203,8 +203,12 @@ def root_id(root: str) -> Optional[str]:
     the one complete id that won; an existing id is never replaced."""
     path = layout.root_id_file(root)
     value = _read_id(path)
-    if value is not None or os.path.lexists(path):
+    if value is not None:
         return value
+    if os.path.lexists(path):
+        # Damaged (never trusted: None again), or linked by another agent since the read above:
+        # the link is atomic, so a second read sees its complete id.
+        return _read_id(path)
     os.makedirs(root, mode=0o700, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=".root-id.", dir=root)
     try:
