@@ -79,9 +79,18 @@ class Store:
             layout.state_db(root), timeout=30, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._migrate()
+        # Setting the journal mode or the schema can get SQLITE_BUSY at once, without the busy
+        # timeout, while another request of this agent writes: retry those, briefly.
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(SCHEMA)
+                self._migrate()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         """Databases made by an older agent lack newer columns: add them (never drop any)."""
