@@ -6,6 +6,7 @@ Python 3.9 compatible.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -72,6 +73,9 @@ COLUMNS = (
 )
 
 
+SCHEMA_VERSION = 2  # PRAGMA user_version once the schema and its migrations are in place
+
+
 class Store:
     def __init__(self, root: str) -> None:
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -79,18 +83,46 @@ class Store:
             layout.state_db(root), timeout=30, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
-        # Setting the journal mode or the schema can get SQLITE_BUSY at once, without the busy
-        # timeout, while another request of this agent writes: retry those, briefly.
-        for attempt in range(100):
+        if self._first_version() != SCHEMA_VERSION:
+            self._prepare(root)
+
+    def _first_version(self) -> int:
+        """The schema version, read as this connection's first statement.
+
+        In WAL mode the first read of a new connection can get SQLITE_BUSY at once, without the
+        busy timeout, while another agent's last connection closes (it cleans up the WAL under an
+        exclusive lock) or recovers a crashed one's: retry that read, briefly (sqlite.org/wal.html).
+        """
+        for attempt in range(200):
             try:
+                return self._version()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.025)
+        raise AssertionError("unreachable")
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _prepare(self, root: str) -> None:
+        """Set the journal mode, the schema and its migrations: once per database, not per open.
+
+        Changing the journal mode can fail with SQLITE_BUSY at once, without the busy timeout, while
+        another agent of this host opens the same database; a file lock makes the agents that find
+        the database unprepared take turns, and the version makes every later open skip this.
+        """
+        with open(layout.state_db(root) + ".init-lock", "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                if self._version() == SCHEMA_VERSION:
+                    return
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(SCHEMA)
                 self._migrate()
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 99:
-                    raise
-                time.sleep(0.05)
+                self._db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _migrate(self) -> None:
         """Databases made by an older agent lack newer columns: add them (never drop any)."""

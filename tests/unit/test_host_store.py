@@ -1,0 +1,70 @@
+"""The host's state database: many agents opening it at once, and a database an older agent made."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+from agent_host import state
+from agent_host.state import Store
+
+
+def _open_and_write(args: tuple[str, int]) -> str:
+    root, n = args
+    store = Store(root)
+    try:
+        store.insert(_record(f"S{n:03d}"))
+        return store.get(f"S{n:03d}")["id"]  # type: ignore[index]
+    finally:
+        store.close()
+
+
+def _record(session_id: str) -> dict[str, object]:
+    return {
+        "id": session_id,
+        "workspace": "w",
+        "role": "r",
+        "runtime": "shell",
+        "container": "jk-" + session_id,
+        "mode": "task",
+        "isolation": "clone",
+        "state": "starting",
+        "agent_status": "unknown",
+        "spec": {},
+    }
+
+
+def test_agents_opening_a_new_database_at_once_all_get_it(tmp_path: Path) -> None:
+    """Separate processes, as separate agents are: each opens the fresh database and writes."""
+    root = str(tmp_path / "root")
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        ids = pool.map(_open_and_write, [(root, n) for n in range(48)])
+    assert sorted(ids) == [f"S{n:03d}" for n in range(48)]
+    store = Store(root)
+    assert len(store.all()) == 48
+    mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert store._version() == state.SCHEMA_VERSION
+
+
+def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    old = sqlite3.connect(root / "state.db")
+    old_schema = state.SCHEMA.replace("launch_commit TEXT,", "").replace("uid INTEGER,", "")
+    assert "launch_commit" not in old_schema
+    old.executescript(old_schema)
+    old.execute(
+        "INSERT INTO sessions (id, workspace, role, runtime, container, mode, isolation,"
+        " state, created_at, updated_at, spec) VALUES ('OLD', 'w', 'r', 'shell', 'c',"
+        " 'task', 'clone', 'exited', 1, 1, '{}')"
+    )
+    old.commit()
+    old.close()
+    store = Store(str(root))
+    store.update("OLD", launch_commit="a" * 40, uid=935000001)
+    record = store.get("OLD")
+    assert record is not None and record["uid"] == 935000001
+    assert record["launch_commit"] == "a" * 40
+    assert store._version() == state.SCHEMA_VERSION
