@@ -39,6 +39,7 @@ from agent_host.wire import (
     SHM_SIZE,
     TMUX_SESSION,
     AgentStatus,
+    EndReason,
     LaunchSpec,
     Network,
     SessionRecord,
@@ -365,7 +366,15 @@ def derive_state(
     code = container["exit_code"]
     if state == "stopped":
         return "stopped", code
-    return ("exited" if code == 0 else "crashed"), code
+    # The kernel killed a process of the sandbox: its work may be cut short, whatever the code.
+    return ("exited" if code == 0 and not container.get("oom") else "crashed"), code
+
+
+def end_reason(state: str, container: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Why a session ended, beyond its exit code; None when the code says it all. Pure."""
+    if state == "crashed" and container is not None and container.get("oom"):
+        return EndReason.OOM.value
+    return None
 
 
 def _pid_alive(pid: Optional[int]) -> bool:
@@ -420,8 +429,10 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             known.add(record["id"])
             container = containers.get(record["id"])
             state, code = derive_state(record, container, now, _pid_alive(record["owner_pid"]))
-            if state != record["state"] or code != record["exit_code"]:
-                fields: Dict[str, Any] = {"state": state, "exit_code": code}
+            kept = record["reason"] if state == SessionState.CRASHED.value else None
+            reason = end_reason(state, container) or kept  # the container may be gone since
+            if (state, code, reason) != (record["state"], record["exit_code"], record["reason"]):
+                fields: Dict[str, Any] = {"state": state, "exit_code": code, "reason": reason}
                 if state in ("exited", "crashed", "failed_setup") and not record["finished_at"]:
                     fields["finished_at"] = now
                 fields["agent_status"] = agent_status(state, record["mode"])
@@ -626,6 +637,7 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             record["id"],
             state=SessionState.RUNNING.value,
             exit_code=None,
+            reason=None,
             finished_at=None,
             started_at=time.time(),
             agent_status=agent_status("running", record["mode"]),

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     pulled_commit TEXT,
     uid INTEGER,                     -- the uid the agent runs as (host-side)
     exit_code INTEGER,
+    reason TEXT,                     -- why it ended, beyond the exit code (oom)
     error TEXT,
     owner_pid INTEGER,               -- the agent process that is setting this session up
     created_at REAL NOT NULL,
@@ -63,6 +64,7 @@ COLUMNS = (
     "pulled_commit",
     "uid",
     "exit_code",
+    "reason",
     "error",
     "owner_pid",
     "created_at",
@@ -73,7 +75,7 @@ COLUMNS = (
 )
 
 
-SCHEMA_VERSION = 2  # PRAGMA user_version once the schema and its migrations are in place
+SCHEMA_VERSION = 3  # PRAGMA user_version once the schema and its migrations are in place
 
 
 class Store:
@@ -127,7 +129,7 @@ class Store:
     def _migrate(self) -> None:
         """Databases made by an older agent lack newer columns: add them (never drop any)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        for column, kind in (("launch_commit", "TEXT"), ("uid", "INTEGER")):
+        for column, kind in (("launch_commit", "TEXT"), ("uid", "INTEGER"), ("reason", "TEXT")):
             if column not in have:
                 self._db.execute("ALTER TABLE sessions ADD COLUMN %s %s" % (column, kind))
 

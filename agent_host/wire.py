@@ -80,6 +80,12 @@ class SessionState(str, Enum):
 ACTIVE_STATES = (SessionState.STARTING.value, SessionState.RUNNING.value)
 
 
+class EndReason(str, Enum):
+    """Why a session ended, when the host knows more than the exit code says."""
+
+    OOM = "oom"  # the kernel killed a process of the sandbox: it reached its memory limit
+
+
 class AgentStatus(str, Enum):
     """What the agent is doing. Roll-up order for a fleet view: blocked > done > working > idle
     > unknown."""
@@ -490,6 +496,7 @@ class SessionRecord:
     pulled_commit: Optional[str] = None
     uid: Optional[int] = None
     exit_code: Optional[int] = None
+    reason: Optional[EndReason] = None
     error: Optional[str] = None
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
@@ -537,6 +544,9 @@ class SessionRecord:
                 pulled_commit=check_commit(known.get("pulled_commit"), "pulled_commit"),
                 uid=_integer(known.get("uid"), "uid"),
                 exit_code=_integer(known.get("exit_code"), "exit_code"),
+                reason=None
+                if known.get("reason") is None
+                else _check_enum(known["reason"], EndReason, "reason"),
                 error=_check_str(known.get("error"), "error", optional=True, limit=8192),
                 started_at=_number(known.get("started_at"), "started_at"),
                 finished_at=_number(known.get("finished_at"), "finished_at"),

@@ -483,6 +483,12 @@ def resolve_contract(
                 else f" (copies into {workspace.path}/.jackin/pulled/{session_id}/)"
             ),
             "stop": f"jackin-remote stop {session_id} (keeps the checkout)",
+            "out_of_memory": (
+                f"at its memory limit ({target.memory}) the kernel kills a process of the "
+                "sandbox: the session shows `crashed (oom)` in ls, and its checkout is kept"
+                if target.memory
+                else "no memory limit: the host's own OOM killer may end any process on it"
+            ),
             "rm": f"jackin-remote rm {session_id}: deletes the container and {work}; refuses "
             "while the work has not been pulled, unless --force",
         },

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.text import Text
 
-from agent_host.wire import ACTIVE_STATES
+from agent_host.wire import ACTIVE_STATES, EndReason
 from jackin_remote.ui.fit import ColumnSpec, FittedTable
 from jackin_remote.ui.safe import line, text
 
@@ -66,6 +66,8 @@ def sessions_table(
     for row in rows:
         state = str(row.get("shown_state") or row["state"])
         state_text = text(state, style=STATE_STYLE.get(state, ""))
+        if row.get("reason"):
+            state_text.append_text(text(f" ({row['reason']})", style=STATE_STYLE.get(state, "")))
         if state == "lost":
             state_text.append_text(text(
                 f" (was {row['state']}; last contact {age(row.get('last_contact'), now)} ago)",
@@ -117,6 +119,11 @@ def capacity_line(summary: Sequence[dict[str, Any]]) -> Text:
     return line(*parts, multiline=False)
 
 
+# What an end reason means, said under the table (the host sends the reason's name only).
+REASONS = {
+    EndReason.OOM.value: "out of memory: the kernel killed a process of the sandbox at its memory "
+    "limit (limits.memory in the inventory or config); the checkout is kept",
+}
 NOTE_CHARS = 300  # a failure reason under the table; `logs` prints the whole of it
 
 
@@ -126,6 +133,8 @@ def failure_notes(rows: Sequence[dict[str, Any]]) -> list[Text]:
     notes = []
     for row in rows:
         error = row.get("error")
+        if row.get("reason") in REASONS and row.get("state") == "crashed":
+            error = REASONS[row["reason"]]
         if not isinstance(error, str) or not error.strip():
             continue
         reason = " ".join(error.split())

@@ -52,7 +52,9 @@ def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> 
     root = tmp_path / "root"
     root.mkdir()
     old = sqlite3.connect(root / "state.db")
-    old_schema = state.SCHEMA.replace("launch_commit TEXT,", "").replace("uid INTEGER,", "")
+    old_schema = state.SCHEMA
+    for newer in ("launch_commit TEXT,", "uid INTEGER,", "reason TEXT,"):
+        old_schema = old_schema.replace(newer, "")
     assert "launch_commit" not in old_schema
     old.executescript(old_schema)
     old.execute(
@@ -66,5 +68,5 @@ def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> 
     store.update("OLD", launch_commit="a" * 40, uid=935000001)
     record = store.get("OLD")
     assert record is not None and record["uid"] == 935000001
-    assert record["launch_commit"] == "a" * 40
+    assert record["launch_commit"] == "a" * 40 and record["reason"] is None
     assert store._version() == state.SCHEMA_VERSION
