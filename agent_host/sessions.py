@@ -319,11 +319,21 @@ def _run_container(
         kwargs["nano_cpus"] = int(limits.cpus * 1e9)
     if limits.pids is not None:
         kwargs["pids_limit"] = limits.pids
+    if limits.nofile is not None:
+        from docker.types import Ulimit
+
+        kwargs["ulimits"] = [Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)]
     from docker.errors import DockerException
 
     try:
         return client.containers.run(image, **kwargs)
     except DockerException as exc:
+        if limits.nofile is not None and "rlimit type 7" in str(exc):  # RLIMIT_NOFILE
+            raise RemoteError(
+                E_FAILED, "the engine cannot give the sandbox %d open files: its own limit on "
+                "this host is lower (lower limits.nofile, or leave it unset for the engine's "
+                "default): %s" % (limits.nofile, exc),
+            ) from None  # fmt: skip
         raise RemoteError(E_FAILED, "docker could not start the sandbox: %s" % exc) from None
 
 

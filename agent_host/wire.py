@@ -61,6 +61,9 @@ MIN_CPUS = 0.01
 MAX_CPUS = 1024.0
 MIN_PIDS = 16
 MAX_PIDS = 4194304
+MIN_NOFILE = 64
+MAX_NOFILE = 1048576  # Linux's default fs.nr_open: the engine cannot give more on most hosts
+LIMIT_NAMES = ("memory", "cpus", "pids", "nofile")  # every limit, in the order they are shown
 MAX_TASK_BYTES = 1024 * 1024
 MAX_ENV_VALUE_BYTES = 64 * 1024
 
@@ -239,6 +242,21 @@ def _check_pids(value: object) -> Optional[int]:
     return value
 
 
+def _check_nofile(value: object) -> Optional[int]:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_NOFILE <= value <= MAX_NOFILE
+    ):
+        raise SpecError(
+            "limits.nofile",
+            "%r must be an integer from %d to %d" % (value, MIN_NOFILE, MAX_NOFILE),
+        )
+    return value
+
+
 def _check_str(value: object, field_name: str, optional: bool = False, limit: int = 4096) -> Any:
     if value is None and optional:
         return None
@@ -300,17 +318,22 @@ class Limits:
     memory: Optional[str] = None  # "512m", "4g"
     cpus: Optional[float] = None
     pids: Optional[int] = None
+    nofile: Optional[int] = None  # open files per process (soft and hard)
+
+    def __post_init__(self) -> None:
+        if self.memory is not None:
+            memory_bytes(self.memory)
+        _check_cpus(self.cpus)
+        _check_pids(self.pids)
+        _check_nofile(self.nofile)
 
     def to_wire(self) -> Dict[str, Any]:
-        return {"memory": self.memory, "cpus": self.cpus, "pids": self.pids}
+        return {name: getattr(self, name) for name in LIMIT_NAMES}
 
     @classmethod
     def from_wire(cls, data: object) -> "Limits":
-        data = _check_keys(data, ("memory", "cpus", "pids"), "limits")
-        memory = data.get("memory")
-        if memory is not None:
-            memory_bytes(memory)
-        return cls(memory, _check_cpus(data.get("cpus")), _check_pids(data.get("pids")))
+        data = _check_keys(data, LIMIT_NAMES, "limits")
+        return cls(*(data.get(name) for name in LIMIT_NAMES))  # checked by __post_init__
 
     @property
     def memory_bytes(self) -> Optional[int]:

@@ -14,6 +14,7 @@ Both files hold the same keys:
     memory = "4g"
     cpus = 2.0
     pids = 512
+    nofile = 4096
 
 A relative `role` in the operator's file is read against that file's directory; in a workspace's
 file, against the workspace (the directory holding `.jackin/`). Precedence, per value: the
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_host.wire import LIMIT_NAMES
 from jackin_remote import paths
 from jackin_remote.errors import LocatedError, UsageError
 from jackin_remote.inventory.loader import LIMIT_VALIDATORS
@@ -55,9 +57,9 @@ MAX_CONFIG_BYTES = 64 * 1024
 BUILTIN_ON = "local"  # a launch never sends a workspace to a server nobody named
 SECTIONS: dict[str, tuple[str, ...]] = {
     "launch": ("role", "runtime", "on"),
-    "limits": ("memory", "cpus", "pids"),
+    "limits": LIMIT_NAMES,
 }
-KEYS = ("on", "role", "runtime", "limits.memory", "limits.cpus", "limits.pids")
+KEYS = ("on", "role", "runtime", *(f"limits.{name}" for name in LIMIT_NAMES))
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _EXAMPLES = {
     "role": 'role = "roles/agent-clis"',
@@ -66,6 +68,7 @@ _EXAMPLES = {
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",
+    "nofile": "nofile = 4096",
 }
 
 
@@ -286,10 +289,11 @@ def _builtin(key: str) -> Setting:
     return Setting(None, "inventory", "each host's limits in the inventory")
 
 
-def limit_overrides(settings: Mapping[str, Setting]) -> tuple[tuple[str, Any], ...]:
-    """(limit, value) pairs a config sets: they replace the inventory's for this launch."""
+def limit_overrides(settings: Mapping[str, Setting]) -> tuple[tuple[str, Any, str], ...]:
+    """(limit, value, where it was set) for each limit a flag or a config sets: they replace the
+    inventory's for this launch. `where` is the flag (`--cpus`) or the file and line."""
     return tuple(
-        (key.split(".", 1)[1], setting.value)
+        (key.split(".", 1)[1], setting.value, setting.source)
         for key, setting in settings.items()
         if key.startswith("limits.") and setting.source != "inventory"
     )

@@ -7,7 +7,7 @@ over the transport (no agent, nothing written), so the limits are checked before
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jackin_remote.agent.deploy import CLEAN_PATH, root_prelude
@@ -46,9 +46,14 @@ async def read_capacity(link: HostLink) -> Capacity:
     return parse_probe(done.stdout.decode(errors="replace"))
 
 
-def host_misfits(host: Host, capacity: Capacity, declared: Host | None = None) -> list[Misfit]:
+def host_misfits(
+    host: Host,
+    capacity: Capacity,
+    declared: Host | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> list[Misfit]:
     """The limits `host` would give a sandbox that its machine cannot meet."""
-    return limit_misfits(host.name, limit_settings(host, declared), capacity)
+    return limit_misfits(host.name, limit_settings(host, declared, sources), capacity)
 
 
 async def _probe(link: HostLink) -> dict[str, Any]:

@@ -62,7 +62,8 @@ class LaunchOptions:
     include: tuple[str, ...] = ()
     role_cache: Path | None = None  # where a git role is fetched (None: the laptop cache)
     build_network: str = "none"  # the role build's network: none | default
-    limits: tuple[tuple[str, Any], ...] = ()  # a config's limits: replace the inventory's
+    # (limit, value, where): a flag's or a config's limits replace the inventory's
+    limits: tuple[tuple[str, Any, str], ...] = ()
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Prepared:
     request: LaunchRequest
     credential: dict[str, str] = field(default_factory=dict)  # env name -> value; never printed
     count: int = 1
+    limit_sources: dict[str, str] = field(default_factory=dict)  # limit -> flag or file:line
 
 
 def read_task(task: str | None, task_file: Path | None) -> str | None:
@@ -124,13 +126,15 @@ def prepare(
         name=options.name,
         build_network=options.build_network,
     )
-    return Prepared(inventory, hosts, role, scan, request, credential, options.count)
+    sources = {key: where for key, _, where in options.limits}
+    return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources)
 
 
-def _with_limits(host: Host, limits: Sequence[tuple[str, Any]]) -> Host:
+def _with_limits(host: Host, limits: Sequence[tuple[str, Any, str]]) -> Host:
     if not limits:
         return host
-    return dataclasses.replace(host, limits=dataclasses.replace(host.limits, **dict(limits)))
+    values = {key: value for key, value, _ in limits}
+    return dataclasses.replace(host, limits=dataclasses.replace(host.limits, **values))
 
 
 def _role_ref(role: Role) -> RoleRef:
@@ -173,6 +177,7 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         memory=host.limits.memory,
         cpus=host.limits.cpus,
         pids=host.limits.pids,
+        nofile=host.limits.nofile,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )
@@ -275,7 +280,7 @@ async def launch_contracts(pool: Pool, prepared: Prepared, store: Store | None) 
     all fit: nothing has been started)."""
     # The limits first, read-only: a refusal leaves every host as it was.
     capacities = await read_capacities(pool, prepared.hosts)
-    refuse_misfits(sorted({m.message for m in limit_misfits(prepared, capacities)}))
+    refuse_misfits(limit_misfits(prepared, capacities))
     slots = await live_slots(pool, prepared.hosts, running_counts(store))
     checked, blocking = judge_fit(prepared, contracts(prepared, slots, LIVE), capacities)
     refuse_misfits(blocking)
@@ -326,13 +331,15 @@ def limit_misfits(prepared: Prepared, capacities: Mapping[str, Capacity | str]) 
         misfit
         for host in prepared.hosts
         if isinstance(capacity := capacities.get(host.name), Capacity)
-        for misfit in host_misfits(host, capacity, prepared.inventory.host(host.name))
+        for misfit in host_misfits(
+            host, capacity, prepared.inventory.host(host.name), prepared.limit_sources
+        )
     ]
 
 
 def judge_fit(
     prepared: Prepared, plan: Sequence[Contract], capacities: Mapping[str, Capacity | str]
-) -> tuple[list[Contract], list[str]]:
+) -> tuple[list[Contract], list[Misfit]]:
     """The placed hosts' limits and the launch's disk use (the mirror plus one checkout per
     session, each the workspace's size) against their facts. Returns the contracts with what was
     found added to their warnings, and the problems a launch must refuse on."""
@@ -353,22 +360,26 @@ def judge_fit(
                                   "run `jackin-remote hosts check`")]  # fmt: skip
             continue
         needed = prepared.scan.total_bytes * (count + 1)
-        found[name] = host_misfits(hosts[name], capacity, prepared.inventory.host(name))
+        found[name] = host_misfits(
+            hosts[name], capacity, prepared.inventory.host(name), prepared.limit_sources
+        )
         found[name] += disk_misfits(name, capacity, needed, count)
     checked = [
         with_warnings(c, [f"{m.message} (hint: {m.hint})" for m in found[c.identity["host"]]])
         for c in plan
     ]
-    return checked, [m.message for misfits in found.values() for m in misfits if m.blocking]
+    return checked, [m for misfits in found.values() for m in misfits if m.blocking]
 
 
-def refuse_misfits(blocking: Sequence[str]) -> None:
+def refuse_misfits(blocking: Sequence[Misfit]) -> None:
     """Launch stops here, before anything is synced, built or created on any host."""
     if blocking:
+        messages = sorted({m.message for m in blocking})
+        hints = sorted({m.hint for m in blocking})
         raise JackinError(
-            "cannot launch, nothing was started: " + "; ".join(blocking),
-            hint="change the limit in the inventory (or free the disk), then launch again; "
-            "`jackin-remote explain` and `hosts check` show the same check",
+            "cannot launch, nothing was started: " + "; ".join(messages),
+            hint="; ".join(hints) + "; then launch again (`jackin-remote explain` and "
+            "`hosts check` show the same check)",
         )
 
 

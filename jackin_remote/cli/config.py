@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ class Defaults:
     on: str
     role: str
     runtime: str | None
-    limits: tuple[tuple[str, Any], ...]
+    limits: tuple[tuple[str, Any, str], ...]  # (limit, value, the flag or file:line)
 
 
 def launch_defaults(
@@ -38,6 +39,7 @@ def launch_defaults(
     runtime: str | None,
     ignore_workspace: bool,
     interactive: bool,
+    limits: Mapping[str, Any] | None = None,
 ) -> Defaults:
     """The values a launch uses: flags, then an approved workspace config, then the operator's.
     An unapproved workspace config is approved at a prompt (`interactive`) or refused."""
@@ -48,7 +50,8 @@ def launch_defaults(
             raise config.unapproved_error(applied, workspace)
         config.approve(applied)
     flags = {"on": on, "runtime": runtime,
-             "role": None if role is None else config.resolve_role(role, Path.cwd())}  # fmt: skip
+             "role": None if role is None else config.resolve_role(role, Path.cwd()),
+             **{f"limits.{key}": value for key, value in (limits or {}).items()}}  # fmt: skip
     settings = config.effective(operator, applied, flags)
     chosen_role = settings["role"].value
     if chosen_role is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from agent_host.wire import LIMIT_NAMES
 from jackin_remote.cli.common import (
     EXIT_SOME_HOSTS_FAILED,
     err,
@@ -36,8 +37,7 @@ def _host_dict(host: Any) -> dict[str, Any]:
         "port": host.port, "user": host.user, "identity_file": host.identity_file,
         "jump": host.jump, "host_key": host.host_key, "labels": list(host.labels),
         "capacity": host.capacity, "root": host.root, "backend": host.backend,
-        "limits": {"memory": host.limits.memory, "cpus": host.limits.cpus,
-                   "pids": host.limits.pids},
+        "limits": {name: getattr(host.limits, name) for name in LIMIT_NAMES},
         "source": host.where,
     }  # fmt: skip
 

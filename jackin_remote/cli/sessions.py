@@ -58,6 +58,11 @@ TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
 NETWORK = typer.Option("open", "--network", help="open | none (none is enforced by the engine).")
 ENV = typer.Option([], "--env", help="KEY=VALUE plain setting for the sandbox (repeatable).")
 COUNT = typer.Option(1, "--count", help="Launch N sessions across the matching hosts.")
+# The limits: these win over a config's [limits] and the inventory's (a role never sets them).
+MEMORY = typer.Option(None, "--memory", help='Memory limit of each sandbox, e.g. "512m", "4g".')
+CPUS = typer.Option(None, "--cpus", help="CPU limit of each sandbox, e.g. 0.5 or 2.")
+PIDS = typer.Option(None, "--pids", help="Process limit of each sandbox.")
+NOFILE = typer.Option(None, "--nofile", help="Open-file limit of each sandbox's processes.")
 ISOLATION = typer.Option(None, "--isolation", help="clone (git, default) | copy.")
 NAME = typer.Option(None, "--name", help="A name for the session (lowercase, digits, '-').")
 KEY_FROM = typer.Option(
@@ -115,11 +120,12 @@ def _options(
     *,
     ignore_workspace: bool = False,
     as_json: bool = False,
+    limits: dict[str, Any] | None = None,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
 
-    chosen = launch_defaults(workspace, on=on, role=role, runtime=runtime,
+    chosen = launch_defaults(workspace, on=on, role=role, runtime=runtime, limits=limits or {},
                              ignore_workspace=ignore_workspace,
                              interactive=interactive(as_json))  # fmt: skip
     return LaunchOptions(
@@ -128,6 +134,25 @@ def _options(
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
         build_network=build_network, limits=chosen.limits,
     )  # fmt: skip
+
+
+def _limit_flags(
+    memory: str | None, cpus: float | None, pids: int | None, nofile: int | None
+) -> dict[str, Any]:
+    """The limits given as flags, checked by the inventory's own rules."""
+    from jackin_remote.inventory.loader import LIMIT_VALIDATORS
+    from jackin_remote.inventory.values import ValueProblem
+
+    given = {"memory": memory, "cpus": cpus, "pids": pids, "nofile": nofile}
+    checked = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        try:
+            checked[key] = LIMIT_VALIDATORS[key](value)
+        except ValueProblem as problem:
+            raise UsageError(f"--{key}: {problem.message}", hint=problem.hint) from None
+    return checked
 
 
 def _resolve(ctx: typer.Context, options: Any) -> tuple[Any, list[Any]]:
@@ -180,6 +205,8 @@ def explain(
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
+    memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
+    nofile: int | None = NOFILE,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -190,8 +217,8 @@ def explain(
         try:
             options = _options(on, role, runtime, workspace, task, task_file, network, env,
                                count, isolation, name, key_from, include, build_network,
-                               ignore_workspace=ignore_workspace_config,
-                               as_json=as_json)  # fmt: skip
+                               ignore_workspace=ignore_workspace_config, as_json=as_json,
+                               limits=_limit_flags(memory, cpus, pids, nofile))  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -210,7 +237,8 @@ def launch(
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
-    verbose: bool = VERBOSE,
+    verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
+    pids: int | None = PIDS, nofile: int | None = NOFILE,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -219,7 +247,8 @@ def launch(
     try:
         options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
                            isolation, name, key_from, include, build_network,
-                           ignore_workspace=ignore_workspace_config, as_json=as_json)  # fmt: skip
+                           ignore_workspace=ignore_workspace_config, as_json=as_json,
+                           limits=_limit_flags(memory, cpus, pids, nofile))  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

@@ -33,7 +33,7 @@ class Capacity:
 class Setting:
     """One limit as the operator set it: `origin` says where (file:line and key)."""
 
-    key: str  # memory | cpus | pids
+    key: str  # memory | cpus | pids | nofile
     value: str | float | int
     field: str  # "defaults.limits.cpus", "hosts.build-1.limits.cpus", "the built-in limits.cpus"
     where: str | None = None  # "/ops/inventory/hosts.toml:17"; None: not from a file we know
@@ -98,7 +98,9 @@ def limit_misfits(host: str, settings: Sequence[Setting], capacity: Capacity) ->
             Misfit(
                 True,
                 f"{setting.origin} = {_shown(setting.value)}, but {host} has {what}",
-                f"set limits.{setting.key} to at most {_ceiling(setting.key, ceiling)} "
+                f"pass {setting.field} {_ceiling(setting.key, ceiling)} or less"
+                if setting.field.startswith("--")
+                else f"set limits.{setting.key} to at most {_ceiling(setting.key, ceiling)} "
                 f"({setting.where or 'in the inventory'}; for {host} alone: in its "
                 f"[hosts.{host}] table)",
             )

@@ -82,6 +82,7 @@ class TargetRef:
     memory: str | None
     cpus: float | None
     pids: int | None
+    nofile: int | None = None
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -264,7 +265,7 @@ def resolve_contract(
             env=tuple(env.items()),
             secret_env=tuple(secret_env),
             base_commit=workspace.head,
-            limits=Limits(target.memory, target.cpus, target.pids),
+            limits=Limits(target.memory, target.cpus, target.pids, target.nofile),
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -454,6 +455,7 @@ def resolve_contract(
             "memory": target.memory,
             "cpus": target.cpus,
             "pids": target.pids,
+            "nofile": target.nofile,
             "user": f"{role.user} (non-root)",
             "uid": f"on a host where jackin runs as root: a uid no host account, group or "
             f"subordinate range uses (the first free one from {SANDBOX_UID_BASE}); otherwise the "

@@ -26,7 +26,17 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import KeyAlreadyPresent, ParseError
 
-from agent_host.wire import MAX_CPUS, MAX_PIDS, MIN_CPUS, MIN_PIDS, SpecError, memory_bytes
+from agent_host.wire import (
+    LIMIT_NAMES,
+    MAX_CPUS,
+    MAX_NOFILE,
+    MAX_PIDS,
+    MIN_CPUS,
+    MIN_NOFILE,
+    MIN_PIDS,
+    SpecError,
+    memory_bytes,
+)
 from jackin_remote.core.names import NAME_RULE, is_valid_name
 from jackin_remote.errors import InventoryError
 from jackin_remote.inventory.hostkey import HostKeyFormatError, parse_public_key
@@ -64,7 +74,7 @@ HOST_KEYS = (
 PER_HOST_ONLY_KEYS = ("address", "host_key")  # never in [defaults]: they identify one machine
 DEFAULT_KEYS = tuple(key for key in HOST_KEYS if key not in PER_HOST_ONLY_KEYS)
 SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "jump", "host_key")
-LIMIT_KEYS = ("memory", "cpus", "pids")
+LIMIT_KEYS = LIMIT_NAMES
 RESERVED_NAMES = ("all",)
 RESERVED_PREFIX = "label"  # keeps `label:X` selectors unambiguous
 
@@ -520,6 +530,10 @@ def _pids(value: object) -> int:
     return _int_in_range(value, MIN_PIDS, MAX_PIDS)
 
 
+def _nofile(value: object) -> int:
+    return _int_in_range(value, MIN_NOFILE, MAX_NOFILE)
+
+
 _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "address": _address,
     "port": _port,
@@ -537,6 +551,7 @@ LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
     "cpus": _cpus,
     "pids": _pids,
+    "nofile": _nofile,
 }
 # Shown when a value has the wrong type: one correct line says more than a type name.
 _EXAMPLES = {
@@ -554,6 +569,7 @@ _EXAMPLES = {
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",
+    "nofile": "nofile = 4096",
 }
 
 
@@ -681,7 +697,7 @@ def _build_host(name: str, own: _HostSpec, defaults: _HostSpec, ctx: _FileContex
 
 def _model_limits() -> dict[str, Any]:
     default = Limits()
-    return {"memory": default.memory, "cpus": default.cpus, "pids": default.pids}
+    return {name: getattr(default, name) for name in LIMIT_KEYS}
 
 
 def _groups_section(value: object, ctx: _FileContext) -> tuple[_Group, ...]:

@@ -20,6 +20,9 @@ class Limits:
     memory: str | None = "4g"
     cpus: float | None = 2.0
     pids: int | None = 512
+    # Open files per process. None: the engine's own (a higher one than the engine's own hard
+    # limit fails to start: where the engine runs in a container, that limit can be low).
+    nofile: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,40 @@ The loader merges a file's [defaults] under each host table key by key, so a lim
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent_host.wire import LIMIT_NAMES
 from jackin_remote.core.capacity import Setting
 from jackin_remote.inventory.model import Host
 from jackin_remote.inventory.toml_lines import KeyPath, index_source
 
-LIMIT_KEYS = ("memory", "cpus", "pids")
+LIMIT_KEYS = LIMIT_NAMES
 
 
-def limit_settings(host: Host, declared: Host | None = None) -> list[Setting]:
+def limit_settings(
+    host: Host, declared: Host | None = None, sources: Mapping[str, str] | None = None
+) -> list[Setting]:
     """The limits `host` will get, each with where it was set. `declared` is the host as the
-    inventory has it: a limit that differs from it was set elsewhere (an operator config)."""
+    inventory has it: a limit that differs from it was set elsewhere, by a flag or a config file
+    (`sources`: limit -> `--cpus` or file:line)."""
     declared = declared or host
+    sources = sources or {}
     document, index = _read(host.source_file)
     settings: list[Setting] = []
     for key in LIMIT_KEYS:
         value = getattr(host.limits, key)
         if value is None:
             continue
-        if value != getattr(declared.limits, key):
-            settings.append(Setting(key, value, f"limits.{key} (operator config)"))
+        if key in sources or value != getattr(declared.limits, key):
+            source = sources.get(key, "")
+            if source.startswith("--"):
+                settings.append(Setting(key, value, source))
+            elif source:
+                settings.append(Setting(key, value, f"limits.{key}", source))
+            else:
+                settings.append(Setting(key, value, f"limits.{key} (operator config)"))
             continue
         path = _path_of(document, host.name, key)
         if path is None:

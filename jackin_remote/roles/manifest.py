@@ -44,7 +44,10 @@ _CREDS = (
 _ENV = "launch --env NAME=VALUE"
 _DOCKER = "the host's backend in the inventory (`backend`); the host docker socket is never offered"
 _CAPS = "the host's backend in the inventory (`backend`); sandboxes get no extra capabilities"
-_LIMITS = "the inventory's [hosts.<name>.limits] (memory, cpus, pids)"
+_LIMITS = (
+    "the inventory's [hosts.<name>.limits] (memory, cpus, pids, nofile), a config's [limits], "
+    "or launch --memory/--cpus/--pids/--nofile"
+)
 _MOUNTS = "nobody: the session's own checkout, at /workspace, is the only mount"
 PRIVILEGE_KEYS: dict[str, str] = {
     "network": _NET,
@@ -66,6 +69,8 @@ PRIVILEGE_KEYS: dict[str, str] = {
     "memory": _LIMITS,
     "cpus": _LIMITS,
     "pids": _LIMITS,
+    "nofile": _LIMITS,
+    "ulimits": _LIMITS,
     "mounts": _MOUNTS,
     "volumes": _MOUNTS,
     "ports": "nobody: a sandbox publishes no ports",

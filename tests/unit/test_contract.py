@@ -24,7 +24,7 @@ ROLE = RoleRef("test-agent", "ab" * 32, "jackin-role-test-agent:abababababab", "
 GIT_WS = WorkspaceRef("/home/me/app", "app-123abc", True, "c0ffee" * 6 + "abcd", "main", True,
                       12, 3400, excluded_secrets=(".env",), tracked_secrets=())  # fmt: skip
 PLAIN_WS = WorkspaceRef("/home/me/notes", "notes-99aa00", False, None, None, False, 3, 10)
-TARGET = TargetRef("fleet-1", "ssh", "10.0.0.5", "~/.jackin", "docker", "2g", 1.5, 256)
+TARGET = TargetRef("fleet-1", "ssh", "10.0.0.5", "~/.jackin", "docker", "2g", 1.5, 256, 4096)
 
 
 def resolve(request: LaunchRequest, workspace: WorkspaceRef = GIT_WS) -> Contract:
@@ -46,7 +46,7 @@ def test_limits_reach_the_spec_and_hardening_is_not_a_field_of_it() -> None:
     for key in ("cap_drop", "security_opt", "read_only", "labels", "image", "workdir", "tmpfs"):
         assert key not in wire
     assert wire["user"] == "agent"
-    assert wire["limits"] == {"memory": "2g", "cpus": 1.5, "pids": 256}
+    assert wire["limits"] == {"memory": "2g", "cpus": 1.5, "pids": 256, "nofile": 4096}
     assert spec.network is Network.NONE
     assert spec.labels["jackin.managed"] == "true"
     assert spec.labels["jackin.session"] == "abcd1234"
