@@ -66,6 +66,15 @@ class RemoteError(Exception):
         return err
 
 
+class SpecError(RemoteError):
+    """A value that crossed the boundary is invalid. `field` names it."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(E_INVALID_PARAMS, "%s: %s" % (field_name, problem), {"field": field_name})
+        self.field = field_name
+        self.problem = problem
+
+
 def encode(message: Message) -> bytes:
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 

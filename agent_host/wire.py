@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from agent_host.protocol import E_INVALID_PARAMS, RemoteError
+from agent_host.egress import Rule, rules_from_wire
+from agent_host.protocol import SpecError as SpecError  # re-exported: the wire's error
 
 # -- constants -------------------------------------------------------------------------------
 LABEL_MANAGED = "jackin.managed"
@@ -103,6 +104,7 @@ class AgentStatus(str, Enum):
 class Network(str, Enum):
     OPEN = "open"
     NONE = "none"
+    ALLOWLIST = "allowlist"  # an internal network; the host's egress proxy is the only way out
 
 
 class Isolation(str, Enum):
@@ -116,15 +118,6 @@ class Mode(str, Enum):
 
 
 # -- validators ------------------------------------------------------------------------------
-class SpecError(RemoteError):
-    """A value that crossed the boundary is invalid. `field` names it."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        super().__init__(E_INVALID_PARAMS, "%s: %s" % (field_name, problem), {"field": field_name})
-        self.field = field_name
-        self.problem = problem
-
-
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 NAME_RULE = "lowercase letters, digits and '-', starting with a letter, at most 63 characters"
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # base32 without i, l, o, u
@@ -361,6 +354,7 @@ class LaunchSpec:
     secret_env: Tuple[str, ...] = ()  # names only; values travel beside the spec, never in it
     base_commit: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
+    egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -395,6 +389,10 @@ class LaunchSpec:
         if len(seen) != len(self.env):
             raise SpecError("env", "a variable is set twice")
         check_commit(self.base_commit, "base_commit")
+        if self.egress and self.network is not Network.ALLOWLIST:
+            raise SpecError("egress", "rules apply only to network allowlist")
+        if not all(isinstance(rule, Rule) for rule in self.egress):
+            raise SpecError("egress", "must be a list of rules")
 
     # Derived, identical on both sides.
     @property
@@ -446,6 +444,8 @@ class LaunchSpec:
                 value = value.value
             elif isinstance(value, Limits):
                 value = value.to_wire()
+            elif item.name == "egress":
+                value = [rule.to_wire() for rule in value]
             elif item.name == "env":
                 value = dict(value)
             elif isinstance(value, tuple):
@@ -491,6 +491,7 @@ class LaunchSpec:
             secret_env=tuple(secret_env),
             base_commit=data.get("base_commit"),
             limits=Limits.from_wire(data.get("limits") or {}),
+            egress=rules_from_wire(data.get("egress") or [], "egress"),
         )
 
 
