@@ -8,6 +8,7 @@ Python 3.9 compatible.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import shutil
 import time
@@ -27,12 +28,14 @@ from agent_host.protocol import (
 from agent_host.server import Context
 from agent_host.state import Store
 from agent_host.wire import (
+    ACTIVE_STATES,
     CAP_DROP,
     LABEL_MANAGED,
     LABEL_SESSION,
     LOG_MAX_FILES,
     LOG_MAX_SIZE,
     MANAGED_FILTER,
+    PROXY_PORT,
     READ_ONLY_ROOT,
     SANDBOX_UID_BASE,
     SECURITY_OPT,
@@ -46,6 +49,7 @@ from agent_host.wire import (
     SessionState,
     check_env_value,
     check_session_id,
+    egress_network,
 )
 
 Range = Tuple[int, int]  # [start, end)
@@ -106,8 +110,10 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             work = layout.work_dir(ctx.root, session_id)
             if os.getuid() == 0:
                 _chown_tree(work, uid, gid)
-            container = _run_container(client, spec, secrets, image, work, uid, gid)
+            proxy = _start_egress(ctx.root, client, spec)
+            container = _run_container(client, spec, secrets, image, work, uid, gid, proxy)
         except Exception as exc:
+            _stop_egress(ctx.root, client, session_id)
             message = (
                 exc.message
                 if isinstance(exc, RemoteError)
@@ -134,6 +140,27 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         return entry
     finally:
         store.close()
+
+
+def _start_egress(root: str, client: Any, spec: LaunchSpec) -> Optional[str]:
+    """`network allowlist`: the session's internal network and its proxy; the proxy's URL."""
+    if spec.network is not Network.ALLOWLIST:
+        return None
+    from agent_host import egressd
+
+    gateway = egressd.ensure_network(client, spec.session_id)
+    egressd.start_proxy(root, spec, gateway)
+    return "http://%s:%d" % (gateway, PROXY_PORT)
+
+
+def _stop_egress(root: str, client: Any, session_id: str, network: bool = True) -> None:
+    """Stop a session's proxy (if any), and remove its network (once no container is on it)."""
+    from agent_host import egressd
+
+    egressd.stop_proxy(root, session_id)
+    if network:
+        with contextlib.suppress(Exception):
+            egressd.remove_network(client, session_id)
 
 
 def _record(spec: LaunchSpec, pid: int) -> Dict[str, Any]:
@@ -281,9 +308,14 @@ def _run_container(
     work: str,
     uid: int,
     gid: int,
+    proxy: Optional[str] = None,
 ) -> Any:
     env = spec.environment
     env.update(secrets)
+    if proxy is not None:  # the only way out; most tools read one spelling or the other
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            env[name] = proxy
+        env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
     tmpfs = {}
     for path, options in spec.tmpfs.items():
         if path != "/tmp":
@@ -303,7 +335,7 @@ def _run_container(
         "read_only": READ_ONLY_ROOT,
         "cap_drop": list(CAP_DROP),
         "security_opt": list(SECURITY_OPT),
-        "network_mode": "none" if spec.network is Network.NONE else "bridge",
+        **_network_kwargs(spec),
         "log_config": {
             "type": "json-file",
             "config": {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_MAX_FILES)},
@@ -338,6 +370,12 @@ def _run_container(
 
 
 # -- list / reconcile ------------------------------------------------------------------------
+def _network_kwargs(spec: LaunchSpec) -> Dict[str, str]:
+    if spec.network is Network.ALLOWLIST:
+        return {"network": egress_network(spec.session_id)}
+    return {"network_mode": "none" if spec.network is Network.NONE else "bridge"}
+
+
 def _container_states(client: Any) -> Dict[str, Dict[str, Any]]:
     states = {}
     for container in client.containers.list(all=True, filters={"label": MANAGED_FILTER}):
@@ -448,6 +486,12 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 fields["agent_status"] = agent_status(state, record["mode"])
                 store.update(record["id"], **fields)
                 record.update(fields)
+            if state not in ACTIVE_STATES and (record.get("spec") or {}).get("network") == (
+                Network.ALLOWLIST.value
+            ):  # its sandbox is done: its proxy goes too (start brings it back)
+                from agent_host import egressd
+
+                egressd.stop_proxy(ctx.root, record["id"])
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
             out.append(public_record(record))
@@ -600,6 +644,7 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
             code = (container.attrs.get("State") or {}).get("ExitCode")
         except _not_found():
             code = record.get("exit_code")
+        _stop_egress(ctx.root, client, record["id"], network=False)
         if record["state"] in ("starting", "running"):
             store.update(
                 record["id"],
@@ -637,7 +682,9 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             ) from None  # fmt: skip
         if container.status in ("running", "restarting", "paused"):
             raise RemoteError(E_CONFLICT, "session %s is already running" % record["id"])
+        spec = LaunchSpec.from_wire(record["spec"])
         try:
+            _start_egress(ctx.root, client, spec)
             container.start()
         except DockerException as exc:
             raise RemoteError(
@@ -711,6 +758,8 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
         if client is None:
             client = _docker()
             _remove_containers(client, record)
+        _stop_egress(ctx.root, client, record["id"])
+        store.forget_egress(record["id"])
         session_path = layout.session_dir(ctx.root, record["id"])
         if os.path.isdir(session_path):
             _rmtree(session_path)

@@ -44,6 +44,20 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at REAL NOT NULL,
     spec TEXT NOT NULL               -- the applied contract, secret values removed (JSON)
 );
+-- What a session's egress proxy decided: one row per destination and decision, counted.
+CREATE TABLE IF NOT EXISTS egress_log (
+    session TEXT NOT NULL,
+    host TEXT NOT NULL,              -- as the sandbox asked (checked by the proxy), or an IP
+    port INTEGER NOT NULL,
+    decision TEXT NOT NULL,          -- allowed | denied | failed (allowed, upstream unreachable)
+    rule TEXT NOT NULL,              -- the rule that decided
+    bytes_up INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0,
+    count INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (session, host, port, decision, rule)
+);
 """
 
 COLUMNS = (
@@ -75,7 +89,7 @@ COLUMNS = (
 )
 
 
-SCHEMA_VERSION = 3  # PRAGMA user_version once the schema and its migrations are in place
+SCHEMA_VERSION = 4  # PRAGMA user_version once the schema and its migrations are in place
 
 
 class Store:
@@ -169,6 +183,30 @@ class Store:
         if not include_purged:
             query += " WHERE state != 'purged'"
         return [_record(row) for row in self._db.execute(query + " ORDER BY created_at")]
+
+    def record_egress(
+        self, session: str, host: str, port: int, decision: str, rule: str, up: int, down: int
+    ) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO egress_log (session, host, port, decision, rule, bytes_up, bytes_down,"
+            " count, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+            " ON CONFLICT (session, host, port, decision, rule) DO UPDATE SET"
+            " bytes_up = bytes_up + excluded.bytes_up,"
+            " bytes_down = bytes_down + excluded.bytes_down,"
+            " count = count + 1, last_seen = excluded.last_seen",
+            (session, host, port, decision, rule, up, down, now, now),
+        )
+
+    def egress_log(self, session: Optional[str] = None) -> List[Dict[str, Any]]:
+        query = "SELECT * FROM egress_log"
+        args: List[Any] = []
+        if session is not None:
+            query, args = query + " WHERE session = ?", [session]
+        return [dict(row) for row in self._db.execute(query + " ORDER BY last_seen", args)]
+
+    def forget_egress(self, session: str) -> None:
+        self._db.execute("DELETE FROM egress_log WHERE session = ?", (session,))
 
     def running_count(self) -> int:
         row = self._db.execute(

@@ -283,6 +283,14 @@ def image_tag(role: str, content_hash: str) -> str:
     return "%s%s:%s" % (ROLE_IMAGE_PREFIX, check_name(role, "role"), check_hash(content_hash)[:12])
 
 
+PROXY_PORT = 3128  # the egress proxy's port, on the session network's gateway address
+
+
+def egress_network(session_id: str) -> str:
+    """The internal docker network of a `network allowlist` session."""
+    return "jk-%s-egress" % check_session_id(session_id)
+
+
 def container_name(session_id: str, workspace: str, role: str) -> str:
     """`jk-<id>-<workspace>-<role>`, DNS-safe and at most 58 characters."""
     base = "%s%s-" % (CONTAINER_PREFIX, session_id)
@@ -492,6 +500,48 @@ class LaunchSpec:
             base_commit=data.get("base_commit"),
             limits=Limits.from_wire(data.get("limits") or {}),
             egress=rules_from_wire(data.get("egress") or [], "egress"),
+        )
+
+
+# -- what a host's egress proxies decided (`egress.log`) ---------------------------------------
+@dataclass(frozen=True)
+class EgressEntry:
+    session: str
+    host: str
+    port: int
+    decision: str  # allowed | denied | failed
+    rule: str
+    bytes_up: int
+    bytes_down: int
+    count: int
+    first_seen: float
+    last_seen: float
+
+    @classmethod
+    def from_wire(cls, data: object) -> "EgressEntry":
+        """A host's answer, checked field by field (the host is not trusted)."""
+        if not isinstance(data, dict):
+            raise SpecError("egress", "must be an object")
+        decision = data.get("decision")
+        if decision not in ("allowed", "denied", "failed"):
+            raise SpecError("egress.decision", "must be allowed, denied or failed")
+        port = _integer(data.get("port"), "egress.port")
+        if port is None or not 1 <= port <= 65535:
+            raise SpecError("egress.port", "must be a number from 1 to 65535")
+        counts = [_integer(data.get(k), "egress." + k) for k in ("bytes_up", "bytes_down", "count")]
+        if any(c is None or c < 0 for c in counts):
+            raise SpecError("egress", "bytes_up, bytes_down and count must be numbers >= 0")
+        return cls(
+            session=check_session_id(data.get("session"), "egress.session"),
+            host=_check_str(data.get("host"), "egress.host", limit=260),
+            port=port,
+            decision=str(decision),
+            rule=_check_str(data.get("rule"), "egress.rule", limit=1024),
+            bytes_up=int(counts[0] or 0),
+            bytes_down=int(counts[1] or 0),
+            count=int(counts[2] or 0),
+            first_seen=_number(data.get("first_seen"), "egress.first_seen", optional=False),
+            last_seen=_number(data.get("last_seen"), "egress.last_seen", optional=False),
         )
 
 

@@ -64,6 +64,8 @@ class LaunchOptions:
     build_network: str = "none"  # the role build's network: none | default
     # (limit, value, where): a flag's or a config's limits replace the inventory's
     limits: tuple[tuple[str, Any, str], ...] = ()
+    allow: tuple[str, ...] = ()  # --allow / --deny: the allowlist's operator rules
+    deny: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +80,24 @@ class Prepared:
     credential: dict[str, str] = field(default_factory=dict)  # env name -> value; never printed
     count: int = 1
     limit_sources: dict[str, str] = field(default_factory=dict)  # limit -> flag or file:line
+
+
+def check_network_options(network: str, allow: Sequence[str], deny: Sequence[str]) -> None:
+    from agent_host.egress import parse_pattern
+    from agent_host.wire import Network, SpecError
+
+    if network not in {n.value for n in Network}:
+        raise UsageError(f"--network {network!r}: expected one of "
+                         + ", ".join(n.value for n in Network))  # fmt: skip
+    if (allow or deny) and network != Network.ALLOWLIST.value:
+        raise UsageError("--allow and --deny apply to --network allowlist only",
+                         hint="launch with --network allowlist")  # fmt: skip
+    for flag, patterns in (("--allow", allow), ("--deny", deny)):
+        for pattern in patterns:
+            try:
+                parse_pattern(pattern, flag)
+            except SpecError as exc:
+                raise UsageError(f"{flag}: {exc.problem}") from None
 
 
 def read_task(task: str | None, task_file: Path | None) -> str | None:
@@ -104,6 +124,7 @@ def prepare(
         raise UsageError("--count must be at least 1")
     if options.count > 1 and options.name:
         raise UsageError("--name names one session; it cannot be used with --count")
+    check_network_options(options.network, options.allow, options.deny)
     check_session_name(options.name)
     env = parse_env(list(options.env))
     hosts = [_with_limits(h, options.limits) for h in select_hosts(inventory, options.selector)]
@@ -125,6 +146,8 @@ def prepare(
         isolation=options.isolation,
         name=options.name,
         build_network=options.build_network,
+        allow=options.allow,
+        deny=options.deny,
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from jackin_remote import __version__
-from jackin_remote.cli import config, hosts, sessions
+from jackin_remote.cli import config, hosts, policy, sessions
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(hosts.app, name="hosts")
 app.add_typer(config.app, name="config")
+app.add_typer(policy.app, name="policy")
 sessions.register(app)
 
 

@@ -55,7 +55,24 @@ IGNORE_WS = typer.Option(
 )
 TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
 TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
-NETWORK = typer.Option("open", "--network", help="open | none (none is enforced by the engine).")
+NETWORK = typer.Option(
+    "open",
+    "--network",
+    help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
+    "what the rules allow, through the host's egress proxy (--allow, --deny).",
+)
+ALLOW = typer.Option(
+    [],
+    "--allow",
+    help="With --network allowlist: allow a destination "
+    "(host, *.domain, **.domain, host:port; repeatable).",
+)
+DENY = typer.Option(
+    [],
+    "--deny",
+    help="With --network allowlist: deny a destination (same "
+    "patterns; deny always wins; repeatable).",
+)
 ENV = typer.Option([], "--env", help="KEY=VALUE plain setting for the sandbox (repeatable).")
 COUNT = typer.Option(1, "--count", help="Launch N sessions across the matching hosts.")
 # The limits: these win over a config's [limits] and the inventory's (a role never sets them).
@@ -121,6 +138,8 @@ def _options(
     ignore_workspace: bool = False,
     as_json: bool = False,
     limits: dict[str, Any] | None = None,
+    allow: list[str] | None = None,
+    deny: list[str] | None = None,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -132,7 +151,8 @@ def _options(
         selector=chosen.on, role=chosen.role, runtime=chosen.runtime, workspace=workspace,
         task=read_task(task, task_file), network=network, env=tuple(env), count=count,
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
-        build_network=build_network, limits=chosen.limits,
+        build_network=build_network, limits=chosen.limits, allow=tuple(allow or ()),
+        deny=tuple(deny or ()),
     )  # fmt: skip
 
 
@@ -206,7 +226,7 @@ def explain(
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
-    nofile: int | None = NOFILE,
+    nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -218,7 +238,8 @@ def explain(
             options = _options(on, role, runtime, workspace, task, task_file, network, env,
                                count, isolation, name, key_from, include, build_network,
                                ignore_workspace=ignore_workspace_config, as_json=as_json,
-                               limits=_limit_flags(memory, cpus, pids, nofile))  # fmt: skip
+                               limits=_limit_flags(memory, cpus, pids, nofile),
+                           allow=allow, deny=deny)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -238,7 +259,8 @@ def launch(
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
-    pids: int | None = PIDS, nofile: int | None = NOFILE,
+    pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
+    deny: list[str] = DENY,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -248,7 +270,8 @@ def launch(
         options = _options(on, role, runtime, workspace, task, task_file, network, env, count,
                            isolation, name, key_from, include, build_network,
                            ignore_workspace=ignore_workspace_config, as_json=as_json,
-                           limits=_limit_flags(memory, cpus, pids, nofile))  # fmt: skip
+                           limits=_limit_flags(memory, cpus, pids, nofile),
+                           allow=allow, deny=deny)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

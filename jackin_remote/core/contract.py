@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from agent_host import layout
+from agent_host.egress import Rule
 from agent_host.wire import (
     BUILD_NETWORKS,
     CONTAINER_WORKDIR,
@@ -20,6 +21,7 @@ from agent_host.wire import (
     ENV_NAME_RE,
     LOG_MAX_FILES,
     LOG_MAX_SIZE,
+    PROXY_PORT,
     RESERVED_ENV,
     SANDBOX_UID_BASE,
     SHM_SIZE,
@@ -31,7 +33,9 @@ from agent_host.wire import (
     Network,
     SpecError,
     container_name,
+    egress_network,
 )
+from jackin_remote.core.egress_rules import launch_rules
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.placement import Slot
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
@@ -98,6 +102,8 @@ class LaunchRequest:
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
     build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
+    allow: tuple[str, ...] = ()  # --allow patterns (network allowlist)
+    deny: tuple[str, ...] = ()  # --deny patterns
 
 
 @dataclass(frozen=True)
@@ -223,8 +229,9 @@ def resolve_contract(
     workspace: WorkspaceRef,
     request: LaunchRequest,
 ) -> Contract:
-    if request.network not in (Network.OPEN.value, Network.NONE.value):
-        raise ContractError(f"--network {request.network!r}: expected open or none")
+    if request.network not in {n.value for n in Network}:
+        choices = ", ".join(n.value for n in Network)
+        raise ContractError(f"--network {request.network!r}: expected one of {choices}")
     check_env(request.env)
     check_session_name(request.name)
     build = _build(role, request.build_network)
@@ -266,6 +273,7 @@ def resolve_contract(
             secret_env=tuple(secret_env),
             base_commit=workspace.head,
             limits=Limits(target.memory, target.cpus, target.pids, target.nofile),
+            egress=_egress(request, runtime.name),
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -330,20 +338,24 @@ def resolve_contract(
     }
 
     network = (
-        {
-            "policy": "none",
-            "enforcement": "host-enforced",
-            "enforced_by": "the container engine on the host: the sandbox has only a loopback "
-            "interface",
-            "reaches": [],
-        }
-        if request.network == "none"
-        else {
-            "policy": "open",
-            "enforcement": "open",
-            "enforced_by": "nothing: the sandbox uses the engine's default bridge",
-            "reaches": ["the internet", "the host's network, incl. services on the bridge"],
-        }
+        _network_section(spec)
+        if request.network == "allowlist"
+        else (
+            {
+                "policy": "none",
+                "enforcement": "host-enforced",
+                "enforced_by": "the container engine on the host: the sandbox has only a loopback "
+                "interface",
+                "reaches": [],
+            }
+            if request.network == "none"
+            else {
+                "policy": "open",
+                "enforcement": "open",
+                "enforced_by": "nothing: the sandbox uses the engine's default bridge",
+                "reaches": ["the internet", "the host's network, incl. services on the bridge"],
+            }
+        )
     )
 
     plan = [
@@ -368,6 +380,7 @@ def resolve_contract(
             + (f", branch {branch})" if branch else ")"),
             work,
         ),
+        *(_egress_effects(spec, target.host, root) if request.network == "allowlist" else ()),
         Effect(f"create and start container {name}", f"docker engine on {target.host}"),
         Effect("record the session on the laptop", "local state db (a cache)"),
     ]
@@ -498,6 +511,49 @@ def resolve_contract(
         spec=spec,
         build=build,
     )
+
+
+def _egress(request: LaunchRequest, runtime: str) -> tuple[Rule, ...]:
+    if request.network != "allowlist":
+        if request.allow or request.deny:
+            raise ContractError("--allow and --deny apply to --network allowlist only")
+        return ()
+    try:
+        return launch_rules(runtime, request.allow, request.deny)
+    except SpecError as exc:
+        raise ContractError(f"{exc.field}: {exc.problem}") from None
+
+
+def _network_section(spec: LaunchSpec) -> dict[str, Any]:
+    network = egress_network(spec.session_id)
+    return {
+        "policy": "allowlist",
+        "enforcement": "host-enforced",
+        "enforced_by": f"an internal docker network of its own ({network}: no route out, no "
+        f"outside DNS); jackin's egress proxy, a host process at the network's gateway port "
+        f"{PROXY_PORT}, is the only way out. It resolves names itself, speaks HTTP and CONNECT, "
+        "and decides each destination by the rules (deny wins). If it stops, nothing gets out.",
+        "rules": [str(rule) for rule in spec.egress],
+        "reaches": ["what the rules allow, through the proxy (HTTP, and HTTPS by CONNECT)"],
+        "log": f"jackin-remote policy log {spec.session_id}",
+        "caveats": [
+            "an allowed destination is still a way out for anything the agent can read",
+            "the proxy is not a firewall for the host itself: host services listening on all "
+            "addresses answer at the network's gateway",
+            "raw TCP, UDP and DNS have no route: tools that ignore HTTP(S)_PROXY cannot connect",
+        ],
+    }
+
+
+def _egress_effects(spec: LaunchSpec, host: str, root: str) -> list[Effect]:
+    session_dir = layout.session_dir(root, spec.session_id)
+    return [
+        Effect(f"create internal network {egress_network(spec.session_id)} (no route out)",
+               f"docker engine on {host}"),
+        Effect(f"start the egress proxy (a host process; rules in {session_dir}/egress.json, "
+               "its decisions counted in the state db)", f"{host}: the network's gateway, port "
+               f"{PROXY_PORT}"),
+    ]  # fmt: skip
 
 
 def _build(role: RoleRef, network: str) -> dict[str, Any]:

@@ -147,8 +147,26 @@ def test_runtime_must_be_known_and_supported_by_the_role() -> None:
 
 
 def test_unknown_network_is_refused() -> None:
-    with pytest.raises(ContractError, match="--network"):
-        resolve(LaunchRequest("shell", network="allowlist"))
+    with pytest.raises(ContractError, match="--network 'wide': expected one of"):
+        resolve(LaunchRequest("shell", network="wide"))
+
+
+def test_allowlist_rules_reach_the_spec_and_the_plan_names_the_proxy() -> None:
+    request = LaunchRequest("claude", network="allowlist", allow=("**.example.com",),
+                            deny=("secret.example.com",))  # fmt: skip
+    contract = resolve(request)
+    rules = [str(rule) for rule in contract.spec.egress]
+    assert rules[0] == "deny secret.example.com (--deny)"
+    assert "allow api.anthropic.com:443 (preset anthropic)" in rules  # the runtime's model API
+    assert rules[-1] == "allow **.example.com (--allow)"
+    assert contract.network["rules"] == rules
+    assert LaunchSpec.from_wire(contract.spec.to_wire()) == contract.spec
+    actions = " ".join(effect.action for effect in contract.plan)
+    assert "jk-abcd1234-egress" in actions and "egress proxy" in actions
+    with pytest.raises(ContractError, match="--allow and --deny apply to --network allowlist"):
+        resolve(LaunchRequest("shell", network="open", allow=("x.com",)))
+    with pytest.raises(ContractError, match="--deny"):
+        resolve(LaunchRequest("shell", network="allowlist", deny=("a b",)))
 
 
 def test_container_names_are_dns_safe_and_bounded() -> None:

@@ -1,0 +1,246 @@
+"""A session's egress: its internal network, and the proxy process that is its only way out.
+
+`network allowlist`: the sandbox is attached to a docker network of its own made `--internal`
+(no route out, no outside DNS). The host runs one proxy process per session, listening on that
+network's gateway address, port PROXY_PORT: the only address the sandbox can reach. The proxy
+decides each destination by the session's rules (agent_host/egress.py) and counts what it let
+through in the host database (`egress_log`). If it dies, nothing gets out: the network has no
+other way.
+
+The proxy outlives the agent call that starts it (it is detached in a session of its own) and
+is stopped by `stop` and `rm`, started again by `start`. Python 3.9 compatible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+from agent_host import layout
+from agent_host.egress import Rule, decide, rules_from_wire
+from agent_host.protocol import E_FAILED, E_INVALID_PARAMS, E_NOT_FOUND, RemoteError
+from agent_host.wire import (
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    PROXY_PORT,
+    LaunchSpec,
+    Network,
+    check_session_id,
+    egress_network,
+)
+
+READY_TIMEOUT = 30.0  # the proxy binds at once; this bounds a host too loaded to start python
+MARK = "jackin-egress-proxy"  # in the proxy's argv: a pid is ours only if its cmdline says so
+
+
+def rules_file(root: str, session_id: str) -> str:
+    return os.path.join(layout.session_dir(root, session_id), "egress.json")
+
+
+def pid_file(root: str, session_id: str) -> str:
+    return os.path.join(layout.session_dir(root, session_id), "egress.pid")
+
+
+def log_file(root: str, session_id: str) -> str:
+    return os.path.join(layout.session_dir(root, session_id), "egress.log")
+
+
+# -- the network -------------------------------------------------------------------------------
+def ensure_network(client: Any, session_id: str) -> str:
+    """The session's internal network (made if missing); returns its gateway address."""
+    from docker.errors import NotFound
+
+    name = egress_network(session_id)
+    try:
+        network = client.networks.get(name)
+    except NotFound:
+        labels = {LABEL_MANAGED: "true", LABEL_SESSION: session_id}
+        network = client.networks.create(name, driver="bridge", internal=True, labels=labels)
+        network.reload()
+    configs = ((network.attrs.get("IPAM") or {}).get("Config")) or []
+    gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
+    if not gateway or ":" in gateway:
+        raise RemoteError(E_FAILED, "network %s has no IPv4 gateway for the egress proxy" % name)
+    return str(gateway)
+
+
+def remove_network(client: Any, session_id: str) -> None:
+    from docker.errors import NotFound
+
+    with contextlib.suppress(NotFound):
+        client.networks.get(egress_network(session_id)).remove()
+
+
+# -- the proxy process -------------------------------------------------------------------------
+def start_proxy(root: str, spec: LaunchSpec, gateway: str) -> int:
+    """Start the session's proxy, detached; return its pid once it listens (it says so)."""
+    stop_proxy(root, spec.session_id)
+    path = rules_file(root, spec.session_id)
+    _write_private(path, json.dumps([rule.to_wire() for rule in spec.egress]))
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from agent_host.egressd import main; " \
+        "sys.exit(main(sys.argv[2:]))"  # fmt: skip
+    argv = [sys.executable, "-I", "-c", code, package_parent, MARK, "--root", root, "--session",
+            spec.session_id, "--listen", gateway, "--port", str(PROXY_PORT)]  # fmt: skip
+    with open(log_file(root, spec.session_id), "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    line = _ready_line(proc)
+    proc.stdout.close()
+    if not line.startswith("ready "):
+        proc.kill()
+        raise RemoteError(
+            E_FAILED, "the egress proxy did not start on %s:%d: %s (see %s)"
+            % (gateway, PROXY_PORT, line or "it exited", log_file(root, spec.session_id)),
+        )  # fmt: skip
+    _write_private(pid_file(root, spec.session_id), "%d\n" % proc.pid)
+    return proc.pid
+
+
+def _ready_line(proc: "subprocess.Popen[bytes]") -> str:
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(READY_TIMEOUT):
+            return "no answer within %ds" % READY_TIMEOUT
+    return proc.stdout.readline(200).decode("utf-8", "replace").strip()
+
+
+def proxy_pid(root: str, session_id: str) -> Optional[int]:
+    """The pid of the session's running proxy, or None (a pid file alone proves nothing)."""
+    try:
+        with open(pid_file(root, session_id)) as handle:
+            pid = int(handle.read().strip() or "0")
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    ours = MARK.encode() in argv and session_id.encode() in argv
+    return pid if ours else None
+
+
+def stop_proxy(root: str, session_id: str) -> None:
+    pid = proxy_pid(root, session_id)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_file(root, session_id))
+
+
+def _write_private(path: str, text: str) -> None:
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+# -- the proxy process's own main --------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog=MARK)
+    parser.add_argument("mark", choices=[MARK])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    with open(rules_file(args.root, args.session)) as handle:
+        rules = rules_from_wire(json.load(handle))
+    asyncio.run(_serve(args.root, args.session, rules, args.listen, args.port))
+    return 0
+
+
+async def _serve(
+    root: str, session_id: str, rules: "tuple[Rule, ...]", host: str, port: int
+) -> None:
+    from agent_host.proxy import ConnectionRecord, EgressProxy, run_forever
+    from agent_host.state import Store
+
+    store = Store(root)
+
+    def record(entry: ConnectionRecord) -> None:
+        decision = "denied" if not entry.allowed else ("failed" if entry.error else "allowed")
+        store.record_egress(session_id, entry.host, entry.port, decision, entry.rule,
+                            entry.bytes_up, entry.bytes_down)  # fmt: skip
+
+    def ready(address: "tuple[str, int]") -> None:
+        sys.stdout.write("ready %s %d\n" % address)
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # the starter stops reading: nothing else goes there
+        os.close(devnull)
+
+    proxy = EgressProxy(lambda h, p: _decided(h, p, rules), record)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(run_forever(proxy, host, port, ready))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await proxy.close()
+        store.close()
+
+
+def _decided(host: str, port: int, rules: "tuple[Rule, ...]") -> "tuple[bool, str]":
+    decision = decide(host, port, rules)
+    return decision.allowed, decision.rule
+
+
+# -- RPC handlers (`egress.log`, `egress.check`) -----------------------------------------------
+def log_entries(ctx: Any, params: Any) -> Dict[str, Any]:
+    """What the proxies of this host decided: every session's, or one's."""
+    from agent_host.state import Store
+
+    session = params.get("id")
+    if session is not None:
+        check_session_id(session, "id")
+    store = Store(ctx.root)
+    try:
+        return {"entries": store.egress_log(session)}
+    finally:
+        store.close()
+
+
+def check(ctx: Any, params: Any) -> Dict[str, Any]:
+    """Would the session's proxy let `host:port` through, and by which rule. Sends nothing."""
+    from agent_host.state import Store
+
+    session = check_session_id(params.get("id"), "id")
+    host, port = params.get("host"), params.get("port")
+    if not isinstance(host, str) or not host or len(host) > 260:
+        raise RemoteError(E_INVALID_PARAMS, "host: must be a host name or an IP address")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise RemoteError(E_INVALID_PARAMS, "port: must be a number from 1 to 65535")
+    store = Store(ctx.root)
+    try:
+        record = store.get(session)
+    finally:
+        store.close()
+    if record is None:
+        raise RemoteError(E_NOT_FOUND, "no session %s on this host" % session)
+    spec = LaunchSpec.from_wire(record["spec"])
+    if spec.network is Network.OPEN:
+        return {"network": "open", "allowed": True, "rule": "network open: no rules apply"}
+    if spec.network is Network.NONE:
+        return {"network": "none", "allowed": False, "rule": "network none: nothing gets out"}
+    decision = decide(host, port, spec.egress)
+    return {"network": "allowlist", "allowed": decision.allowed, "rule": decision.rule}
+
+
+HANDLERS = {"egress.log": log_entries, "egress.check": check}

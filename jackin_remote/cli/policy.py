@@ -1,0 +1,186 @@
+"""`jackin-remote policy`: what the egress proxies decided, and what they would decide.
+
+Hosts' answers are hostile text: every cell goes through ui/safe.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import typer
+
+from jackin_remote.cli import complete
+from jackin_remote.cli.common import fail, load, out, print_json, run
+from jackin_remote.errors import JackinError, UsageError
+from jackin_remote.ui.safe import line, text
+
+app = typer.Typer(help="Egress policy of --network allowlist sessions: the log, and checks.",
+                  no_args_is_help=True)  # fmt: skip
+JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
+
+
+@app.command("log")
+def log(
+    ctx: typer.Context,
+    session: str | None = typer.Argument(None, help="A session (id, prefix or name); all if none."),
+    on: str = typer.Option("all", "--on", help="Host, group, label:X or all.",
+                           autocompletion=complete.hosts),
+    as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Every destination the sessions' proxies allowed or denied, by which rule, merged across
+    the fleet: bytes each way, how often, first and last seen."""
+    try:
+        entries, failed = run(_log(ctx, session, on))
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(entries=entries, failed=failed)
+    else:
+        _show_log(entries, failed)
+    if failed:
+        raise typer.Exit(3)
+
+
+async def _log(
+    ctx: typer.Context, ref: str | None, on: str
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    from agent_host.wire import EgressEntry, SpecError
+    from jackin_remote.fleet import Pool
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.sessions import call, find_session
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+    async with Pool(inventory) as pool:
+        if ref is not None:
+            row, host = await find_session(pool, inventory, Store(), ref)
+            hosts, params = [host], {"id": row["id"]}
+        else:
+            hosts, params = select_hosts(inventory, on), {}
+
+        async def ask(link: Any) -> Any:
+            return await call(pool, link.host, "egress.log", params)
+
+        results = await pool.map(hosts, ask)
+    entries: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for result in results:
+        if not result.ok:
+            reason = str(getattr(result.error, "reason", result.error))
+            failed.append({"host": result.host.name, "error": reason})
+            continue
+        try:
+            items = (result.value or {}).get("entries")
+            if not isinstance(items, list):
+                raise SpecError("entries", "must be a list")
+            checked = [EgressEntry.from_wire(item) for item in items]
+        except SpecError as exc:
+            failed.append({"host": result.host.name, "error": f"bad answer: {exc.message}"})
+            continue
+        entries += [{"host_name": result.host.name, **asdict(entry)} for entry in checked]
+    entries.sort(key=lambda e: e["last_seen"])
+    return entries, failed
+
+
+def _show_log(entries: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
+    from rich.table import Table
+
+    from jackin_remote.ui.sessions import age
+
+    if not entries:
+        out.print(text("no egress recorded (only --network allowlist sessions have a proxy)"))
+    else:
+        table = Table(box=None, header_style="bold")
+        for column in ("session", "host", "destination", "decision", "rule", "up", "down",
+                       "count", "last seen"):  # fmt: skip
+            table.add_column(column)
+        for e in entries:
+            style = {"allowed": "green", "denied": "red", "failed": "yellow"}[e["decision"]]
+            table.add_row(text(e["session"]), text(e["host_name"]),
+                          text(f"{e['host']}:{e['port']}"), text(e["decision"], style=style),
+                          text(e["rule"]), text(str(e["bytes_up"])), text(str(e["bytes_down"])),
+                          text(str(e["count"])), text(age(e["last_seen"]) + " ago"))  # fmt: skip
+        out.print(table)
+    for entry in failed:
+        out.print(line((f"{entry['host']}: ", "yellow"), entry["error"]))
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    destination: str = typer.Argument(..., help="HOST or HOST:PORT (default port 443)."),
+    session: str | None = typer.Option(None, "--session", help="Ask that session's own rules."),
+    runtime: str = typer.Option("shell", "--runtime",
+                                help="Without --session: the rules a launch of this runtime gets."),
+    allow: list[str] = typer.Option([], "--allow", help="Without --session: an --allow to add."),
+    deny: list[str] = typer.Option([], "--deny", help="Without --session: a --deny to add."),
+    as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Would the proxy let DESTINATION through, and by which rule? Sends nothing to it.
+    Exit 0: allowed; 1: denied."""
+    try:
+        host, port = _destination(destination)
+        if session is not None:
+            if allow or deny:
+                raise UsageError("--allow and --deny describe a launch; a --session has its rules")
+            answer = _ask_session(ctx, session, host, port)
+        else:
+            answer = _ask_launch(runtime, allow, deny, host, port)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(destination=f"{host}:{port}", **answer)
+    else:
+        verdict = ("allowed", "green") if answer["allowed"] else ("denied", "red")
+        out.print(line(f"{host}:{port} ", verdict, " by ", answer["rule"]))
+    if not answer["allowed"]:
+        raise typer.Exit(1)
+
+
+def _destination(text_: str) -> tuple[str, int]:
+    from agent_host.egress import normalise_host, parse_pattern
+    from agent_host.wire import SpecError
+
+    try:
+        pattern = parse_pattern(text_, "DESTINATION")
+    except SpecError as exc:
+        raise UsageError(f"{exc.field}: {exc.problem}") from None
+    if pattern.kind not in ("exact", "ip"):
+        raise UsageError("DESTINATION: a host, not a pattern", hint="e.g. api.github.com:443")
+    return normalise_host(pattern.host), pattern.port or 443
+
+
+def _ask_session(ctx: typer.Context, ref: str, host: str, port: int) -> dict[str, Any]:
+    from jackin_remote.fleet import Pool
+    from jackin_remote.sessions import call, find_session
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+
+    async def go() -> Any:
+        async with Pool(inventory) as pool:
+            row, target = await find_session(pool, inventory, Store(), ref)
+            return row, await call(pool, target, "egress.check",
+                                   {"id": row["id"], "host": host, "port": port})  # fmt: skip
+
+    row, answer = run(go())
+    if not isinstance(answer, dict) or not isinstance(answer.get("allowed"), bool):
+        raise JackinError(f"{row['host']}: a malformed answer to egress.check")
+    return {"session": row["id"], "network": str(answer.get("network")),
+            "allowed": answer["allowed"], "rule": str(answer.get("rule"))}  # fmt: skip
+
+
+def _ask_launch(
+    runtime: str, allow: list[str], deny: list[str], host: str, port: int
+) -> dict[str, Any]:
+    from agent_host.egress import decide
+    from agent_host.wire import SpecError
+    from jackin_remote.core.egress_rules import launch_rules
+
+    try:
+        rules = launch_rules(runtime, allow, deny)
+    except SpecError as exc:
+        raise UsageError(f"{exc.field}: {exc.problem}") from None
+    decision = decide(host, port, rules)
+    return {"runtime": runtime, "allowed": decision.allowed, "rule": decision.rule}

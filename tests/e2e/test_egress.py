@@ -1,0 +1,230 @@
+"""`--network allowlist`: each claim of the contract's network section, probed from inside the
+sandbox, local and over SSH. The destinations are HTTP servers on the host itself, bound to its
+loopback only and reached by the name `localhost`, which only the host's proxy can resolve."""
+
+from __future__ import annotations
+
+import http.server
+import secrets
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import fleet
+from tests.conftest import CLI, add_host_copy
+from tests.e2e.helpers import TEST_ROLE, make_workspace, wait_for
+
+# Runs in the sandbox: phase 1, then waits for the test to kill the proxy, then phase 2.
+PROBE = r"""
+import os, socket, sys, time
+proxy = os.environ["HTTP_PROXY"][len("http://"):]
+phost, pport = proxy.split(":")
+allowed, denied = sys.argv[1], sys.argv[2]
+
+def ask(head):
+    try:
+        s = socket.create_connection((phost, int(pport)), timeout=10)
+    except OSError as exc:
+        return "unreachable " + type(exc).__name__
+    s.sendall(head.encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n")[0].decode() + " " + data[-60:].decode("utf-8", "replace").strip()
+
+def probe(tag):
+    print(tag, "GET_ALLOWED", ask("GET http://localhost:%s/ HTTP/1.1\r\nHost: x\r\n\r\n" % allowed))
+    print(tag, "CONNECT_ALLOWED", ask("CONNECT localhost:%s HTTP/1.1\r\n\r\n"
+                                      "GET / HTTP/1.0\r\n\r\n" % allowed))
+    print(tag, "GET_DENIED", ask("GET http://localhost:%s/ HTTP/1.1\r\nHost: x\r\n\r\n" % denied))
+    print(tag, "GET_UNLISTED", ask("GET http://unlisted.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n"))
+    for where in ((phost, int(allowed)), ("1.1.1.1", 80)):
+        try:
+            socket.create_connection(where, timeout=3).close()
+            print(tag, "RAW", where, "reached")
+        except OSError as exc:
+            print(tag, "RAW", where, "blocked", type(exc).__name__)
+    try:
+        socket.getaddrinfo("example.com", 443)
+        print(tag, "DNS resolved")
+    except OSError:
+        print(tag, "DNS blocked")
+    sys.stdout.flush()
+
+probe("P1")
+print("PHASE1-DONE", flush=True)
+for _ in range(3000):
+    if os.path.exists("/workspace/go2"):
+        break
+    time.sleep(0.1)
+probe("P2")
+"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def local_servers() -> Iterator[tuple[int, int]]:
+    """Two HTTP servers on this machine's loopback: (allowed port, denied port)."""
+    servers = [socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Quiet) for _ in range(2)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    yield servers[0].server_address[1], servers[1].server_address[1]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _fleet_servers(container: str) -> tuple[int, int]:
+    """Two HTTP servers on a fleet host's loopback, started with docker exec; their ports."""
+    ports = []
+    for _ in range(2):
+        port = 20000 + secrets.randbelow(20000)
+        subprocess.run(["docker", "exec", "-d", container, "python3", "-m", "http.server",
+                        str(port), "--bind", "127.0.0.1", "--directory", "/tmp"],
+                       check=True)  # fmt: skip
+        ports.append(port)
+    check = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"
+    for port in ports:
+        for _ in range(300):  # a bound on the server starting, never an expectation of time
+            done = subprocess.run(["docker", "exec", container, "python3", "-c", check,
+                                   str(port)], capture_output=True)  # fmt: skip
+            if done.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"http server on {container}:{port} never listened")
+    return ports[0], ports[1]
+
+
+@pytest.fixture(params=["local", "fleet-1"])
+def egress_host(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, Path, list[str], tuple[int, int], str]]:
+    """(host name, inventory, docker-exec prefix, (allowed, denied) ports, host root)."""
+    if request.param == "local":
+        inventory = request.getfixturevalue("local_inventory")
+        ports = request.getfixturevalue("local_servers")
+        yield "local", inventory, [], ports, str(tmp_path / "host-root")
+        return
+    inventory = request.getfixturevalue("fleet_inventory")
+    root = f"/home/jackin/egress-{secrets.token_hex(4)}"
+    add_host_copy(inventory, "fleet-1", "egress", root)
+    container = fleet.container("fleet-1")
+    ports = _fleet_servers(container)
+    try:
+        yield "egress", inventory, ["docker", "exec", container], ports, root
+    finally:
+        for port in ports:
+            subprocess.run(["docker", "exec", container, "pkill", "-f", f"http.server {port}"],
+                           capture_output=True)  # fmt: skip
+
+
+def _logs(cli: CLI, inventory: Path, session: str) -> str:
+    return cli.run("-i", str(inventory), "logs", "--raw", session, check=True).stdout
+
+
+def _wait_logs(cli: CLI, inventory: Path, session: str, marker: str) -> str:
+    for _ in range(600):  # a bound on the sandbox getting there, not a timing expectation
+        out = _logs(cli, inventory, session)
+        if marker in out:
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"{marker} never appeared: {_logs(cli, inventory, session)}")
+
+
+def _lines(out: str, tag: str) -> dict[str, str]:
+    found = {}
+    for row in out.splitlines():
+        parts = row.split(" ", 2)
+        if len(parts) == 3 and parts[0] == tag:
+            key = parts[1] if parts[1] != "RAW" else "RAW " + parts[2].split(")")[0] + ")"
+            found[key] = parts[2]
+    return found
+
+
+def test_allowlist_lets_through_only_what_the_rules_allow_and_fails_closed(
+    cli: CLI, egress_host: tuple[str, Path, list[str], tuple[int, int], str], tmp_path: Path
+) -> None:
+    host, inventory, on_host, (allowed, denied), root = egress_host
+    ws = make_workspace(tmp_path / "ws")
+    (ws / "probe.py").write_text(PROBE)
+    subprocess.run(["git", "-C", str(ws), "add", "probe.py"], check=True)
+    subprocess.run(["git", "-C", str(ws), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                    "-qm", "probe"], check=True)  # fmt: skip
+    inv = str(inventory)
+    data = cli.json("-i", inv, "launch", "--role", TEST_ROLE, "--on", host, "--runtime", "shell",
+                    "--network", "allowlist", "--allow", "localhost", "--deny",
+                    f"localhost:{denied}", "--task", f"python3 probe.py {allowed} {denied}",
+                    str(ws))  # fmt: skip
+    (session,) = data["sessions"]
+    assert session["error"] is None, session
+    sid, network = session["id"], session["contract"]["network"]
+    assert network["policy"] == "allowlist" and network["enforcement"] == "host-enforced"
+    assert f"deny localhost:{denied} (--deny)" in network["rules"]
+    assert "allow localhost (--allow)" in network["rules"]
+    assert any("not a firewall for the host" in c for c in network["caveats"])
+
+    out = _wait_logs(cli, inventory, sid, "PHASE1-DONE")
+    first = _lines(out, "P1")
+    assert first["GET_ALLOWED"].startswith("HTTP/1.0 200"), out
+    assert "200 Connection established" in first["CONNECT_ALLOWED"], out
+    # Both rules match the denied port: the deny wins.
+    assert first["GET_DENIED"].startswith("HTTP/1.1 403"), out
+    assert f"deny localhost:{denied} (--deny)" in first["GET_DENIED"], out
+    assert first["GET_UNLISTED"].startswith("HTTP/1.1 403"), out
+    assert all("blocked" in value for key, value in first.items() if key.startswith("RAW")), out
+    assert first["DNS"] == "blocked", out
+
+    logged = cli.json("-i", inv, "policy", "log", sid)["entries"]
+    decided = {(e["host"], e["port"], e["decision"]): e for e in logged}
+    assert decided[("localhost", allowed, "allowed")]["rule"] == "allow localhost (--allow)"
+    assert decided[("localhost", allowed, "allowed")]["bytes_down"] > 0
+    assert decided[("localhost", denied, "denied")]["rule"] == f"deny localhost:{denied} (--deny)"
+    unlisted = decided[("unlisted.invalid", 80, "denied")]
+    assert unlisted["rule"] == "no rule allows it (deny by default)"
+    checked = cli.run("-i", inv, "policy", "check", "--session", sid, f"localhost:{denied}")
+    assert checked.returncode == 1 and "deny wins" not in checked.stdout
+    assert f"denied by deny localhost:{denied} (--deny)" in " ".join(checked.stdout.split())
+
+    # The proxy dies: nothing gets out any more (no other route exists).
+    killed = subprocess.run([*on_host, "pkill", "-f", f"jackin-egress-proxy.*{sid}"])
+    assert killed.returncode == 0, "no proxy process of the session was running"
+    subprocess.run([*on_host, "touch", f"{root}/sessions/{sid}/work/go2"], check=True)
+    row = wait_for(cli, inventory, sid, on=host)
+    assert row["state"] == "exited", row
+    second = _lines(_logs(cli, inventory, sid), "P2")
+    for key in ("GET_ALLOWED", "CONNECT_ALLOWED", "GET_DENIED", "GET_UNLISTED"):
+        assert second[key].startswith("unreachable"), second
+    cli.run("-i", inv, "rm", "--force", sid, check=True)
+    listing = [*on_host, "docker", "network", "ls", "-q", "--filter", f"name=jk-{sid}-egress"]
+    networks = subprocess.run(listing, capture_output=True, text=True)
+    assert networks.stdout.strip() == "", "the session's network outlived rm"
+
+
+def test_allowlist_flags_are_checked(cli: CLI, local_inventory: Path, tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    base = ["-i", str(local_inventory), "explain", "--role", TEST_ROLE, "--runtime", "shell"]
+    cases = (
+        (["--allow", "x.com"], "--allow and --deny apply to --network allowlist only"),
+        (["--network", "allowlist", "--allow", "a.*.com"], "--allow: 'a.*.com' is not a host"),
+        (["--network", "allowlist", "--deny", "x.com:99999"], "--deny: 'x.com:99999': the port"),
+        (["--network", "wide"], "--network 'wide': expected one of open, none, allowlist"),
+    )
+    for args, said in cases:
+        done = cli.run(*base, *args, str(ws))
+        assert done.returncode == 2, (args, done.stderr)
+        assert said in " ".join(done.stderr.split()), done.stderr

@@ -1,0 +1,733 @@
+"""The egress proxy over real sockets on 127.0.0.1: an upstream server and clients in the test's
+own event loop. Nothing waits on time: every step waits on a reply, an EOF or a record."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_host.proxy import (
+    BadRequest,
+    ConnectionRecord,
+    EgressProxy,
+    Request,
+    Target,
+    parse_head,
+    parse_target,
+    rewrite_head,
+    run_forever,
+)
+
+T = TypeVar("T")
+SAFETY = 10.0  # a bound that turns a hang into a failure; no step is expected to come near it
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, SAFETY)
+
+
+# -- the upstream ----------------------------------------------------------------------------
+Handler = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Upstream:
+    """A TCP server on 127.0.0.1 that counts what it accepts and keeps what it was sent."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.accepted = 0
+        self.received: list[bytes] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> Upstream:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.get_running_loop().create_task(self._run(reader, writer))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.handler(self, reader, writer)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+
+async def echo_at_eof(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Read everything until the client's EOF, then answer: only works if half-close is relayed."""
+    data = await reader.read()
+    up.received.append(data)
+    w.write(b"echo:" + data)
+    await w.drain()
+
+
+async def echo_live(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Echo each chunk as it comes, until EOF."""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        up.received.append(data)
+        w.write(data)
+        await w.drain()
+
+
+HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+async def http_origin(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """One HTTP request: the head and a Content-Length body are kept, then a fixed reply."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length)
+    up.received.append(head + body)
+    w.write(HTTP_REPLY)
+    await w.drain()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Upstream]:
+    upstream = await Upstream(echo_at_eof).start()
+    yield upstream
+    await upstream.close()
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[Upstream]:
+    upstream = await Upstream(echo_live).start()
+    yield upstream
+    await upstream.close()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Upstream]:
+    upstream = await Upstream(http_origin).start()
+    yield upstream
+    await upstream.close()
+
+
+@pytest.fixture
+def refusing_port() -> Any:
+    """A port on 127.0.0.1 bound but not listening: a connection to it is refused, and no other
+    process can take it while the test runs."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+# -- the proxy under test --------------------------------------------------------------------
+class Records:
+    """The record sink: a list, and a queue to wait on."""
+
+    def __init__(self) -> None:
+        self.all: list[ConnectionRecord] = []
+        self.queue: asyncio.Queue[ConnectionRecord] = asyncio.Queue()
+
+    def __call__(self, record: ConnectionRecord) -> None:
+        self.all.append(record)
+        self.queue.put_nowait(record)
+
+    async def next(self) -> ConnectionRecord:
+        return await within(self.queue.get())
+
+
+class Policy:
+    """Allows the hosts in `allow`, denies the rest; remembers what it was asked."""
+
+    def __init__(self, *allow: str, rule: str = "test rule") -> None:
+        self.allow = set(allow)
+        self.rule = rule
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> tuple[bool, str]:
+        self.asked.append((host, port))
+        return host in self.allow, self.rule
+
+
+class Running:
+    def __init__(self, proxy: EgressProxy, address: tuple[str, int], records: Records) -> None:
+        self.proxy = proxy
+        self.address = address
+        self.records = records
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await within(asyncio.open_connection(*self.address))
+
+    async def exchange(self, data: bytes, eof: bool = False) -> bytes:
+        """Send `data` (and an EOF if asked), then read everything until the proxy's EOF."""
+        reader, writer = await self.open()
+        try:
+            writer.write(data)
+            if eof:
+                writer.write_eof()
+            await within(writer.drain())
+            return await within(reader.read())
+        finally:
+            writer.close()
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Start a proxy on 127.0.0.1 (`decide` and any EgressProxy keyword); closed at the end."""
+    proxies: list[EgressProxy] = []
+
+    async def go(decide: Any, record: Any = None, **kw: Any) -> Running:
+        records = Records()
+        proxy = EgressProxy(decide, record if record is not None else records, **kw)
+        proxies.append(proxy)
+        address = await proxy.start("127.0.0.1", 0)
+        return Running(proxy, address, records)
+
+    yield go
+    for proxy in proxies:
+        await proxy.close()
+
+
+def split_reply(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body
+
+
+def proxy_tasks() -> list[asyncio.Task[Any]]:
+    """The proxy's own connection tasks still pending in this loop."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and "EgressProxy." in task.get_coro().__qualname__  # type: ignore[union-attr]
+    ]
+
+
+# -- CONNECT ---------------------------------------------------------------------------------
+async def test_an_allowed_connect_reaches_the_upstream_and_is_recorded(
+    start: Start, echo: Upstream
+) -> None:
+    running = await start(Policy("127.0.0.1", rule="allow 127.0.0.1"))
+    reader, writer = await running.open()
+    writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo.port)
+    assert await within(reader.readuntil(b"\r\n\r\n")) == (
+        b"HTTP/1.1 200 Connection established\r\n\r\n"
+    )
+    payload = b"hello through the tunnel" * 100
+    writer.write(payload)
+    writer.write_eof()  # the upstream answers only at EOF: the half-close must be passed on
+    answer = await within(reader.read())
+    writer.close()
+    assert answer == b"echo:" + payload
+    assert echo.received == [payload]
+    record = await running.records.next()
+    assert record == ConnectionRecord(
+        host="127.0.0.1",
+        port=echo.port,
+        allowed=True,
+        rule="allow 127.0.0.1",
+        bytes_up=len(payload),
+        bytes_down=len(answer),
+        error=None,
+    )
+
+
+async def test_bytes_sent_with_the_connect_head_are_forwarded_and_counted(
+    start: Start, echo: Upstream
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nearly" % echo.port, True)
+    assert data == b"HTTP/1.1 200 Connection established\r\n\r\necho:early"
+    record = await running.records.next()
+    assert (record.bytes_up, record.bytes_down) == (5, 10)
+
+
+async def test_a_denied_connect_gets_403_and_never_reaches_the_upstream(
+    start: Start, echo: Upstream
+) -> None:
+    policy = Policy("127.0.0.1", rule="default deny")
+    running = await start(policy)
+    data = await running.exchange(b"CONNECT localhost:%d HTTP/1.1\r\n\r\nsecret" % echo.port)
+    status, headers, body = split_reply(data)
+    assert status == "HTTP/1.1 403 Forbidden"
+    assert headers["x-jackin-egress"] == "denied"
+    assert body == b"jackin egress: localhost:%d denied by default deny\n" % echo.port
+    assert await running.records.next() == ConnectionRecord(
+        "localhost", echo.port, False, "default deny", 0, 0, None
+    )
+    # An allowed connection to the same upstream after it: connections are accepted in order,
+    # so a connection the denied request had made would be counted before this one.
+    assert await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % echo.port, True)
+    assert echo.accepted == 1
+    assert echo.received == [b""]
+
+
+async def test_a_rule_text_is_made_safe_in_the_403_body(start: Start) -> None:
+    running = await start(Policy(rule="deny \x1b[31mred\x1b[0m\r\nX-Injected: yes\u202e"))
+    data = await running.exchange(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+    status, headers, body = split_reply(data)
+    assert status == "HTTP/1.1 403 Forbidden"
+    assert "x-injected" not in headers
+    assert body == b"jackin egress: example.com:443 denied by deny [31mred[0mX-Injected: yes\n"
+    record = await running.records.next()
+    assert record.rule.startswith("deny \x1b")  # the record keeps what decide() said
+
+
+async def test_a_policy_that_raises_denies(start: Start) -> None:
+    def broken(host: str, port: int) -> tuple[bool, str]:
+        raise RuntimeError("bug")
+
+    running = await start(broken)
+    data = await running.exchange(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 403 ")
+    record = await running.records.next()
+    assert (record.allowed, record.rule) == (False, "policy error")
+
+
+async def test_an_ipv6_literal_target_is_decided_in_canonical_form(start: Start) -> None:
+    policy = Policy()
+    running = await start(policy)
+    await running.exchange(b"CONNECT [0:0::1]:443 HTTP/1.1\r\n\r\n")
+    await running.exchange(b"CONNECT [::FFFF:127.0.0.1]:443 HTTP/1.1\r\n\r\n")
+    await running.exchange(b"CONNECT Example.COM.:443 HTTP/1.1\r\n\r\n")
+    assert policy.asked == [("::1", 443), ("127.0.0.1", 443), ("example.com", 443)]
+    await running.proxy.close()
+    assert sorted(record.host for record in running.records.all) == [
+        "127.0.0.1",
+        "::1",
+        "example.com",
+    ]
+
+
+# -- plain HTTP ------------------------------------------------------------------------------
+async def test_an_absolute_form_request_goes_upstream_in_origin_form(
+    start: Start, origin: Upstream
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    body = b'{"a": 1}'
+    request = (
+        b"POST http://127.0.0.1:%d/path/x?q=1&r=2 HTTP/1.1\r\n"
+        b"Host: evil.example\r\n"
+        b"Proxy-Authorization: Basic c2VjcmV0\r\n"
+        b"Proxy-Connection: keep-alive\r\n"
+        b"Connection: keep-alive, X-Hop\r\n"
+        b"X-Hop: hop\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"User-Agent: test/1\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (origin.port, len(body), body)
+    )
+    data = await running.exchange(request)
+    assert data == HTTP_REPLY
+    (sent,) = origin.received
+    head, _, sent_body = sent.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /path/x?q=1&r=2 HTTP/1.1"
+    assert sorted(lines[1:]) == sorted(
+        [
+            b"Host: 127.0.0.1:%d" % origin.port,
+            b"User-Agent: test/1",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+    )
+    assert b"c2VjcmV0" not in sent and b"hop" not in sent.lower()
+    assert sent_body == body
+    record = await running.records.next()
+    assert (record.allowed, record.host, record.port) == (True, "127.0.0.1", origin.port)
+    assert (record.bytes_up, record.bytes_down) == (len(body), len(HTTP_REPLY))
+
+
+async def test_a_request_without_host_gets_one_and_an_empty_path_is_slash(
+    start: Start, origin: Upstream
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    data = await running.exchange(b"GET http://127.0.0.1:%d HTTP/1.0\r\n\r\n" % origin.port)
+    assert data == HTTP_REPLY
+    (sent,) = origin.received
+    assert sent == (
+        b"GET / HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % origin.port
+    )
+
+
+async def test_a_denied_plain_request_gets_the_same_403(start: Start, origin: Upstream) -> None:
+    running = await start(Policy(rule="no"))
+    data = await running.exchange(b"GET http://Example.com/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = split_reply(data)
+    assert (status, headers["x-jackin-egress"]) == ("HTTP/1.1 403 Forbidden", "denied")
+    assert body == b"jackin egress: example.com:80 denied by no\n"
+    assert await running.records.next() == ConnectionRecord(
+        "example.com", 80, False, "no", 0, 0, None
+    )
+
+
+def test_rewrite_head_drops_what_connection_names_but_never_the_framing() -> None:
+    request = Request(
+        "GET",
+        "http://[::1]/",
+        "HTTP/1.1",
+        (("Connection", "Content-Length, TE, x-a"), ("Content-Length", "3"), ("X-A", "1")),
+    )
+    head = rewrite_head(request, Target("::1", 80, "/"))
+    assert (
+        head == b"GET / HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+    )
+
+
+# -- resolving -------------------------------------------------------------------------------
+async def test_names_are_resolved_by_the_proxy(start: Start, echo: Upstream) -> None:
+    """The system resolver may give ::1 first; the upstream listens on 127.0.0.1 only, so this
+    also shows the addresses being tried in order."""
+    policy = Policy("localhost")
+    running = await start(policy)
+    data = await running.exchange(b"CONNECT LOCALHOST.:%d HTTP/1.1\r\n\r\nhi" % echo.port, True)
+    assert data.endswith(b"echo:hi")
+    assert policy.asked == [("localhost", echo.port)]
+    assert (await running.records.next()).host == "localhost"
+    assert echo.received == [b"hi"]
+
+
+async def test_a_given_resolver_is_used_and_its_addresses_tried_in_order(
+    start: Start, echo: Upstream, refusing_port: int
+) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        asked.append((host, port))
+        return [("127.0.0.1", refusing_port), ("127.0.0.1", echo.port)]
+
+    running = await start(Policy("pkg.example"), resolve=resolve)
+    data = await running.exchange(b"CONNECT pkg.example:443 HTTP/1.1\r\n\r\nhi", True)
+    assert data == b"HTTP/1.1 200 Connection established\r\n\r\necho:hi"
+    assert asked == [("pkg.example", 443)]
+    record = await running.records.next()
+    assert (record.host, record.port, record.error) == ("pkg.example", 443, None)
+
+
+async def test_an_ip_literal_is_never_resolved(start: Start, echo: Upstream) -> None:
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        raise AssertionError("resolved an IP literal")
+
+    running = await start(Policy("127.0.0.1"), resolve=resolve)
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % echo.port, True)
+    assert data.endswith(b"echo:")
+
+
+async def test_a_refused_connection_is_502_and_recorded_with_the_error(
+    start: Start, refusing_port: int
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % refusing_port)
+    status, headers, body = split_reply(data)
+    assert (status, headers["x-jackin-egress"]) == ("HTTP/1.1 502 Bad Gateway", "unreachable")
+    assert body == b"jackin egress: 127.0.0.1:%d unreachable: %s\n" % (
+        refusing_port,
+        f"connect failed: 127.0.0.1:{refusing_port} (Connection refused)".encode(),
+    )
+    record = await running.records.next()
+    assert record.allowed is True
+    assert record.error == f"connect failed: 127.0.0.1:{refusing_port} (Connection refused)"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (OSError(-2, "Name or service not known"), "resolve failed: Name or service not known"),
+        (None, "resolve failed: no address"),
+    ],
+)
+async def test_a_failed_resolve_is_502_and_recorded(
+    start: Start, failure: OSError | None, error: str
+) -> None:
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        if failure is not None:
+            raise failure
+        return [("not-an-address", 443)]
+
+    running = await start(Policy("nowhere.example"), resolve=resolve)
+    data = await running.exchange(b"GET http://nowhere.example/ HTTP/1.1\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    record = await running.records.next()
+    assert (record.allowed, record.error) == (True, error)
+
+
+# -- malformed requests ----------------------------------------------------------------------
+MALFORMED = [
+    b"garbage\r\n\r\n",
+    b"\r\nCONNECT example.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/2.0\r\n\r\n",
+    b"CONNECT example.com:443 http/1.1\r\n\r\n",
+    b"CONNECT  example.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX: a\tb\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX: a\nY: b\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX: a\rY: b\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX : a\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nno colon\r\n\r\n",
+    b"GET https://example.com/ HTTP/1.1\r\n\r\n",
+    b"GET ftp://example.com/ HTTP/1.1\r\n\r\n",
+    b"GET /index.html HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\n\r\n",
+    b"GET http://user@example.com/ HTTP/1.1\r\n\r\n",
+    b"GET http://example.com/#frag HTTP/1.1\r\n\r\n",
+    b"GET http://example.com:/ HTTP/1.1\r\n\r\n",
+    b"connect example.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:0 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:65536 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:abc HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:+443 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com:443:1 HTTP/1.1\r\n\r\n",
+    b"CONNECT exa mple.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT a..b.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT .example.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT example.com..:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT -example.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT under_score.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT %s.com:443 HTTP/1.1\r\n\r\n" % (b"a" * 64),
+    b"CONNECT %s:443 HTTP/1.1\r\n\r\n" % b".".join([b"a" * 63] * 4),
+    b"CONNECT caf\xc3\xa9.com:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT 127.1:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT 2130706433:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT 0x7f000001:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT 0x7f.0x1:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT 127.000.0.1:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT ::1:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT [::1:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT [::1]x:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT [fe80::1%25eth0]:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT [127.0.0.1]:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT :443 HTTP/1.1\r\n\r\n",
+]
+
+
+async def test_malformed_requests_get_400_and_are_not_recorded(start: Start) -> None:
+    policy = Policy("example.com", "127.0.0.1")
+    running = await start(policy)
+    replies = await asyncio.gather(*(running.exchange(data) for data in MALFORMED))
+    for data, reply in zip(MALFORMED, replies, strict=True):
+        status, _, body = split_reply(reply)
+        assert status == "HTTP/1.1 400 Bad Request", data
+        assert body.startswith(b"jackin egress: bad request: "), data
+    await running.proxy.close()  # every handler has ended: any record would be in by now
+    assert running.records.all == []
+    assert policy.asked == []
+
+
+async def test_a_head_over_the_limit_is_400(start: Start) -> None:
+    running = await start(Policy(), head_limit=1024)
+    request = b"CONNECT example.com:443 HTTP/1.1\r\nX-Pad: " + b"a" * 4096 + b"\r\n\r\n"
+    assert (await running.exchange(request)).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    # Just under the limit is read and decided (denied).
+    fits = b"CONNECT example.com:443 HTTP/1.1\r\nX-Pad: " + b"a" * 900 + b"\r\n\r\n"
+    assert len(fits) <= 1024
+    assert (await running.exchange(fits)).startswith(b"HTTP/1.1 403 Forbidden\r\n")
+
+
+async def test_a_client_speaking_something_else_is_refused_at_once(start: Start) -> None:
+    """A TLS hello (no CRLF in it) is refused without waiting for the head timeout."""
+    running = await start(Policy(), head_timeout=3600.0)
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32))
+    assert (await running.exchange(hello)).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    # And a bad first line is refused as soon as it ends, before the head does.
+    reader, writer = await running.open()
+    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+    assert (await within(reader.read())).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    writer.close()
+
+
+async def test_an_incomplete_head_times_out_with_400(start: Start) -> None:
+    running = await start(Policy(), head_timeout=0.05)
+    reader, writer = await running.open()
+    writer.write(b"CONNECT example.com:443 HTTP/1.1\r\n")  # and never the blank line
+    reply = await within(reader.read())
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"in time" in reply
+
+
+# -- robustness ------------------------------------------------------------------------------
+async def test_a_record_callback_that_raises_does_not_stop_the_proxy(
+    start: Start, echo: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[ConnectionRecord] = []
+
+    def record(entry: ConnectionRecord) -> None:
+        seen.append(entry)
+        raise RuntimeError("sink down")
+
+    running = await start(Policy("127.0.0.1"), record=record)
+    assert (await running.exchange(b"CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n")).startswith(
+        b"HTTP/1.1 403"
+    )
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nok" % echo.port, True)
+    assert data.endswith(b"echo:ok")
+    await running.proxy.close()
+    assert sorted(entry.allowed for entry in seen) == [False, True]
+    assert capsys.readouterr().err.count("record failed") == 2
+
+
+async def test_many_clients_at_once_and_a_stalled_one_does_not_hold_them_up(
+    start: Start, echo: Upstream
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    _, stalled = await running.open()
+    stalled.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n" % echo.port)  # half a head, then nothing
+
+    async def one(index: int) -> bytes:
+        payload = b"client %d " % index * 50
+        return await running.exchange(
+            b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n%s" % (echo.port, payload), True
+        )
+
+    replies = await asyncio.gather(*(one(i) for i in range(40)))
+    for index, data in enumerate(replies):
+        assert data.endswith(b"echo:" + b"client %d " % index * 50)
+    assert sorted(r.bytes_up for r in [await running.records.next() for _ in range(40)]) == sorted(
+        len(b"client %d " % i * 50) for i in range(40)
+    )
+    stalled.close()
+
+
+async def ended(reader: asyncio.StreamReader) -> bool:
+    """The proxy closed this connection: an EOF, or a reset if it never got to accept it."""
+    try:
+        return await within(reader.read()) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_close_ends_open_connections_and_leaves_no_task(start: Start, live: Upstream) -> None:
+    resolving: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        resolving.set_result(None)
+        await asyncio.get_running_loop().create_future()  # never answers
+        raise AssertionError("unreachable")
+
+    running = await start(Policy("127.0.0.1", "slow.example"), resolve=resolve)
+    tunnel_reader, tunnel = await running.open()
+    tunnel.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nping" % live.port)
+    expected = b"HTTP/1.1 200 Connection established\r\n\r\nping"
+    assert await within(tunnel_reader.readexactly(len(expected))) == expected
+    stuck_reader, stuck = await running.open()
+    stuck.write(b"CONNECT slow.example:443 HTTP/1.1\r\n\r\n")
+    await within(resolving)
+    half_reader, half = await running.open()
+    half.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n" % live.port)
+    await within(half.drain())
+
+    await within(running.proxy.close())
+
+    assert proxy_tasks() == []
+    assert await ended(tunnel_reader)
+    assert await ended(stuck_reader)
+    assert await ended(half_reader)
+    records = sorted(running.records.all, key=lambda record: record.host)
+    assert records == [
+        ConnectionRecord("127.0.0.1", live.port, True, "test rule", 4, 4, None),
+        ConnectionRecord("slow.example", 443, True, "test rule", 0, 0, "the proxy closed"),
+    ]
+    with pytest.raises(OSError):
+        await asyncio.open_connection(*running.address)
+    for writer in (tunnel, stuck, half):
+        writer.close()
+
+
+async def test_run_forever_reports_its_address_then_serves_until_cancelled(echo: Upstream) -> None:
+    records = Records()
+    proxy = EgressProxy(Policy("127.0.0.1"), records)
+    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(run_forever(proxy, "127.0.0.1", 0, ready.set_result))
+    host, port = await within(ready)
+    assert host == "127.0.0.1" and port > 0
+    reader, writer = await within(asyncio.open_connection(host, port))
+    writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nx" % echo.port)
+    writer.write_eof()
+    assert (await within(reader.read())).endswith(b"echo:x")
+    writer.close()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(task)
+    assert proxy_tasks() == []
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, port)
+
+
+# -- the parsers on any input ----------------------------------------------------------------
+TARGET_CHARS = st.sampled_from([*"abcXYZ019.-:[]_/@?#%*+ \x00\x1b\n", "::", "http://"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["CONNECT", "GET", "connect"]),
+    target=st.one_of(st.text(max_size=60), st.lists(TARGET_CHARS, max_size=20).map("".join)),
+)
+def test_parse_target_raises_only_bad_request(method: str, target: str) -> None:
+    try:
+        parsed = parse_target(method, target)
+    except BadRequest:
+        return
+    assert 1 <= parsed.port <= 65535
+    assert parsed.host == parsed.host.lower() and not parsed.host.endswith(".")
+    assert (parsed.path is None) == (method == "CONNECT")
+    # A parsed target parses again to itself.
+    authority = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    again = parse_target("CONNECT", f"{authority}:{parsed.port}")
+    assert (again.host, again.port) == (parsed.host, parsed.port)
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LABEL = st.builds(
+    lambda first, middle, last: first + middle + last,
+    st.sampled_from(LETTERS),
+    st.text(LETTERS + "0123456789-", max_size=10),
+    st.sampled_from(["", *LETTERS, *"0123456789"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.lists(LABEL, min_size=1, max_size=5), port=st.integers(1, 65535))
+def test_valid_names_parse_lowercased(labels: list[str], port: int) -> None:
+    name = ".".join(labels)
+    assert parse_target("CONNECT", f"{name}:{port}") == Target(name.lower(), port, None)
+    assert parse_target("GET", f"http://{name}./x") == Target(name.lower(), 80, "/x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b + b"\r\n\r\n"))
+def test_parse_head_raises_only_bad_request(head: bytes) -> None:
+    try:
+        request = parse_head(head)
+    except BadRequest:
+        return
+    assert request.version in ("HTTP/1.0", "HTTP/1.1")
