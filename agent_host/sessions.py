@@ -30,6 +30,7 @@ from agent_host.state import Store
 from agent_host.wire import (
     ACTIVE_STATES,
     CAP_DROP,
+    GVISOR_RUNTIME,
     LABEL_MANAGED,
     LABEL_SESSION,
     LOG_MAX_FILES,
@@ -42,6 +43,7 @@ from agent_host.wire import (
     SHM_SIZE,
     TMUX_SESSION,
     AgentStatus,
+    Backend,
     EndReason,
     LaunchSpec,
     Network,
@@ -343,6 +345,8 @@ def _run_container(
         "init": True,
         "detach": True,
     }
+    if spec.backend is Backend.GVISOR:
+        kwargs["runtime"] = GVISOR_RUNTIME  # docker's name for runsc on this host
     limits = spec.limits
     if limits.memory is not None:
         kwargs["mem_limit"] = limits.memory_bytes

@@ -101,6 +101,14 @@ class AgentStatus(str, Enum):
     UNKNOWN = "unknown"
 
 
+class Backend(str, Enum):
+    """What runs the sandbox: `docker` (runc: namespaces and cgroups on the host kernel) or
+    `gvisor` (runsc as docker's runtime: a user-space kernel between the agent and the host)."""
+
+    DOCKER = "docker"
+    GVISOR = "gvisor"
+
+
 class Network(str, Enum):
     OPEN = "open"
     NONE = "none"
@@ -283,6 +291,7 @@ def image_tag(role: str, content_hash: str) -> str:
     return "%s%s:%s" % (ROLE_IMAGE_PREFIX, check_name(role, "role"), check_hash(content_hash)[:12])
 
 
+GVISOR_RUNTIME = "runsc"  # the runtime name a host registers gVisor under in daemon.json
 PROXY_PORT = 3128  # the egress proxy's port, on the session network's gateway address
 
 
@@ -363,6 +372,7 @@ class LaunchSpec:
     base_commit: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
     egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
+    backend: Backend = Backend.DOCKER
 
     def __post_init__(self) -> None:
         self.validate()
@@ -500,6 +510,7 @@ class LaunchSpec:
             base_commit=data.get("base_commit"),
             limits=Limits.from_wire(data.get("limits") or {}),
             egress=rules_from_wire(data.get("egress") or [], "egress"),
+            backend=_check_enum(data.get("backend", "docker"), Backend, "backend"),
         )
 
 

@@ -66,6 +66,7 @@ class LaunchOptions:
     limits: tuple[tuple[str, Any, str], ...] = ()
     allow: tuple[str, ...] = ()  # --allow / --deny: the allowlist's operator rules
     deny: tuple[str, ...] = ()
+    backend: str | None = None  # --backend: replaces the hosts' own for this launch
 
 
 @dataclass
@@ -127,7 +128,12 @@ def prepare(
     check_network_options(options.network, options.allow, options.deny)
     check_session_name(options.name)
     env = parse_env(list(options.env))
-    hosts = [_with_limits(h, options.limits) for h in select_hosts(inventory, options.selector)]
+    if options.backend not in (None, "docker", "gvisor"):
+        raise UsageError(f"--backend {options.backend!r}: expected docker or gvisor")
+    hosts = [
+        _with_backend(_with_limits(h, options.limits), options.backend)
+        for h in select_hosts(inventory, options.selector)
+    ]
     role = load_role(options.role, options.role_cache)
     runtime = choose_runtime(options.runtime, role.name, tuple(role.runtimes))
     scan = scan_workspace(options.workspace, include=options.include)
@@ -151,6 +157,12 @@ def prepare(
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources)
+
+
+def _with_backend(host: Host, backend: str | None) -> Host:
+    if backend is None:
+        return host
+    return dataclasses.replace(host, backend=backend)  # type: ignore[arg-type]
 
 
 def _with_limits(host: Host, limits: Sequence[tuple[str, Any, str]]) -> Host:

@@ -61,6 +61,11 @@ NETWORK = typer.Option(
     help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
     "what the rules allow, through the host's egress proxy (--allow, --deny).",
 )
+BACKEND = typer.Option(
+    None,
+    "--backend",
+    help="docker | gvisor: what runs the sandbox (default: the host's `backend` in the inventory).",
+)
 ALLOW = typer.Option(
     [],
     "--allow",
@@ -140,6 +145,7 @@ def _options(
     limits: dict[str, Any] | None = None,
     allow: list[str] | None = None,
     deny: list[str] | None = None,
+    backend: str | None = None,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -152,7 +158,7 @@ def _options(
         task=read_task(task, task_file), network=network, env=tuple(env), count=count,
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
         build_network=build_network, limits=chosen.limits, allow=tuple(allow or ()),
-        deny=tuple(deny or ()),
+        deny=tuple(deny or ()), backend=backend,
     )  # fmt: skip
 
 
@@ -227,6 +233,7 @@ def explain(
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
     nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
+    backend: str | None = BACKEND,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -239,7 +246,7 @@ def explain(
                                count, isolation, name, key_from, include, build_network,
                                ignore_workspace=ignore_workspace_config, as_json=as_json,
                                limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny)  # fmt: skip
+                           allow=allow, deny=deny, backend=backend)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -260,7 +267,7 @@ def launch(
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
     pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
-    deny: list[str] = DENY,
+    deny: list[str] = DENY, backend: str | None = BACKEND,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -271,7 +278,7 @@ def launch(
                            isolation, name, key_from, include, build_network,
                            ignore_workspace=ignore_workspace_config, as_json=as_json,
                            limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny)  # fmt: skip
+                           allow=allow, deny=deny, backend=backend)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

@@ -26,6 +26,7 @@ from agent_host.wire import (
     SANDBOX_UID_BASE,
     SHM_SIZE,
     TMUX_SESSION,
+    Backend,
     Isolation,
     LaunchSpec,
     Limits,
@@ -274,6 +275,7 @@ def resolve_contract(
             base_commit=workspace.head,
             limits=Limits(target.memory, target.cpus, target.pids, target.nofile),
             egress=_egress(request, runtime.name),
+            backend=Backend(target.backend),
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None

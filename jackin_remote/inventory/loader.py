@@ -498,8 +498,8 @@ def _root(value: object) -> str:
 
 def _backend(value: object) -> str:
     text = _expect_str(value)
-    if text != "docker":
-        raise _Problem(f"unknown backend {_show(text)}", hint='only "docker" is supported for now')
+    if text not in ("docker", "gvisor"):
+        raise _Problem(f"unknown backend {_show(text)}", hint='"docker" or "gvisor"')
     return text
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Transport = Literal["ssh", "local"]
-Backend = Literal["docker"]
+Backend = Literal["docker", "gvisor"]
 
 LOCAL_HOST_NAME = "local"
 DEFAULT_ROOT = "~/.jackin"
