@@ -21,7 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from agent_host import layout
 from agent_host.egress import Rule, decide, rules_from_wire
@@ -36,6 +36,9 @@ from agent_host.wire import (
     egress_network,
 )
 
+if TYPE_CHECKING:
+    from agent_host.proxy import ModelRoute
+
 READY_TIMEOUT = 30.0  # the proxy binds at once; this bounds a host too loaded to start python
 MARK = "jackin-egress-proxy"  # in the proxy's argv: a pid is ours only if its cmdline says so
 
@@ -46,6 +49,12 @@ def rules_file(root: str, session_id: str) -> str:
 
 def pid_file(root: str, session_id: str) -> str:
     return os.path.join(layout.session_dir(root, session_id), "egress.pid")
+
+
+def model_file(root: str, session_id: str) -> str:
+    """The model route and its key: 0600, for the proxy only (the sandbox never sees the session
+    directory, only its checkout); gone with the session directory at rm."""
+    return os.path.join(layout.session_dir(root, session_id), "egress-model.json")
 
 
 def log_file(root: str, session_id: str) -> str:
@@ -79,11 +88,15 @@ def remove_network(client: Any, session_id: str) -> None:
 
 
 # -- the proxy process -------------------------------------------------------------------------
-def start_proxy(root: str, spec: LaunchSpec, gateway: str) -> int:
+def start_proxy(root: str, spec: LaunchSpec, gateway: str, model_key: Optional[str] = None) -> int:
     """Start the session's proxy, detached; return its pid once it listens (it says so)."""
     stop_proxy(root, spec.session_id)
     path = rules_file(root, spec.session_id)
     _write_private(path, json.dumps([rule.to_wire() for rule in spec.egress]))
+    if spec.model_api is not None and model_key is not None:
+        api = spec.model_api
+        route = {"upstream": api.upstream, "header": api.header, "value": api.prefix + model_key}
+        _write_private(model_file(root, spec.session_id), json.dumps(route))
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = "import sys; sys.path.insert(0, sys.argv[1]); from agent_host.egressd import main; " \
         "sys.exit(main(sys.argv[2:]))"  # fmt: skip
@@ -159,12 +172,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     with open(rules_file(args.root, args.session)) as handle:
         rules = rules_from_wire(json.load(handle))
-    asyncio.run(_serve(args.root, args.session, rules, args.listen, args.port))
+    model = _model_route(model_file(args.root, args.session))
+    asyncio.run(_serve(args.root, args.session, rules, args.listen, args.port, model))
     return 0
 
 
+def _model_route(path: str) -> "Optional[ModelRoute]":
+    from agent_host.proxy import ModelRoute
+    from agent_host.wire import split_upstream
+
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    scheme, host, port, base = split_upstream(data["upstream"])
+    return ModelRoute(scheme, host, port, base, str(data["header"]), str(data["value"]))
+
+
 async def _serve(
-    root: str, session_id: str, rules: "tuple[Rule, ...]", host: str, port: int
+    root: str,
+    session_id: str,
+    rules: "tuple[Rule, ...]",
+    host: str,
+    port: int,
+    model: "Optional[ModelRoute]" = None,
 ) -> None:
     from agent_host.proxy import ConnectionRecord, EgressProxy, run_forever
     from agent_host.state import Store
@@ -183,7 +215,7 @@ async def _serve(
         os.dup2(devnull, 1)  # the starter stops reading: nothing else goes there
         os.close(devnull)
 
-    proxy = EgressProxy(lambda h, p: _decided(h, p, rules), record)
+    proxy = EgressProxy(lambda h, p: _decided(h, p, rules), record, model=model)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(run_forever(proxy, host, port, ready))
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent_host import AGENT_VERSION, layout
 from agent_host.wire import IDENTITY_RE, HostIdentity
@@ -140,13 +140,59 @@ def docker_facts(socket_path: str = DOCKER_SOCKET) -> Dict[str, Any]:
         }
     finally:
         conn.close()
+    runtimes, runtimes_error = engine_runtimes(socket_path)
     return {
         "installed": True,
         "version": version.get("Version"),
         "api_version": version.get("ApiVersion"),
         "access": True,
         "error": None,
+        "runtimes": runtimes,
+        "runtimes_error": runtimes_error,
     }
+
+
+def engine_runtimes(
+    socket_path: str = DOCKER_SOCKET,
+) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The engine's OCI runtimes as `docker info` lists them (`runc`, and `runsc` where the
+    operator registered gVisor), name -> {"path", "runtimeArgs"}; or None and why not."""
+    import http.client
+
+    conn = _unix_http(socket_path)
+    try:
+        conn.request("GET", "/info")
+        reply = conn.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise OSError("HTTP %d from the engine" % reply.status)
+        info = json.loads(body.decode())
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return None, (str(exc) or type(exc).__name__)[:300]
+    finally:
+        conn.close()
+    found = info.get("Runtimes") if isinstance(info, dict) else None
+    if not isinstance(found, dict):
+        return None, "the engine listed no runtimes"
+    runtimes: Dict[str, Any] = {}
+    for name, entry in found.items():
+        if isinstance(entry, dict):
+            args = entry.get("runtimeArgs")
+            runtimes[str(name)] = {
+                "path": entry.get("path"),
+                "runtimeArgs": list(args) if isinstance(args, list) else [],
+            }
+    return runtimes, None
+
+
+KVM_DEVICE = "/dev/kvm"
+
+
+def kvm_facts(device: str = KVM_DEVICE) -> Dict[str, bool]:
+    """Whether the machine offers KVM (a later microVM backend needs it), and whether this
+    account may open it."""
+    present = os.path.exists(device)
+    return {"present": present, "access": present and os.access(device, os.R_OK | os.W_OK)}
 
 
 def collect(root: str) -> Dict[str, Any]:
@@ -167,6 +213,7 @@ def collect(root: str) -> Dict[str, Any]:
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "docker": docker_facts(),
+        "kvm": kvm_facts(),
         "rsync": version_word(_first_line(["rsync", "--version"]), 2),
         "git": version_word(_first_line(["git", "--version"]), 2),
         "agent_version": AGENT_VERSION,

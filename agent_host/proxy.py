@@ -34,6 +34,8 @@ import sys
 from dataclasses import dataclass
 from typing import Awaitable, Callable, List, Optional, Set, Tuple
 
+from agent_host.wire import MODEL_PREFIX  # origin-form requests under it: the model API, key added
+
 # -- the interface ---------------------------------------------------------------------------
 
 
@@ -54,11 +56,33 @@ Decide = Callable[[str, int], Tuple[bool, str]]  # (host, port) -> (allowed, rul
 Record = Callable[[ConnectionRecord], None]
 Resolve = Callable[[str, int], Awaitable[List[Tuple[str, int]]]]  # -> addresses to try, in order
 
+MODEL_RULE = "the runtime's model API (its key added by the proxy)"
 MAX_ADDRESSES = 16  # of one name's addresses, at most this many are tried
 MAX_RULE_CHARS = 300  # of a rule's text, at most this much reaches a 403 body
 _CHUNK = 65536
 
 CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where the sandbox's model API calls go, and the credential the proxy adds to them. The
+    sandbox calls `http://<proxy>/jackin-model/...` with at most a placeholder key; the proxy
+    drops every credential header the sandbox sent and adds `header: value`."""
+
+    scheme: str  # http | https
+    host: str
+    port: int
+    base_path: str  # the upstream URL's path, without its trailing '/'
+    header: str  # e.g. x-api-key, authorization
+    value: str  # the secret header value: never logged, never in a record
+
+    def __repr__(self) -> str:  # a traceback never shows the key
+        return "ModelRoute(%s://%s:%d%s)" % (self.scheme, self.host, self.port, self.base_path)
+
+
+# Credential headers a sandbox may send to the model route: all dropped, the route's added.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 
 
 class BadRequest(ValueError):
@@ -250,6 +274,30 @@ _DROPPED = frozenset(
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
+def model_target(route: ModelRoute, request_target: str) -> Optional[Target]:
+    """The upstream target of a request to the model route, or None when it is not one."""
+    rest = request_target[len(MODEL_PREFIX) :]
+    if not request_target.startswith(MODEL_PREFIX) or (rest and rest[0] not in "/?"):
+        return None
+    path = route.base_path + (rest if rest.startswith("/") else "/" + rest)
+    return Target(route.host, route.port, path)
+
+
+def model_head(request: Request, target: Target, route: ModelRoute) -> bytes:
+    """rewrite_head for the model route: every credential the sandbox sent is dropped, and the
+    route's own is added (the sandbox holds at most a placeholder)."""
+    kept = tuple(
+        (name, value) for name, value in request.headers
+        if name.lower() not in _CREDENTIAL_HEADERS and name.lower() != route.header.lower()
+    )  # fmt: skip
+    head = rewrite_head(Request(request.method, request.target, request.version, kept), target)
+    if route.scheme == "https" and target.port == 443:
+        head = head.replace(b"Host: %s:443\r\n" % target.host.encode(), b"Host: %s\r\n"
+                            % target.host.encode(), 1)  # fmt: skip
+    extra = ("%s: %s\r\n" % (route.header, route.value)).encode("latin-1")
+    return head[:-2] + extra + b"\r\n"
+
+
 def rewrite_head(request: Request, target: Target) -> bytes:
     """The head a plain-HTTP request goes upstream with: origin-form, Host from the target, the
     proxy's and hop-by-hop headers (and any the Connection header names) removed, and
@@ -367,13 +415,19 @@ async def default_resolve(host: str, port: int) -> List[Tuple[str, int]]:
     ]
 
 
-async def connect_address(ip: str, port: int) -> Streams:
-    """Connect to an IP literal: the socket is made here, so nothing resolves anything."""
+async def connect_address(ip: str, port: int, tls_name: Optional[str] = None) -> Streams:
+    """Connect to an IP literal: the socket is made here, so nothing resolves anything. With
+    `tls_name`, speak TLS to it, verifying its certificate for that name."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        if tls_name is not None:
+            import ssl
+
+            context = ssl.create_default_context()
+            return await asyncio.open_connection(sock=sock, ssl=context, server_hostname=tls_name)
         return await asyncio.open_connection(sock=sock)
     except BaseException:
         sock.close()
@@ -414,7 +468,10 @@ class EgressProxy:
         head_limit: int = 65536,
         head_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        model: Optional[ModelRoute] = None,
     ) -> None:
+        self._model = model
+        self._model_tls = model is not None and model.scheme == "https"
         self._decide = decide
         self._record = record
         self._resolve: Resolve = resolve if resolve is not None else default_resolve
@@ -471,7 +528,8 @@ class EgressProxy:
                 read_head(reader, self._head_limit), self._head_timeout
             )
             request = parse_head(head)
-            target = parse_target(request.method, request.target)
+            routed = None if self._model is None else model_target(self._model, request.target)
+            target = routed or parse_target(request.method, request.target)
         except BadRequest as exc:
             await self._refuse(reader, writer, bad_request(exc.reason))
             return
@@ -480,13 +538,16 @@ class EgressProxy:
             return
         except OSError:  # the client went away
             return
-        outcome = _Outcome(target, *self._ask(target))
+        outcome = _Outcome(target, *((True, MODEL_RULE) if routed else self._ask(target)))
         try:
             if not outcome.allowed:
                 await self._refuse(reader, writer, denied(target.host, target.port, outcome.rule))
                 return
             try:
-                up_reader, up_writer = await self._open(target)
+                tls = (
+                    routed is not None and self._model is not None and self._model.scheme == "https"
+                )
+                up_reader, up_writer = await self._open(target, target.host if tls else None)
             except _Unreachable as exc:
                 outcome.error = str(exc)
                 await self._refuse(reader, writer, bad_gateway(target.host, target.port, str(exc)))
@@ -497,6 +558,8 @@ class EgressProxy:
             try:
                 if target.path is None:
                     writer.write(CONNECTED)
+                elif routed is not None and self._model is not None:
+                    up_writer.write(model_head(request, target, self._model))
                 else:
                     up_writer.write(rewrite_head(request, target))
                 if rest:
@@ -544,12 +607,14 @@ class EgressProxy:
             raise _Unreachable("resolve failed: no address")
         return addresses[:MAX_ADDRESSES]
 
-    async def _open(self, target: Target) -> Streams:
+    async def _open(self, target: Target, tls_name: Optional[str] = None) -> Streams:
         """Connect to the target's addresses in order; the first that answers."""
         failures = []
         for ip, port in await self._addresses(target):
             try:
-                return await asyncio.wait_for(connect_address(ip, port), self._connect_timeout)
+                return await asyncio.wait_for(
+                    connect_address(ip, port, tls_name), self._connect_timeout
+                )
             except (OSError, asyncio.TimeoutError) as exc:
                 failures.append("%s (%s)" % (host_port(ip, port), _why(exc)))
         raise _Unreachable("connect failed: " + "; ".join(failures))

@@ -36,6 +36,8 @@ from agent_host.wire import (
     LOG_MAX_FILES,
     LOG_MAX_SIZE,
     MANAGED_FILTER,
+    MODEL_KEY_PLACEHOLDER,
+    MODEL_PREFIX,
     PROXY_PORT,
     READ_ONLY_ROOT,
     SANDBOX_UID_BASE,
@@ -112,8 +114,12 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             work = layout.work_dir(ctx.root, session_id)
             if os.getuid() == 0:
                 _chown_tree(work, uid, gid)
-            proxy = _start_egress(ctx.root, client, spec)
-            container = _run_container(client, spec, secrets, image, work, uid, gid, proxy)
+            # The model API key goes to the proxy only, never into the sandbox.
+            model_env = spec.model_api.key_env if spec.model_api else None
+            model_key = secrets.get(model_env) if model_env else None
+            sandbox_secrets = {k: v for k, v in secrets.items() if k != model_env}
+            proxy = _start_egress(ctx.root, client, spec, model_key)
+            container = _run_container(client, spec, sandbox_secrets, image, work, uid, gid, proxy)
         except Exception as exc:
             _stop_egress(ctx.root, client, session_id)
             message = (
@@ -144,14 +150,18 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         store.close()
 
 
-def _start_egress(root: str, client: Any, spec: LaunchSpec) -> Optional[str]:
-    """`network allowlist`: the session's internal network and its proxy; the proxy's URL."""
+def _start_egress(
+    root: str, client: Any, spec: LaunchSpec, model_key: Optional[str] = None
+) -> Optional[str]:
+    """`network allowlist`: the session's internal network and its proxy; the proxy's URL.
+    `model_key`: the runtime's API key, which the proxy adds to the sandbox's model API calls
+    (None on a restart: the proxy reads the one it was given at create)."""
     if spec.network is not Network.ALLOWLIST:
         return None
     from agent_host import egressd
 
     gateway = egressd.ensure_network(client, spec.session_id)
-    egressd.start_proxy(root, spec, gateway)
+    egressd.start_proxy(root, spec, gateway, model_key)
     return "http://%s:%d" % (gateway, PROXY_PORT)
 
 
@@ -317,7 +327,11 @@ def _run_container(
     if proxy is not None:  # the only way out; most tools read one spelling or the other
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env[name] = proxy
-        env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
+        gateway = proxy.split("//", 1)[1].rsplit(":", 1)[0]  # the model route is the proxy's own
+        env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1," + gateway
+        if spec.model_api is not None:
+            env[spec.model_api.base_url_env] = proxy + MODEL_PREFIX
+            env[spec.model_api.key_env] = MODEL_KEY_PLACEHOLDER
     tmpfs = {}
     for path, options in spec.tmpfs.items():
         if path != "/tmp":

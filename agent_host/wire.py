@@ -22,8 +22,9 @@ import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
-from agent_host.egress import Rule, rules_from_wire
+from agent_host.egress import Rule, normalise_host, parse_pattern, rules_from_wire
 from agent_host.protocol import SpecError as SpecError  # re-exported: the wire's error
 
 # -- constants -------------------------------------------------------------------------------
@@ -320,6 +321,66 @@ def session_branch(session_id: str) -> str:
     return "jackin/" + check_session_id(session_id)
 
 
+# -- the model API, reached through the proxy -------------------------------------------------
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+MODEL_PREFIX = "/jackin-model"  # the proxy's own path for the model API (proxy.py)
+MODEL_KEY_PLACEHOLDER = "jackin-proxy-adds-the-key"  # what the sandbox holds instead of the key
+
+
+@dataclass(frozen=True)
+class ModelApi:
+    """A runtime's model API for a `network allowlist` session: the sandbox calls it through its
+    proxy (`<base_url_env>=http://<proxy>/jackin-model`), and the proxy adds the key, so the key
+    never enters the sandbox. The key's value travels beside the spec, as `key_env` of
+    secret_env, and goes to the proxy only."""
+
+    upstream: str  # http(s)://host[:port][/path]
+    header: str  # the header the upstream reads its key from: x-api-key, authorization
+    prefix: str  # "" or "Bearer "
+    key_env: str
+    base_url_env: str
+
+    def __post_init__(self) -> None:
+        split_upstream(self.upstream)
+        if not _HEADER_NAME_RE.match(self.header) or self.prefix not in ("", "Bearer "):
+            raise SpecError("model_api.header", "must be a header name, with no or a Bearer prefix")
+        check_env_name(self.key_env, "model_api.key_env")
+        check_env_name(self.base_url_env, "model_api.base_url_env")
+
+    def to_wire(self) -> Dict[str, str]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_wire(cls, data: object) -> "ModelApi":
+        names = tuple(item.name for item in fields(cls))
+        data = _check_keys(data, names, "model_api")
+        if set(data) != set(names) or not all(isinstance(v, str) for v in data.values()):
+            raise SpecError("model_api", "needs %s, as strings" % ", ".join(names))
+        return cls(**data)
+
+
+def split_upstream(url: object) -> Tuple[str, str, int, str]:
+    """(scheme, host, port, path without a trailing '/') of a model API URL; SpecError if it is
+    not a plain http(s) URL of a host (no user, query or fragment)."""
+    problem = "must be an http:// or https:// URL of a host, e.g. https://api.anthropic.com"
+    if not isinstance(url, str) or len(url) > 512 or any(ord(c) <= 32 for c in url):
+        raise SpecError("model_api.upstream", problem)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SpecError("model_api.upstream", problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        raise SpecError("model_api.upstream", problem)
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise SpecError("model_api.upstream", problem)
+    pattern = parse_pattern(parts.hostname, "model_api.upstream")
+    if pattern.kind not in ("exact", "ip"):
+        raise SpecError("model_api.upstream", problem)
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, normalise_host(pattern.host), port or default, parts.path.rstrip("/")
+
+
 # -- the launch spec -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Limits:
@@ -373,6 +434,7 @@ class LaunchSpec:
     limits: Limits = field(default_factory=Limits)
     egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
     backend: Backend = Backend.DOCKER
+    model_api: Optional[ModelApi] = None  # allowlist: the proxy adds the runtime's key
 
     def __post_init__(self) -> None:
         self.validate()
@@ -411,6 +473,13 @@ class LaunchSpec:
             raise SpecError("egress", "rules apply only to network allowlist")
         if not all(isinstance(rule, Rule) for rule in self.egress):
             raise SpecError("egress", "must be a list of rules")
+        if self.model_api is not None:
+            if self.network is not Network.ALLOWLIST:
+                raise SpecError("model_api", "the proxy adds the key only with network allowlist")
+            if self.model_api.key_env not in self.secret_env:
+                raise SpecError("model_api", "its key_env is not among secret_env")
+            if self.model_api.base_url_env in dict(self.env):
+                raise SpecError("env", "%s is set by the proxy route" % self.model_api.base_url_env)
 
     # Derived, identical on both sides.
     @property
@@ -464,6 +533,8 @@ class LaunchSpec:
                 value = value.to_wire()
             elif item.name == "egress":
                 value = [rule.to_wire() for rule in value]
+            elif isinstance(value, ModelApi):
+                value = value.to_wire()
             elif item.name == "env":
                 value = dict(value)
             elif isinstance(value, tuple):
@@ -511,6 +582,9 @@ class LaunchSpec:
             limits=Limits.from_wire(data.get("limits") or {}),
             egress=rules_from_wire(data.get("egress") or [], "egress"),
             backend=_check_enum(data.get("backend", "docker"), Backend, "backend"),
+            model_api=None
+            if data.get("model_api") is None
+            else ModelApi.from_wire(data["model_api"]),
         )
 
 

@@ -7,25 +7,31 @@ over the transport (no agent, nothing written), so the limits are checked before
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jackin_remote.agent.deploy import CLEAN_PATH, root_prelude
 from jackin_remote.core.aliases import Alias, aliases
 from jackin_remote.core.capacity import Capacity, Misfit, limit_misfits, parse_probe
 from jackin_remote.core.hoststate import HostState
+from jackin_remote.core.tiers import BackendOrigin, backend_misfits, host_backends
 from jackin_remote.core.verdict import alias_problems, misfit_problems, problems, verdict
 from jackin_remote.errors import AgentCallError, HostError
 from jackin_remote.fleet import HostLink, HostResult, Pool
 from jackin_remote.hostid import host_identity
 from jackin_remote.inventory.model import Host
 from jackin_remote.inventory.origins import limit_settings
+from jackin_remote.inventory.toml_lines import index_source
 
 PINGS = 3
 PROBE_TIMEOUT = 20.0
 
-# Reads only: CPUs this account may use (what the engine's NumCPU counts), MemTotal, pid_max and
-# the free space of the host root's nearest existing directory (the root may not exist yet).
+# Reads only: CPUs this account may use (what the engine's NumCPU counts), MemTotal, pid_max,
+# the free space of the host root's nearest existing directory (the root may not exist yet),
+# the docker engine's runtimes (runsc: the gvisor backend) on the socket the host agent uses,
+# and whether /dev/kvm exists.
 PROBE_SCRIPT = (
     f"PATH={CLEAN_PATH}\n"
     'p="$root"\n'
@@ -36,6 +42,10 @@ PROBE_SCRIPT = (
     ' 2>/dev/null)"\n'
     'df -Pk -- "$p" 2>/dev/null | awk \'NR == 2 { print "disk_free_kb " $4 }\'\n'
     'printf "disk_path %s\\n" "$p"\n'
+    'engine_info() { timeout 10 docker -H unix:///var/run/docker.sock info --format "$@"; }\n'
+    "if r=$(engine_info '{{json .Runtimes}}' 2>/dev/null); then echo \"runtimes $r\"; else\n"
+    '  echo "runtimes_error $(engine_info x 2>&1 >/dev/null | tr -s "\\n" " " | cut -c1-200)"; fi\n'
+    'if [ -e /dev/kvm ]; then echo "kvm 1"; else echo "kvm 0"; fi\n'
 )
 
 
@@ -54,6 +64,39 @@ def host_misfits(
 ) -> list[Misfit]:
     """The limits `host` would give a sandbox that its machine cannot meet."""
     return limit_misfits(host.name, limit_settings(host, declared, sources), capacity)
+
+
+def backend_origin(host: Host, declared: Host | None = None) -> BackendOrigin:
+    """Where `host`'s backend was chosen: `declared` is the host as the inventory has it, so a
+    backend that differs from it came from --backend; else the host's own table, its file's
+    [defaults], or the built-in default (read again from the file, read-only)."""
+    if declared is not None and declared.backend != host.backend:
+        return BackendOrigin("flag")
+    try:
+        source = Path(host.source_file).read_text(encoding="utf-8")
+        document = tomllib.loads(source)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return BackendOrigin("default" if host.source_file == "<builtin>" else "unknown")
+    hosts = document.get("hosts")
+    own = hosts.get(host.name) if isinstance(hosts, dict) else None
+    defaults = document.get("defaults")
+    if isinstance(own, dict) and "backend" in own:
+        path: tuple[str, ...] = ("hosts", host.name, "backend")
+    elif isinstance(defaults, dict) and "backend" in defaults:
+        path = ("defaults", "backend")
+    else:
+        return BackendOrigin("default")
+    line = index_source(source).line_of(path)
+    where = host.source_file if line is None else f"{host.source_file}:{line}"
+    return BackendOrigin("inventory", f"{where} {'.'.join(path)}")
+
+
+def host_backend_misfits(
+    host: Host, capacity: Capacity, declared: Host | None = None, network: str | None = None
+) -> list[Misfit]:
+    """Whether `host` can run its backend (for a session with `network`; None: no session)."""
+    origin = backend_origin(host, declared)
+    return backend_misfits(host.name, host.backend, origin, network, capacity)
 
 
 async def _probe(link: HostLink) -> dict[str, Any]:
@@ -77,7 +120,8 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             best = (rtt, float(reply["time"]) - (sent + received) / 2)
     facts = await link.agent.call("facts")
     identity = await host_identity(link)
-    misfits = host_misfits(link.host, await read_capacity(link))
+    capacity = await read_capacity(link)
+    misfits = host_misfits(link.host, capacity) + host_backend_misfits(link.host, capacity)
     assert best is not None
     started = link.started
     assert started is not None
@@ -118,6 +162,9 @@ def report(
         identity = value.pop("identity")
         found += alias_problems(host.name, aliases_found)
         entry.update(value)
+        entry["backends"] = (
+            host_backends(value["facts"]) if isinstance(value["facts"], dict) else {}
+        )
         entry["identity"] = {"host_key": identity.host_key, "machine_id": identity.machine_id,
                              "root_id": identity.root_id}  # fmt: skip
         entry["verdict"] = verdict(found)

@@ -67,6 +67,7 @@ class LaunchOptions:
     allow: tuple[str, ...] = ()  # --allow / --deny: the allowlist's operator rules
     deny: tuple[str, ...] = ()
     backend: str | None = None  # --backend: replaces the hosts' own for this launch
+    model_api: str | None = None  # --model-api: the proxy's upstream for model calls
 
 
 @dataclass
@@ -154,6 +155,7 @@ def prepare(
         build_network=options.build_network,
         allow=options.allow,
         deny=options.deny,
+        model_api=options.model_api,
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources)
@@ -213,6 +215,7 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         cpus=host.limits.cpus,
         pids=host.limits.pids,
         nofile=host.limits.nofile,
+        egress=host.egress,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )
@@ -358,17 +361,22 @@ async def read_capacities(pool: Pool, hosts: Sequence[Host]) -> dict[str, Capaci
 
 
 def limit_misfits(prepared: Prepared, capacities: Mapping[str, Capacity | str]) -> list[Misfit]:
-    """The limits a candidate host cannot meet. Launch refuses on any, before it asks a host
-    anything else: the value is wrong in the inventory whichever host would be picked."""
-    from jackin_remote.hostcheck import host_misfits
+    """The limits a candidate host cannot meet, and a backend it cannot run (gvisor without
+    runsc, or runsc without a network for a session that needs one). Launch refuses on any,
+    before it asks a host anything else: the value is wrong whichever host would be picked."""
+    from jackin_remote.hostcheck import host_backend_misfits, host_misfits
 
+    network = prepared.request.network
     return [
         misfit
         for host in prepared.hosts
         if isinstance(capacity := capacities.get(host.name), Capacity)
-        for misfit in host_misfits(
-            host, capacity, prepared.inventory.host(host.name), prepared.limit_sources
-        )
+        for misfit in [
+            *host_misfits(
+                host, capacity, prepared.inventory.host(host.name), prepared.limit_sources
+            ),
+            *host_backend_misfits(host, capacity, prepared.inventory.host(host.name), network),
+        ]
     ]
 
 
@@ -380,7 +388,8 @@ def judge_fit(
     found added to their warnings, and the problems a launch must refuse on."""
     from jackin_remote.core.capacity import disk_misfits
     from jackin_remote.core.contract import with_warnings
-    from jackin_remote.hostcheck import host_misfits
+    from jackin_remote.core.tiers import with_origin
+    from jackin_remote.hostcheck import backend_origin, host_backend_misfits, host_misfits
 
     sessions: dict[str, int] = {}
     for contract in plan:
@@ -398,9 +407,19 @@ def judge_fit(
         found[name] = host_misfits(
             hosts[name], capacity, prepared.inventory.host(name), prepared.limit_sources
         )
+        found[name] += host_backend_misfits(
+            hosts[name], capacity, prepared.inventory.host(name), prepared.request.network
+        )
         found[name] += disk_misfits(name, capacity, needed, count)
+    # Where each host's backend was chosen (--backend, the inventory's file:line, the default).
+    origins = {
+        name: backend_origin(hosts[name], prepared.inventory.host(name)) for name in sessions
+    }
     checked = [
-        with_warnings(c, [f"{m.message} (hint: {m.hint})" for m in found[c.identity["host"]]])
+        with_warnings(
+            dataclasses.replace(c, routing=with_origin(c.routing, origins[c.identity["host"]])),
+            [f"{m.message} (hint: {m.hint})" for m in found[c.identity["host"]]],
+        )
         for c in plan
     ]
     return checked, [m for misfits in found.values() for m in misfits if m.blocking]

@@ -6,6 +6,7 @@ Hosts' answers are hostile text: every cell goes through ui/safe.py.
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -115,6 +116,8 @@ def check(
                                 help="Without --session: the rules a launch of this runtime gets."),
     allow: list[str] = typer.Option([], "--allow", help="Without --session: an --allow to add."),
     deny: list[str] = typer.Option([], "--deny", help="Without --session: a --deny to add."),
+    on: str | None = typer.Option(None, "--on", help="Without --session: with this host's rules "
+                                  "from the inventory.", autocompletion=complete.hosts),
     as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Would the proxy let DESTINATION through, and by which rule? Sends nothing to it.
@@ -126,7 +129,7 @@ def check(
                 raise UsageError("--allow and --deny describe a launch; a --session has its rules")
             answer = _ask_session(ctx, session, host, port)
         else:
-            answer = _ask_launch(runtime, allow, deny, host, port)
+            answer = _ask_launch(runtime, allow, deny, host, port, _host_rules(ctx, on))
     except JackinError as error:
         fail(error, as_json=as_json)
     if as_json:
@@ -136,6 +139,15 @@ def check(
         out.print(line(f"{host}:{port} ", verdict, " by ", answer["rule"]))
     if not answer["allowed"]:
         raise typer.Exit(1)
+
+
+def _host_rules(ctx: typer.Context, name: str | None) -> tuple[tuple[str, str, str], ...]:
+    if name is None:
+        return ()
+    host = load(ctx).host(name)
+    if host is None:
+        raise UsageError(f"--on {name}: no such host", hint="see `jackin-remote hosts list`")
+    return tuple(host.egress)
 
 
 def _destination(text_: str) -> tuple[str, int]:
@@ -172,15 +184,74 @@ def _ask_session(ctx: typer.Context, ref: str, host: str, port: int) -> dict[str
 
 
 def _ask_launch(
-    runtime: str, allow: list[str], deny: list[str], host: str, port: int
+    runtime: str,
+    allow: list[str],
+    deny: list[str],
+    host: str,
+    port: int,
+    inventory: tuple[tuple[str, str, str], ...] = (),
 ) -> dict[str, Any]:
     from agent_host.egress import decide
     from agent_host.wire import SpecError
     from jackin_remote.core.egress_rules import launch_rules
 
     try:
-        rules = launch_rules(runtime, allow, deny)
+        rules = launch_rules(runtime, allow, deny, inventory)
     except SpecError as exc:
         raise UsageError(f"{exc.field}: {exc.problem}") from None
     decision = decide(host, port, rules)
     return {"runtime": runtime, "allowed": decision.allowed, "rule": decision.rule}
+
+
+def _edit(ctx: typer.Context, action: str, pattern: str, on: str | None, file: Path | None,
+          as_json: bool) -> None:  # fmt: skip
+    from agent_host.egress import parse_pattern
+    from agent_host.wire import SpecError
+    from jackin_remote.cli.hosts import _edit_target, _inventory_source
+    from jackin_remote.inventory.editor import add_egress_rule
+
+    target = _edit_target(ctx, file)
+    try:
+        try:
+            parse_pattern(pattern, "PATTERN")
+        except SpecError as exc:
+            raise UsageError(f"{exc.field}: {exc.problem}") from None
+        written, changed = add_egress_rule(target, action, pattern, on,
+                                           inventory=_inventory_source(ctx, target))  # fmt: skip
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    where = f"[hosts.{on}.egress]" if on else "[defaults.egress]"
+    if as_json:
+        print_json(action=action, pattern=pattern, file=str(written), table=where,
+                   changed=changed)  # fmt: skip
+    elif changed:
+        out.print(line(f"{action} ", (pattern, "bold"), f": added to {where} in {written}"))
+    else:
+        out.print(line(f"{action} ", (pattern, "bold"), f": already in {where} in {written}"))
+
+
+ON_HOST = typer.Option(
+    None, "--on", autocompletion=complete.hosts,
+    help="The host whose rules to change (default: the file's [defaults.egress], for its hosts).",
+)  # fmt: skip
+FILE = typer.Option(None, "--file", help="Inventory file to write (without --on).")
+
+
+@app.command("allow")
+def allow_rule(
+    ctx: typer.Context,
+    pattern: str = typer.Argument(..., help="host, *.domain, **.domain, host:port or an IP."),
+    on: str | None = ON_HOST, file: Path | None = FILE, as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Allow a destination for --network allowlist sessions, in the inventory (comments kept)."""
+    _edit(ctx, "allow", pattern, on, file, as_json)
+
+
+@app.command("deny")
+def deny_rule(
+    ctx: typer.Context,
+    pattern: str = typer.Argument(..., help="host, *.domain, **.domain, host:port or an IP."),
+    on: str | None = ON_HOST, file: Path | None = FILE, as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Deny a destination for --network allowlist sessions, in the inventory (deny wins)."""
+    _edit(ctx, "deny", pattern, on, file, as_json)

@@ -61,6 +61,12 @@ NETWORK = typer.Option(
     help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
     "what the rules allow, through the host's egress proxy (--allow, --deny).",
 )
+MODEL_API = typer.Option(
+    None,
+    "--model-api",
+    help="With --network allowlist: the URL the proxy sends the runtime's model calls to, adding "
+    "its key (default: the runtime's own API; e.g. your gateway).",
+)
 BACKEND = typer.Option(
     None,
     "--backend",
@@ -146,6 +152,7 @@ def _options(
     allow: list[str] | None = None,
     deny: list[str] | None = None,
     backend: str | None = None,
+    model_api: str | None = None,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -158,7 +165,7 @@ def _options(
         task=read_task(task, task_file), network=network, env=tuple(env), count=count,
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
         build_network=build_network, limits=chosen.limits, allow=tuple(allow or ()),
-        deny=tuple(deny or ()), backend=backend,
+        deny=tuple(deny or ()), backend=backend, model_api=model_api,
     )  # fmt: skip
 
 
@@ -233,7 +240,7 @@ def explain(
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
     nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
-    backend: str | None = BACKEND,
+    backend: str | None = BACKEND, model_api: str | None = MODEL_API,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -246,7 +253,8 @@ def explain(
                                count, isolation, name, key_from, include, build_network,
                                ignore_workspace=ignore_workspace_config, as_json=as_json,
                                limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny, backend=backend)  # fmt: skip
+                           allow=allow, deny=deny, backend=backend,
+                           model_api=model_api)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -267,7 +275,7 @@ def launch(
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
     pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
-    deny: list[str] = DENY, backend: str | None = BACKEND,
+    deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -278,7 +286,8 @@ def launch(
                            isolation, name, key_from, include, build_network,
                            ignore_workspace=ignore_workspace_config, as_json=as_json,
                            limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny, backend=backend)  # fmt: skip
+                           allow=allow, deny=deny, backend=backend,
+                           model_api=model_api)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

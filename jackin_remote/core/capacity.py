@@ -9,6 +9,7 @@ where the value was set (`hosts.toml:17 defaults.limits.cpus`), so the fix is on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,15 @@ from agent_host.wire import memory_bytes
 
 # Below this much free disk after a launch, a host is tight (builds, logs, later sessions).
 MIN_DISK_FREE = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class EngineRuntime:
+    """One OCI runtime the host's docker engine lists (`docker info` Runtimes)."""
+
+    name: str  # what `docker run --runtime` takes: runc, runsc
+    path: str
+    args: tuple[str, ...] = ()  # its runtimeArgs in daemon.json
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,12 @@ class Capacity:
     pid_max: int | None = None
     disk_path: str | None = None  # the host root, or its nearest existing parent
     disk_free: int | None = None  # bytes available to the host account there
+    runtimes: tuple[EngineRuntime, ...] | None = None  # the engine's runtimes; None: not read
+    runtimes_error: str | None = None  # why they could not be read
+    kvm: bool | None = None  # /dev/kvm exists (a later microVM backend needs it)
+
+    def runtime(self, name: str) -> EngineRuntime | None:
+        return next((r for r in self.runtimes or () if r.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -67,13 +83,42 @@ def parse_probe(output: str) -> Capacity:
         found.setdefault(key, value)
     memory_kb = _int(found.get("memory_kb", ""))
     free_kb = _int(found.get("disk_free_kb", ""))
+    runtimes, runtimes_error = None, found.get("runtimes_error", "").strip() or None
+    if "runtimes" in found:
+        try:
+            runtimes = parse_runtimes(json.loads(found["runtimes"]))
+        except ValueError:
+            runtimes_error = "the engine's runtimes were not JSON"
+        if runtimes is None and runtimes_error is None:
+            runtimes_error = "the engine's runtimes were not a JSON object"
+    kvm = found.get("kvm", "").strip()
     return Capacity(
         cpus=_int(found.get("cpus", "")),
         memory=None if memory_kb is None else memory_kb * 1024,
         pid_max=_int(found.get("pid_max", "")),
         disk_path=found.get("disk_path") or None,
         disk_free=None if free_kb is None else free_kb * 1024,
+        runtimes=runtimes,
+        runtimes_error=None if runtimes is not None else runtimes_error,
+        kvm={"1": True, "0": False}.get(kvm),
     )
+
+
+def parse_runtimes(value: object) -> tuple[EngineRuntime, ...] | None:
+    """The engine's `Runtimes` object (`{"runsc": {"path": ..., "runtimeArgs": [...]}}`), as a
+    host said it: entries that are not that shape are skipped; not an object at all: None."""
+    if not isinstance(value, dict):
+        return None
+    found = []
+    for name, entry in value.items():
+        if not isinstance(name, str) or not isinstance(entry, dict):
+            continue
+        path = entry.get("path")
+        args = entry.get("runtimeArgs") or []
+        if not isinstance(path, str) or not isinstance(args, list):
+            continue
+        found.append(EngineRuntime(name, path, tuple(str(a) for a in args)))
+    return tuple(sorted(found, key=lambda r: r.name))
 
 
 def gib(size: int) -> str:

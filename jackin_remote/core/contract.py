@@ -31,6 +31,7 @@ from agent_host.wire import (
     LaunchSpec,
     Limits,
     Mode,
+    ModelApi,
     Network,
     SpecError,
     container_name,
@@ -40,6 +41,7 @@ from jackin_remote.core.egress_rules import launch_rules
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.placement import Slot
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
+from jackin_remote.core.tiers import BackendOrigin, Needs, first_warning, routing
 from jackin_remote.errors import UsageError
 
 __all__ = ["container_name"]
@@ -88,6 +90,7 @@ class TargetRef:
     cpus: float | None
     pids: int | None
     nofile: int | None = None
+    egress: tuple[tuple[str, str, str], ...] = ()  # the inventory's rules: (action, pattern, at)
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -105,6 +108,7 @@ class LaunchRequest:
     build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
     allow: tuple[str, ...] = ()  # --allow patterns (network allowlist)
     deny: tuple[str, ...] = ()  # --deny patterns
+    model_api: str | None = None  # --model-api: the upstream the proxy sends model calls to
 
 
 @dataclass(frozen=True)
@@ -252,8 +256,9 @@ def resolve_contract(
         **dict(runtime.env),
         **dict(request.env),
     }
-    credentials = _credentials(runtime, request)
-    secret_env = [c["delivered_as"] for c in credentials if c["available"]]
+    model_api = _model_api(runtime, request)
+    credentials = _credentials(runtime, request, model_api)
+    secret_env = [runtime.key_env for c in credentials if c["available"] and runtime.key_env]
     command = _command(runtime, request.task)
     try:
         spec = LaunchSpec(
@@ -274,8 +279,9 @@ def resolve_contract(
             secret_env=tuple(secret_env),
             base_commit=workspace.head,
             limits=Limits(target.memory, target.cpus, target.pids, target.nofile),
-            egress=_egress(request, runtime.name),
+            egress=_egress(request, runtime.name, target.egress),
             backend=Backend(target.backend),
+            model_api=model_api,
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -387,10 +393,7 @@ def resolve_contract(
         Effect("record the session on the laptop", "local state db (a cache)"),
     ]
 
-    warnings = [
-        "A Docker container is not a microVM: the sandbox shares the host's kernel, and a "
-        "kernel exploit escapes it.",
-    ]
+    warnings = [first_warning(target.backend)]  # what the backend does not protect against
     if request.network == "open":
         warnings.append(
             "Network is open: the agent can reach the internet and your host's network, and can "
@@ -402,7 +405,7 @@ def resolve_contract(
             "on the host's engine and can reach the internet, the host's network and cloud "
             "metadata services (the role came from " + build["role_source"] + ")."
         )
-    if credentials and any(c["available"] for c in credentials):
+    if any(c["available"] and c["delivery"] == "env" for c in credentials):
         warnings.append(
             "The runtime's API key is an environment variable in the sandbox: every process "
             "there can read it, and anyone with docker access on the host can see it with "
@@ -452,12 +455,18 @@ def resolve_contract(
             "image": role.image,
             "container": name,
         },
-        routing={
-            "backend": target.backend,
-            "why": "docker is the default backend, and the only one this version has",
-            "risk_tier": "container (runc): shared host kernel, namespaces + cgroups",
-            "alternatives": ["docker+dind (private daemon): later", "microVM: later"],
-        },
+        # core/tiers.py: the tier, the alternatives and the backend this session's needs call
+        # for; where the backend was chosen is filled in by launch.judge_fit (BackendOrigin).
+        routing=routing(
+            target.backend,
+            BackendOrigin("unknown"),
+            Needs(
+                network=request.network,
+                credential=any(c["available"] for c in credentials),
+                unattended=mode == "task",
+                docker_access="none",
+            ),
+        ),
         filesystem=filesystem,
         credentials=credentials,
         network=network,
@@ -515,13 +524,15 @@ def resolve_contract(
     )
 
 
-def _egress(request: LaunchRequest, runtime: str) -> tuple[Rule, ...]:
+def _egress(
+    request: LaunchRequest, runtime: str, inventory: tuple[tuple[str, str, str], ...] = ()
+) -> tuple[Rule, ...]:
     if request.network != "allowlist":
         if request.allow or request.deny:
             raise ContractError("--allow and --deny apply to --network allowlist only")
         return ()
     try:
-        return launch_rules(runtime, request.allow, request.deny)
+        return launch_rules(runtime, request.allow, request.deny, inventory)
     except SpecError as exc:
         raise ContractError(f"{exc.field}: {exc.problem}") from None
 
@@ -603,10 +614,45 @@ def _command(runtime: Runtime, task: str | None) -> list[str]:
     ]
 
 
-def _credentials(runtime: Runtime, request: LaunchRequest) -> list[dict[str, Any]]:
+def _model_api(runtime: Runtime, request: LaunchRequest) -> ModelApi | None:
+    """allowlist: the runtime's key goes to the proxy, which adds it to its model API calls."""
+    if request.model_api is not None and request.network != "allowlist":
+        raise ContractError("--model-api applies to --network allowlist only (the proxy uses it)")
+    if request.network != "allowlist" or runtime.model is None or runtime.key_env is None:
+        return None
+    if not request.credential_present:
+        return None
+    endpoint = runtime.model
+    try:
+        return ModelApi(request.model_api or endpoint.upstream, endpoint.header, endpoint.prefix,
+                        runtime.key_env, endpoint.base_url_env)  # fmt: skip
+    except SpecError as exc:
+        raise ContractError(f"--model-api: {exc.problem}") from None
+
+
+def _credentials(
+    runtime: Runtime, request: LaunchRequest, model_api: ModelApi | None = None
+) -> list[dict[str, Any]]:
     if runtime.key_env is None:
         return []
     source = request.credential_source or runtime.key_env
+    if model_api is not None:
+        return [
+            {
+                "name": f"{runtime.name} API key",
+                "source": source,
+                "source_kind": "laptop environment variable",
+                "delivery": "proxy",
+                "delivered_as": f"added by the session's egress proxy to calls to "
+                f"{model_api.upstream} ({model_api.header} header); the sandbox's "
+                f"{model_api.key_env} holds a placeholder and {model_api.base_url_env} points "
+                "at the proxy",
+                "value": "<redacted>",
+                "available": True,
+                "exposure": "never in the sandbox: held by the proxy on the host (in the "
+                "session directory, mode 0600, outside every mount; removed by rm)",
+            }
+        ]
     return [
         {
             "name": f"{runtime.name} API key",

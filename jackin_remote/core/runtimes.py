@@ -8,6 +8,16 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ModelEndpoint:
+    """How a runtime reaches its model API: where, and how it presents its key."""
+
+    base_url_env: str  # the variable the program reads its API base URL from
+    upstream: str  # the API's own URL
+    header: str  # the header carrying the key
+    prefix: str = ""  # "Bearer " for an Authorization header
+
+
+@dataclass(frozen=True)
 class Runtime:
     name: str
     key_env: str | None  # the env var the program reads its API key from, None if it needs none
@@ -16,6 +26,8 @@ class Runtime:
     description: str
     # Extra, non-secret settings every sandbox of this runtime gets.
     env: tuple[tuple[str, str], ...] = ()
+    # With --network allowlist the proxy adds the key on the way to this endpoint.
+    model: ModelEndpoint | None = None
 
     def task_argv(self, task: str) -> list[str]:
         return [*self.headless, task]
@@ -41,6 +53,7 @@ RUNTIMES: dict[str, Runtime] = {
             ("claude", "--dangerously-skip-permissions"),
             "Anthropic Claude Code",
             env=(("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),),
+            model=ModelEndpoint("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "x-api-key"),
         ),
         Runtime(
             "codex",
@@ -53,6 +66,9 @@ RUNTIMES: dict[str, Runtime] = {
             ),
             ("codex", "--dangerously-bypass-approvals-and-sandbox"),
             "OpenAI Codex CLI",
+            model=ModelEndpoint(
+                "OPENAI_BASE_URL", "https://api.openai.com/v1", "authorization", "Bearer "
+            ),
         ),
         Runtime(
             "amp",

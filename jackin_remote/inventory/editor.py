@@ -17,6 +17,7 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
@@ -289,3 +290,86 @@ def write_atomic(path: Path, text: str) -> None:
             raise
     except OSError as exc:
         raise InventoryError(f"cannot write: {exc.strerror}", file=str(path)) from exc
+
+
+# ---- egress rules (`policy allow|deny`) ----------------------------------------------------
+
+
+def add_egress_rule(
+    file: Path, action: str, pattern: str, host: str | None, *, inventory: Path | None = None
+) -> tuple[Path, bool]:
+    """Add `pattern` to the `allow` or `deny` list of host `host`'s `[hosts.<name>.egress]` (in
+    the file declaring it), or of `file`'s `[defaults.egress]` (they apply to that file's
+    hosts). Comments and order are kept (tomlkit); the result is validated as a whole inventory
+    before anything is written. Returns (the file, whether it changed: False if already there)."""
+    if action not in ("allow", "deny"):
+        raise ValueError(action)
+    scope = inventory or file.parent
+    texts = _inventory_texts(scope, None if host else file)
+    if host is not None:
+        declared = _declared_host(parse_inventory(_as_sources(texts)), host)
+        if declared is None:
+            raise InventoryError(f"no host `{host}` is declared in the inventory",
+                                 file=str(scope),
+                                 hint="see `jackin-remote hosts list`")  # fmt: skip
+        file = Path(declared.source_file)
+    target = _key_for(texts, file)
+    path = ("hosts", host, "egress") if host is not None else ("defaults", "egress")
+    text = texts[target]
+    document = tomlkit.parse(text)
+    table: Any = document
+    for key in path:
+        table = table.get(key) if hasattr(table, "get") else None
+        if table is None:
+            break
+    if table is not None:  # the list's table exists: add to it in place
+        patterns = table.get(action)
+        if patterns is not None and pattern in [str(p) for p in patterns]:
+            return target, False
+        if patterns is None:
+            new_text = _insert_egress_key(text, path, action, pattern) or ""
+            if not new_text:  # an inline or dotted table: tomlkit places the key
+                table[action] = tomlkit.array()
+                table[action].append(pattern)
+                new_text = tomlkit.dumps(document)
+        else:
+            patterns.append(pattern)  # in place: the array's own line changes
+            new_text = tomlkit.dumps(document)
+    else:
+        new_text = _insert_egress_table(text, path, action, pattern)
+    changed = {target: new_text}
+    _validate({**texts, **changed})
+    _write_all(changed)
+    return target, True
+
+
+def _insert_egress_key(text: str, path: tuple[str, ...], action: str, pattern: str) -> str | None:
+    """Text with `action = [pattern]` as the last key of the `[<path>]` table written as a
+    header; None when there is no such header (an inline or dotted table)."""
+    lines = _trim_trailing_blanks(split_lines(text))
+    blocks = [b for b in blocks_under(lines, index_source(text).headers, path)]
+    if not blocks:
+        return None
+    block = blocks[0]
+    end = block.stop
+    while end > block.start + 1 and (not lines[end - 1].strip()
+                                     or lines[end - 1].lstrip().startswith("#")):  # fmt: skip
+        end -= 1
+    value = tomlkit.item([pattern]).as_string()
+    return _join([*lines[:end], f"{action} = {value}", *lines[end:]], like=text)
+
+
+def _insert_egress_table(text: str, path: tuple[str, ...], action: str, pattern: str) -> str:
+    """Text with a new `[<path>]` table holding `action = [pattern]`, right after the blocks of
+    its parent table (so a comment above the next table stays with it); at the end when the
+    parent has no table of its own here."""
+    lines = _trim_trailing_blanks(split_lines(text))
+    blocks = blocks_under(lines, index_source(text).headers, path[:-1])
+    at = min(blocks[-1].stop, len(lines)) if blocks else len(lines)
+    before = _trim_trailing_blanks(lines[:at])
+    after = _trim_leading_blanks(lines[at:])
+    value = tomlkit.item([pattern]).as_string()
+    new_lines = [*before, *([""] if before else []), f"[{'.'.join(path)}]", f"{action} = {value}"]
+    if after:
+        new_lines += ["", *after]
+    return _join(new_lines, like=text)

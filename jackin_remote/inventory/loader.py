@@ -70,11 +70,14 @@ HOST_KEYS = (
     "root",
     "backend",
     "limits",
+    "egress",
 )
+EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 PER_HOST_ONLY_KEYS = ("address", "host_key")  # never in [defaults]: they identify one machine
 DEFAULT_KEYS = tuple(key for key in HOST_KEYS if key not in PER_HOST_ONLY_KEYS)
 SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "jump", "host_key")
 LIMIT_KEYS = LIMIT_NAMES
+EgressRule = tuple[str, str, str]
 RESERVED_NAMES = ("all",)
 RESERVED_PREFIX = "label"  # keeps `label:X` selectors unambiguous
 
@@ -210,6 +213,7 @@ class _HostSpec:
 
     fields: dict[str, object]
     limits: dict[str, object]
+    egress: tuple[EgressRule, ...] = ()  # (action, pattern, where: file:line)
 
 
 @dataclass(frozen=True)
@@ -603,14 +607,44 @@ def _host_spec(
                 hint=f"set {key} on each host",
             )
     _check_keys(table, allowed, path, ctx, what="host key")
-    plain = {key: value for key, value in table.items() if key != "limits"}
+    plain = {key: value for key, value in table.items() if key not in ("limits", "egress")}
     fields = _validated(plain, _HOST_VALIDATORS, path, ctx)
+    egress = _egress(table["egress"], (*path, "egress"), ctx) if "egress" in table else ()
     if "limits" not in table:
-        return _HostSpec(fields, {})
+        return _HostSpec(fields, {}, egress)
     limits_path = (*path, "limits")
     limits = _expect_table(table["limits"], limits_path, ctx)
     _check_keys(limits, LIMIT_KEYS, limits_path, ctx, what="limit")
-    return _HostSpec(fields, _validated(limits, LIMIT_VALIDATORS, limits_path, ctx))
+    return _HostSpec(fields, _validated(limits, LIMIT_VALIDATORS, limits_path, ctx), egress)
+
+
+def _egress(value: object, path: KeyPath, ctx: _FileContext) -> tuple[EgressRule, ...]:
+    """`allow` and `deny`: lists of destination patterns (agent_host/egress.py), each checked,
+    each remembered with the file and line it is written on (the contract names them)."""
+    from agent_host.egress import parse_pattern
+    from agent_host.wire import SpecError
+
+    table = _expect_table(value, path, ctx)
+    _check_keys(table, EGRESS_KEYS, path, ctx, what="egress key")
+    rules: list[EgressRule] = []
+    for action in EGRESS_KEYS:
+        if action not in table:
+            continue
+        key_path = (*path, action)
+        patterns = table[action]
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            example = f'{action} = ["**.example.com", "pypi.org:443"]'
+            raise ctx.error(key_path, "expected a list of patterns", hint=f"for example: {example}")
+        line = ctx.line_of(key_path)
+        where = ctx.file if line is None else f"{ctx.file}:{line}"
+        for index, pattern in enumerate(patterns):
+            try:
+                parse_pattern(pattern, f"{'.'.join(key_path)}[{index}]")
+            except SpecError as exc:
+                hint = "a host, *.domain, **.domain, host:port or an IP"
+                raise ctx.error(key_path, f"[{index}]: {exc.problem}", hint=hint) from None
+            rules.append((action, pattern, where))
+    return tuple(rules)
 
 
 _NO_DEFAULTS = _HostSpec({}, {})
@@ -652,7 +686,7 @@ def apply_defaults(name: str, own: _HostSpec, defaults: _HostSpec) -> _HostSpec:
         if key == "jump" and value == name:
             continue
         fields[key] = value
-    return _HostSpec(fields, {**defaults.limits, **own.limits})
+    return _HostSpec(fields, {**defaults.limits, **own.limits}, defaults.egress + own.egress)
 
 
 def _build_host(name: str, own: _HostSpec, defaults: _HostSpec, ctx: _FileContext) -> Host:
@@ -689,6 +723,7 @@ def _build_host(name: str, own: _HostSpec, defaults: _HostSpec, ctx: _FileContex
     return Host(
         name=name,
         limits=Limits(**{**_model_limits(), **merged.limits}),
+        egress=merged.egress,
         source_file=ctx.file,
         source_line=ctx.line_of(path),
         **kwargs,

@@ -40,6 +40,8 @@ class Host:
     root: str = DEFAULT_ROOT
     backend: Backend = "docker"
     limits: Limits = field(default_factory=Limits)
+    # --network allowlist rules from the inventory: (allow | deny, pattern, file:line)
+    egress: tuple[tuple[str, str, str], ...] = ()
     # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
     source_file: str = "<builtin>"
     source_line: int | None = None

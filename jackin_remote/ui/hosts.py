@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from jackin_remote.core.tiers import backends_words
 from jackin_remote.inventory.model import Host
 from jackin_remote.ui.fit import ColumnSpec, FittedTable
 from jackin_remote.ui.safe import line, text
@@ -82,6 +83,20 @@ def _docker_cell(docker: dict[str, Any]) -> Text:
     return Text("missing", style="red")
 
 
+def _backends_cell(backends: Any) -> Text:
+    """docker, gvisor (runsc registered), kvm: green when the host has it, dim when not."""
+    words = backends_words(backends)
+    if not words:
+        return Text("-")
+    parts: list[Text | str] = []
+    for index, (word, available) in enumerate(words):
+        if index:
+            parts.append(", ")
+        style = {True: "green", False: "dim", None: "yellow"}[available]
+        parts.append(text(word, style=style))
+    return line(*parts, multiline=False)
+
+
 def _short_os(name: Any) -> str:
     text = str(name or "?")
     return text.replace("GNU/Linux ", "").split(" (")[0]
@@ -96,6 +111,7 @@ CHECK_COLUMNS = (
     ColumnSpec("system", 4),
     ColumnSpec("resources", 1),
     ColumnSpec("tools", 2),
+    ColumnSpec("backends", 2),
     ColumnSpec("agent", 3),
     ColumnSpec("skew", 6),
 )
@@ -110,7 +126,7 @@ def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> Ren
         verdict = text(entry["verdict"], style=VERDICT_STYLE.get(entry["verdict"], ""))
         facts = entry.get("facts")
         if facts is None:
-            rows.append([name, status, verdict, *(Text("-") for _ in range(6))])
+            rows.append([name, status, verdict, *(Text("-") for _ in range(7))])
             error = entry.get("error") or {}
             notes.append(line((f"{entry['name']}: ", "bold"), error.get("message", "")))
             if error.get("hint"):
@@ -129,6 +145,7 @@ def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> Ren
             text(f"{_short_os(facts.get('os'))}, {facts.get('kernel')}, {facts.get('arch')}"),
             text(_resources(facts)),
             tools,
+            _backends_cell(entry.get("backends")),
             text(f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'})"),
             text(_number(entry.get("clock_skew_s"), "+.2f", "s")),
         ])  # fmt: skip

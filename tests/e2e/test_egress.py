@@ -228,3 +228,37 @@ def test_allowlist_flags_are_checked(cli: CLI, local_inventory: Path, tmp_path: 
         done = cli.run(*base, *args, str(ws))
         assert done.returncode == 2, (args, done.stderr)
         assert said in " ".join(done.stderr.split()), done.stderr
+
+
+def test_inventory_rules_are_edited_in_place_and_reach_the_contract(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    inv = local_inventory
+    hosts = inv / "local.toml"
+    hosts.write_text("# this laptop\n" + hosts.read_text() + "\n# the end, kept\n")
+    said = cli.run("-i", str(inv), "policy", "allow", "**.corp.example.com", "--on", "local")
+    assert said.returncode == 0, said.stderr
+    cli.run("-i", str(inv), "policy", "deny", "secret.corp.example.com", "--on", "local",
+            check=True)  # fmt: skip
+    again = cli.json("-i", str(inv), "policy", "deny", "secret.corp.example.com", "--on", "local")
+    assert again["changed"] is False
+    text = hosts.read_text()
+    assert text.startswith("# this laptop\n") and "\n# the end, kept\n" in text
+    assert text.endswith('"]\n')  # one newline at the end, as before
+    assert '[hosts.local.egress]\nallow = ["**.corp.example.com"]\n' in text
+    assert 'deny = ["secret.corp.example.com"]' in text
+    bad = cli.run("-i", str(inv), "policy", "allow", "a b.com", "--on", "local")
+    assert bad.returncode == 2 and hosts.read_text() == text  # nothing half-written
+
+    allow_line = text.splitlines().index('allow = ["**.corp.example.com"]') + 1
+    ws = make_workspace(tmp_path / "ws")
+    contract = cli.json("-i", str(inv), "explain", "--role", TEST_ROLE, "--runtime", "shell",
+                        "--network", "allowlist", str(ws))["contracts"][0]  # fmt: skip
+    rules = contract["network"]["rules"]
+    assert f"allow **.corp.example.com (inventory {hosts}:{allow_line})" in rules
+    assert any(r.startswith("deny secret.corp.example.com (inventory ") for r in rules)
+    checked = cli.json("-i", str(inv), "policy", "check", "secret.corp.example.com", "--on",
+                       "local", ok_codes=(1,))  # fmt: skip
+    assert checked["allowed"] is False and "inventory" in checked["rule"]
+    assert cli.json("-i", str(inv), "policy", "check", "a.corp.example.com", "--on",
+                    "local")["allowed"] is True  # fmt: skip

@@ -247,3 +247,41 @@ def test_remove_then_add_round_trips(fleet: Path) -> None:
     remove_host(fleet, "web")
     add_host(fleet, "web", {"address": "10.0.0.1"})
     assert load_inventory(fleet).hosts["web"].address == "10.0.0.1"
+
+
+def test_egress_rules_go_into_their_tables_keeping_comments_with_their_tables(
+    tmp_path: Path,
+) -> None:
+    from jackin_remote.inventory import load_inventory
+    from jackin_remote.inventory.editor import add_egress_rule
+
+    file = tmp_path / "hosts.toml"
+    file.write_text(
+        "# ops inventory\n[defaults]\ncapacity = 2   # two at a time\n\n"
+        '[hosts.web]\naddress = "10.0.0.5"  # the web box\n\n'
+        '# the db box\n[hosts.db]\naddress = "10.0.0.6"\n'
+    )
+    assert add_egress_rule(file, "allow", "**.corp.example.com", "web") == (file, True)
+    assert add_egress_rule(file, "deny", "metadata.google.internal", None) == (file, True)
+    assert add_egress_rule(file, "deny", "x.corp.example.com", "web") == (file, True)
+    assert add_egress_rule(file, "allow", "y.corp.example.com", "web") == (file, True)
+    assert add_egress_rule(file, "allow", "y.corp.example.com", "web") == (file, False)
+    assert file.read_text() == (
+        "# ops inventory\n[defaults]\ncapacity = 2   # two at a time\n\n"
+        '[defaults.egress]\ndeny = ["metadata.google.internal"]\n\n'
+        '[hosts.web]\naddress = "10.0.0.5"  # the web box\n\n'
+        '[hosts.web.egress]\nallow = ["**.corp.example.com", "y.corp.example.com"]\n'
+        'deny = ["x.corp.example.com"]\n\n'
+        '# the db box\n[hosts.db]\naddress = "10.0.0.6"\n'
+    )
+    web = load_inventory(str(file)).host("web")
+    assert web is not None and [r[:2] for r in web.egress] == [
+        ("deny", "metadata.google.internal"),  # [defaults] first, then the host's own
+        ("allow", "**.corp.example.com"),
+        ("allow", "y.corp.example.com"),
+        ("deny", "x.corp.example.com"),
+    ]
+    before = file.read_text()
+    with pytest.raises(InventoryError, match=r"hosts\.db\.egress\.allow: \[0\]"):
+        add_egress_rule(file, "allow", "not a host", "db")
+    assert file.read_text() == before

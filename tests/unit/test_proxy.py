@@ -731,3 +731,42 @@ def test_parse_head_raises_only_bad_request(head: bytes) -> None:
     except BadRequest:
         return
     assert request.version in ("HTTP/1.0", "HTTP/1.1")
+
+
+# -- the model route ---------------------------------------------------------------------------
+async def test_the_model_route_adds_the_key_and_drops_the_sandboxes_credentials(
+    start: Start, origin: Upstream
+) -> None:
+    from agent_host.proxy import MODEL_RULE, ModelRoute
+
+    secret = "sk-canary-" + "7" * 20
+    route = ModelRoute("http", "127.0.0.1", origin.port, "/gw", "x-api-key", secret)
+    policy = Policy()  # allows nothing: the model route is not a destination the rules decide
+    running = await start(policy, model=route)
+    body = b'{"model":"m"}'
+    request = (b"POST /jackin-model/v1/messages?beta=true HTTP/1.1\r\nHost: 10.0.0.1:3128\r\n"
+               b"x-api-key: placeholder\r\nAuthorization: Bearer stolen\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    answer = await running.exchange(request)
+    assert answer == HTTP_REPLY
+    (sent,) = origin.received
+    head = sent.decode("latin-1")
+    assert head.startswith("POST /gw/v1/messages?beta=true HTTP/1.1\r\n"), head
+    assert f"x-api-key: {secret}\r\n" in head and "placeholder" not in head
+    assert "Authorization" not in head and "stolen" not in head
+    assert f"Host: 127.0.0.1:{origin.port}\r\n" in head and sent.endswith(body)
+    record = await running.records.next()
+    assert (record.host, record.port, record.allowed, record.rule) == (
+        "127.0.0.1", origin.port, True, MODEL_RULE,
+    )  # fmt: skip
+    assert secret not in repr(record) and secret not in repr(route)
+    assert policy.asked == []
+    # A path that only looks like the route is not it: the proxy serves nothing else itself.
+    refused = await running.exchange(b"GET /jackin-modelx/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400")
+
+
+async def test_without_a_model_route_the_prefix_is_nothing_special(start: Start) -> None:
+    running = await start(Policy())
+    refused = await running.exchange(b"GET /jackin-model/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400")

@@ -327,8 +327,8 @@ def test_sessions_table_wide_has_every_column_on_one_line(width: int) -> None:
     assert "not shown" not in output
 
 
-CHECK_HEADERS = ("host", "status", "verdict", "rtt", "system", "resources", "tools", "agent",
-                 "skew")  # fmt: skip
+CHECK_HEADERS = ("host", "status", "verdict", "rtt", "system", "resources", "tools", "backends",
+                 "agent", "skew")  # fmt: skip
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -397,7 +397,9 @@ def test_contract_panel(width: int) -> None:
     titles = ("identity", "routing", "filesystem", "credentials", "network", "docker access",
               "limits", "persistence", "host-side effects (plan)", "recovery",
               "warnings")  # fmt: skip
-    positions = [output.index(title) for title in titles]
+    # A section's title is a line of its own (its words may also appear inside other sections).
+    lines = [row.strip("\u2502 ") for row in output.splitlines()]
+    positions = [lines.index(title) for title in titles]
     assert positions == sorted(positions)  # DESIGN.md's order
     assert "session contract abcd2345" in output
     assert "abcd2345" in output and "web-1" in output and "test-agent" in output
