@@ -41,6 +41,8 @@ from agent_host.wire import (
     PROXY_PORT,
     READ_ONLY_ROOT,
     SANDBOX_UID_BASE,
+    SECRET_EXPORTS,
+    SECRETS_MOUNT,
     SECURITY_OPT,
     SHM_SIZE,
     TMUX_SESSION,
@@ -93,6 +95,11 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         raise RemoteError(E_INVALID_PARAMS, "secret_env values must match spec.secret_env names")
     for name, value in secrets.items():
         check_env_value(value, "secret_env." + name)
+    files = params.get("secret_files") or {}
+    if not isinstance(files, dict) or set(files) != set(spec.secret_files):
+        raise RemoteError(E_INVALID_PARAMS, "secret_files values must match spec.secret_files")
+    for name, value in files.items():
+        check_env_value(value, "secret_files." + name)
     session_id = spec.session_id
     store = Store(ctx.root)
     try:
@@ -119,9 +126,13 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             model_key = secrets.get(model_env) if model_env else None
             sandbox_secrets = {k: v for k, v in secrets.items() if k != model_env}
             proxy = _start_egress(ctx.root, client, spec, model_key)
-            container = _run_container(client, spec, sandbox_secrets, image, work, uid, gid, proxy)
+            held = write_secret_files(session_id, uid, gid, files) if spec.secret_files else None
+            container = _run_container(
+                client, spec, sandbox_secrets, image, work, uid, gid, proxy, held
+            )
         except Exception as exc:
             _stop_egress(ctx.root, client, session_id)
+            remove_secret_files(session_id)
             message = (
                 exc.message
                 if isinstance(exc, RemoteError)
@@ -321,6 +332,7 @@ def _run_container(
     uid: int,
     gid: int,
     proxy: Optional[str] = None,
+    secret_dir: Optional[str] = None,
 ) -> Any:
     env = spec.environment
     env.update(secrets)
@@ -338,14 +350,16 @@ def _run_container(
             options = "%s,uid=%d,gid=%d,mode=0700" % (options, uid, gid)
         tmpfs[path] = options
     kwargs: Dict[str, Any] = {
-        "command": list(spec.command),
+        "command": list(spec.command)
+        if secret_dir is None
+        else ["/bin/sh", "-c", SECRET_EXPORTS, "jackin-secrets", *spec.command],
         "name": spec.container,
         "user": "%d:%d" % (uid, gid),
         "working_dir": spec.workdir,
         "environment": env,
         "labels": spec.labels,
-        # The only bind mount: the session's own checkout. Never the docker socket.
-        "volumes": {work: {"bind": spec.workdir, "mode": "rw"}},
+        # The session's own checkout, and its secrets (read-only). Never the docker socket.
+        "volumes": {work: {"bind": spec.workdir, "mode": "rw"}, **_secret_volume(secret_dir)},
         "tmpfs": tmpfs,
         "shm_size": SHM_SIZE,
         "read_only": READ_ONLY_ROOT,
@@ -388,6 +402,64 @@ def _run_container(
 
 
 # -- list / reconcile ------------------------------------------------------------------------
+def _secret_volume(secret_dir: Optional[str]) -> Dict[str, Dict[str, str]]:
+    return {} if secret_dir is None else {secret_dir: {"bind": SECRETS_MOUNT, "mode": "ro"}}
+
+
+def secret_dir(session_id: str) -> str:
+    """A session's secrets on the host: in memory (/dev/shm), never on a disk."""
+    return os.path.join("/dev/shm", "jackin-secrets-" + check_session_id(session_id))
+
+
+def write_secret_files(session_id: str, uid: int, gid: int, values: Dict[str, str]) -> str:
+    """One file per secret, 0400, owned by the agent's uid, in a directory only it can list."""
+    path = secret_dir(session_id)
+    if not os.path.isdir("/dev/shm"):
+        raise RemoteError(E_FAILED, "this host has no /dev/shm: secrets are kept only in memory")
+    remove_secret_files(session_id)
+    os.mkdir(path, 0o700)
+    for name, value in values.items():
+        fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(value)
+        if os.getuid() == 0:
+            os.chown(os.path.join(path, name), uid, gid)
+    if os.getuid() == 0:
+        os.chown(path, uid, gid)
+    os.chmod(path, 0o500)
+    return path
+
+
+def remove_secret_files(session_id: str) -> None:
+    path = secret_dir(session_id)
+    if os.path.isdir(path):
+        os.chmod(path, 0o700)
+        shutil.rmtree(path)
+
+
+def secret_values(session_id: str) -> List[Tuple[str, str]]:
+    """(name, value) of a session's secrets, longest first: what `logs` redacts."""
+    path = secret_dir(session_id)
+    found = []
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            with open(os.path.join(path, name), encoding="utf-8", errors="replace") as handle:
+                found.append((name, handle.read()))
+        except OSError:
+            continue
+    return sorted((item for item in found if item[1]), key=lambda item: -len(item[1]))
+
+
+def redact(text: str, secrets: List[Tuple[str, str]]) -> str:
+    for name, value in secrets:
+        text = text.replace(value, "<redacted:%s>" % name)
+    return text
+
+
 def _network_kwargs(spec: LaunchSpec) -> Dict[str, str]:
     if spec.network is Network.ALLOWLIST:
         return {"network": egress_network(spec.session_id)}
@@ -575,21 +647,30 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
         container = client.containers.get(record["container"])
     except _not_found():
         raise RemoteError(E_NOT_FOUND, "the container of %s is gone" % record["id"]) from None
+    # The session's secrets never reach the controller, whatever the agent printed.
+    secrets = secret_values(record["id"])
     if record["mode"] == "interactive":
         if not params.get("follow"):
-            return {"text": _tmux_capture(container)}
+            return {"text": redact(_tmux_capture(container), secrets)}
         ctx.streaming()
-        return _follow_pane(ctx, container)
+        return _follow_pane(ctx, container, secrets)
     if not params.get("follow"):
         data = container.logs(stdout=True, stderr=True, tail=tail)
-        return {"text": data.decode(errors="replace")}
+        return {"text": redact(data.decode(errors="replace"), secrets)}
     ctx.streaming()
-    # One decoder for the stream: a character split across two chunks stays one character.
+    # One decoder for the stream: a character split across two chunks stays one character; and
+    # the last characters are held back until the next chunk, so no secret is split across two.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    hold = max((len(value) for _, value in secrets), default=1) - 1
+    pending = ""
     for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail):
-        text = decoder.decode(chunk)
-        if text:
-            ctx.notify("session.log", {"data": text})
+        pending = redact(pending + decoder.decode(chunk), secrets)
+        cut = max(len(pending) - hold, 0)
+        if cut:
+            ctx.notify("session.log", {"data": pending[:cut]})
+            pending = pending[cut:]
+    if pending:
+        ctx.notify("session.log", {"data": redact(pending, secrets)})
     return {"text": ""}
 
 
@@ -599,7 +680,9 @@ def _tmux_capture(container: Any) -> str:
     return str(result.output.decode(errors="replace"))
 
 
-def _follow_pane(ctx: Context, container: Any) -> Dict[str, Any]:
+def _follow_pane(
+    ctx: Context, container: Any, secrets: Optional[List[Tuple[str, str]]] = None
+) -> Dict[str, Any]:
     """`logs -f` of an interactive session: the tmux pane polled, each line printed once it is
     settled (above the cursor), until the sandbox stops or the controller goes away."""
     argv = ["tmux", "display-message", "-p", "-t", TMUX_SESSION, "#{history_size} #{cursor_y}",
@@ -622,7 +705,8 @@ def _follow_pane(ctx: Context, container: Any) -> Dict[str, Any]:
             break
         lines, end = settled_news(screen.split("\n")[: history + cursor], tail, end)
         if lines:
-            ctx.notify("session.log", {"data": "".join(item + "\n" for item in lines)})
+            text = "".join(item + "\n" for item in lines)
+            ctx.notify("session.log", {"data": redact(text, secrets or [])})
             tail = (tail + lines)[-PANE_TAIL:]
         try:
             container.reload()
@@ -701,6 +785,9 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
         if container.status in ("running", "restarting", "paused"):
             raise RemoteError(E_CONFLICT, "session %s is already running" % record["id"])
         spec = LaunchSpec.from_wire(record["spec"])
+        if spec.secret_files and not os.path.isdir(secret_dir(spec.session_id)):
+            # Gone with a host reboot (they live in memory): the agent starts without them.
+            os.mkdir(secret_dir(spec.session_id), 0o500)
         try:
             _start_egress(ctx.root, client, spec)
             container.start()
@@ -777,6 +864,7 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
             client = _docker()
             _remove_containers(client, record)
         _stop_egress(ctx.root, client, record["id"])
+        remove_secret_files(record["id"])
         store.forget_egress(record["id"])
         session_path = layout.session_dir(ctx.root, record["id"])
         if os.path.isdir(session_path):

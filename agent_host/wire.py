@@ -143,6 +143,14 @@ MEMORY_RE = re.compile(r"^([0-9]{1,15})([kmg]?)$")
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Set by jackin itself; an operator may not override them.
 RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "JACKIN_SESSION", "JACKIN_HOST"})
+SECRETS_MOUNT = "/run/jackin/secrets"  # in the sandbox: one file per secret, read-only, 0400
+MAX_SECRET_FILES = 32
+# Run before the agent's own command: each secret file becomes a variable of the agent's process
+# only (never the container's configuration, so never in `docker inspect` or the host's `ps`).
+SECRET_EXPORTS = (
+    'for f in %s/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; exec "$@"'
+    % SECRETS_MOUNT
+)
 
 
 def is_valid_name(value: object) -> bool:
@@ -430,6 +438,8 @@ class LaunchSpec:
     task: Optional[str] = None
     env: Tuple[Tuple[str, str], ...] = ()
     secret_env: Tuple[str, ...] = ()  # names only; values travel beside the spec, never in it
+    # Names of secrets delivered as files (SECRETS_MOUNT/NAME) and exported to the agent only.
+    secret_files: Tuple[str, ...] = ()
     base_commit: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
     egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
@@ -468,6 +478,14 @@ class LaunchSpec:
                 raise SpecError("secret_env", "%s is also set as a plain variable" % env_name)
         if len(seen) != len(self.env):
             raise SpecError("env", "a variable is set twice")
+        if len(self.secret_files) > MAX_SECRET_FILES:
+            raise SpecError("secret_files", "at most %d secrets" % MAX_SECRET_FILES)
+        for env_name in self.secret_files:
+            check_env_name(env_name, "secret_files")
+            if env_name in seen or env_name in RESERVED_ENV or env_name in self.secret_env:
+                raise SpecError("secret_files", "%s is also set another way" % env_name)
+        if len(set(self.secret_files)) != len(self.secret_files):
+            raise SpecError("secret_files", "a secret is named twice")
         check_commit(self.base_commit, "base_commit")
         if self.egress and self.network is not Network.ALLOWLIST:
             raise SpecError("egress", "rules apply only to network allowlist")
@@ -578,6 +596,7 @@ class LaunchSpec:
             task=data.get("task"),
             env=tuple((str(k), v) for k, v in env.items()),
             secret_env=tuple(secret_env),
+            secret_files=tuple(_string_list(data.get("secret_files") or [], "secret_files")),
             base_commit=data.get("base_commit"),
             limits=Limits.from_wire(data.get("limits") or {}),
             egress=rules_from_wire(data.get("egress") or [], "egress"),
@@ -715,6 +734,12 @@ class SessionRecord:
             )
         except SpecError as exc:
             raise SpecError("session." + exc.field, exc.problem) from None
+
+
+def _string_list(value: object, field_name: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SpecError(field_name, "must be a list of names")
+    return list(value)
 
 
 def _number(value: object, field_name: str, optional: bool = True) -> Any:

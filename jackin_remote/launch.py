@@ -33,6 +33,7 @@ from jackin_remote.core.contract import (
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
+from jackin_remote.credentials import Source, parse_source, resolve
 from jackin_remote.errors import AgentCallError, HostError, JackinError, UsageError
 from jackin_remote.inventory import Host, Inventory, select_hosts
 
@@ -68,6 +69,9 @@ class LaunchOptions:
     deny: tuple[str, ...] = ()
     backend: str | None = None  # --backend: replaces the hosts' own for this launch
     model_api: str | None = None  # --model-api: the proxy's upstream for model calls
+    secrets: tuple[str, ...] = ()  # --secret NAME=SOURCE (jackin_remote/credentials.py)
+    # launch reads every source; explain only env and file ones (never runs a command or op)
+    resolve_commands: bool = False
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Prepared:
     credential: dict[str, str] = field(default_factory=dict)  # env name -> value; never printed
     count: int = 1
     limit_sources: dict[str, str] = field(default_factory=dict)  # limit -> flag or file:line
+    secret_files: dict[str, str] = field(default_factory=dict)  # name -> value; never printed
 
 
 def check_network_options(network: str, allow: Sequence[str], deny: Sequence[str]) -> None:
@@ -139,17 +144,30 @@ def prepare(
     runtime = choose_runtime(options.runtime, role.name, tuple(role.runtimes))
     scan = scan_workspace(options.workspace, include=options.include)
     key_env = pick_runtime(runtime, _role_ref(role)).key_env
-    source = options.key_from or key_env
     credential: dict[str, str] = {}
-    if key_env and source and environ.get(source):
-        credential[key_env] = environ[source]
+    source = None
+    key_present = False
+    if key_env:
+        key_source = parse_source(options.key_from or key_env, "--key-from")
+        source = str(key_source) if key_source.kind != "env" else key_source.ref
+        value = _read_source(key_source, "--key-from", options.resolve_commands, environ)
+        key_present = value is not None or key_source.kind in ("command", "op")
+        if value is not None:
+            credential[key_env] = value
+    secrets = _secret_options(options.secrets, env, key_env)
+    secret_values = {
+        name: value
+        for name, item in secrets.items()
+        if (value := _read_source(item, f"--secret {name}", options.resolve_commands, environ))
+    }
     request = LaunchRequest(
         runtime=runtime,
         task=options.task,
         network=options.network,
         env=env,
         credential_source=source,
-        credential_present=bool(credential),
+        credential_present=key_present,
+        secrets=tuple((name, item.described) for name, item in secrets.items()),
         isolation=options.isolation,
         name=options.name,
         build_network=options.build_network,
@@ -158,7 +176,41 @@ def prepare(
         model_api=options.model_api,
     )
     sources = {key: where for key, _, where in options.limits}
-    return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources)
+    return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,
+                    secret_values)  # fmt: skip
+
+
+def _read_source(
+    source: Source, flag: str, run_commands: bool, environ: Mapping[str, str]
+) -> str | None:
+    """The value now, or None: an unset variable, or (explain) a command or op source."""
+    if source.kind in ("command", "op") and not run_commands:
+        return None
+    value = resolve(source, flag, environ)
+    if value is None and source.kind == "env" and flag.startswith("--secret"):
+        raise UsageError(f"{flag}: the laptop variable {source.ref} is not set")
+    return value
+
+
+def _secret_options(
+    given: Sequence[str], env: Sequence[tuple[str, str]], key_env: str | None
+) -> dict[str, Source]:
+    """--secret NAME=SOURCE, checked: NAME is the variable the agent's process gets."""
+    from agent_host.wire import ENV_NAME_RE, RESERVED_ENV
+
+    found: dict[str, Source] = {}
+    plain = {name for name, _ in env}
+    for item in given:
+        name, sep, text = item.partition("=")
+        flag = f"--secret {name}" if sep else "--secret"
+        if not sep or not ENV_NAME_RE.match(name):
+            raise UsageError(f"--secret {item.split('=')[0]!r}: expected NAME=SOURCE with NAME "
+                             "an environment variable name", hint="e.g. --secret "
+                             "GITHUB_TOKEN=op://dev/github/token")  # fmt: skip
+        if name in found or name in plain or name in RESERVED_ENV or name == key_env:
+            raise UsageError(f"{flag}: {name} is already set another way")
+        found[name] = parse_source(text, flag)
+    return found
 
 
 def _with_backend(host: Host, backend: str | None) -> Host:
@@ -503,7 +555,11 @@ async def _apply_host(
             await testhooks.pause("create-send")
             entry = await link.agent.call(
                 "session.create",
-                {"spec": contract.spec.to_wire(), "secret_env": prepared.credential},
+                {
+                    "spec": contract.spec.to_wire(),
+                    "secret_env": prepared.credential,
+                    "secret_files": prepared.secret_files,
+                },
             )
         except AgentCallError as exc:
             # The host recorded it (failed_setup) unless the spec was refused outright.

@@ -61,6 +61,13 @@ NETWORK = typer.Option(
     help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
     "what the rules allow, through the host's egress proxy (--allow, --deny).",
 )
+SECRET = typer.Option(
+    [],
+    "--secret",
+    help="NAME=SOURCE: a credential for the agent, as the file /run/jackin/secrets/NAME and the "
+    "variable $NAME of the agent's process only. SOURCE: env:VAR, file:PATH, command:PROGRAM "
+    "ARGS or op://VAULT/ITEM/FIELD, read on this laptop at launch (repeatable).",
+)
 MODEL_API = typer.Option(
     None,
     "--model-api",
@@ -153,6 +160,8 @@ def _options(
     deny: list[str] | None = None,
     backend: str | None = None,
     model_api: str | None = None,
+    secrets: list[str] | None = None,
+    resolve_commands: bool = False,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -166,6 +175,7 @@ def _options(
         isolation=isolation, name=name, key_from=key_from, include=tuple(include),
         build_network=build_network, limits=chosen.limits, allow=tuple(allow or ()),
         deny=tuple(deny or ()), backend=backend, model_api=model_api,
+        secrets=tuple(secrets or ()), resolve_commands=resolve_commands,
     )  # fmt: skip
 
 
@@ -241,6 +251,7 @@ def explain(
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
     nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
     backend: str | None = BACKEND, model_api: str | None = MODEL_API,
+    secret: list[str] = SECRET,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -253,8 +264,8 @@ def explain(
                                count, isolation, name, key_from, include, build_network,
                                ignore_workspace=ignore_workspace_config, as_json=as_json,
                                limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny, backend=backend,
-                           model_api=model_api)  # fmt: skip
+                               allow=allow, deny=deny, backend=backend, model_api=model_api,
+                               secrets=secret)  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -276,6 +287,7 @@ def launch(
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
     pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
     deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
+    secret: list[str] = SECRET,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -286,8 +298,8 @@ def launch(
                            isolation, name, key_from, include, build_network,
                            ignore_workspace=ignore_workspace_config, as_json=as_json,
                            limits=_limit_flags(memory, cpus, pids, nofile),
-                           allow=allow, deny=deny, backend=backend,
-                           model_api=model_api)  # fmt: skip
+                           allow=allow, deny=deny, backend=backend, model_api=model_api,
+                           secrets=secret, resolve_commands=True)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

@@ -24,6 +24,7 @@ from agent_host.wire import (
     PROXY_PORT,
     RESERVED_ENV,
     SANDBOX_UID_BASE,
+    SECRETS_MOUNT,
     SHM_SIZE,
     TMUX_SESSION,
     Backend,
@@ -101,8 +102,9 @@ class LaunchRequest:
     task: str | None = None
     network: str = "open"
     env: tuple[tuple[str, str], ...] = ()
-    credential_source: str | None = None  # laptop env var holding the runtime's key
+    credential_source: str | None = None  # where the runtime's key comes from (var or source)
     credential_present: bool = False
+    secrets: tuple[tuple[str, str], ...] = ()  # --secret: (name, its source, described)
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
     build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
@@ -257,8 +259,9 @@ def resolve_contract(
         **dict(request.env),
     }
     model_api = _model_api(runtime, request)
-    credentials = _credentials(runtime, request, model_api)
-    secret_env = [runtime.key_env for c in credentials if c["available"] and runtime.key_env]
+    credentials = _credentials(runtime, request, model_api) + _secret_credentials(request)
+    secret_env = [runtime.key_env for c in credentials
+                  if c["available"] and runtime.key_env and c["delivery"] != "file"]  # fmt: skip
     command = _command(runtime, request.task)
     try:
         spec = LaunchSpec(
@@ -282,6 +285,7 @@ def resolve_contract(
             egress=_egress(request, runtime.name, target.egress),
             backend=Backend(target.backend),
             model_api=model_api,
+            secret_files=tuple(name for name, _ in request.secrets),
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -337,6 +341,20 @@ def resolve_contract(
                 "note": f"the engine's shared-memory tmpfs, size={SHM_SIZE}, writable (noexec); "
                 "discarded when the container stops",
             },
+            *(
+                [
+                    {
+                        "laptop": None,
+                        "host": f"/dev/shm/jackin-secrets-{session_id} (in memory)",
+                        "container": SECRETS_MOUNT,
+                        "mode": "ro",
+                        "isolation": "secrets",
+                        "note": "one file per --secret (0400, the agent's uid); removed by rm",
+                    }
+                ]
+                if request.secrets
+                else []
+            ),
         ],
         "root_filesystem": "read-only (the role image)",
         "engine_files": ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"],
@@ -630,6 +648,35 @@ def _model_api(runtime: Runtime, request: LaunchRequest) -> ModelApi | None:
         raise ContractError(f"--model-api: {exc.problem}") from None
 
 
+def _secret_credentials(request: LaunchRequest) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "source": source,
+            "source_kind": "resolved on the laptop at launch",
+            "delivery": "file",
+            "delivered_as": f"{SECRETS_MOUNT}/{name} (read-only, 0400, the agent's uid), "
+            f"exported as ${name} into the agent's process only",
+            "value": "<redacted>",
+            "available": True,
+            "exposure": "the agent and the processes it starts can read it; not in docker "
+            "inspect or the host's ps; held on the host in memory (/dev/shm) until rm; "
+            "redacted from logs",
+        }
+        for name, source in request.secrets
+    ]
+
+
+def _source_kind(source: str) -> str:
+    if source.startswith("op://"):
+        return "1Password (op read), on the laptop"
+    if source.startswith("file:"):
+        return "laptop file"
+    if source.startswith("command:"):
+        return "laptop command's output"
+    return "laptop environment variable"
+
+
 def _credentials(
     runtime: Runtime, request: LaunchRequest, model_api: ModelApi | None = None
 ) -> list[dict[str, Any]]:
@@ -641,7 +688,7 @@ def _credentials(
             {
                 "name": f"{runtime.name} API key",
                 "source": source,
-                "source_kind": "laptop environment variable",
+                "source_kind": _source_kind(source),
                 "delivery": "proxy",
                 "delivered_as": f"added by the session's egress proxy to calls to "
                 f"{model_api.upstream} ({model_api.header} header); the sandbox's "
@@ -657,7 +704,7 @@ def _credentials(
         {
             "name": f"{runtime.name} API key",
             "source": source,
-            "source_kind": "laptop environment variable",
+            "source_kind": _source_kind(source),
             "delivery": "env",
             "delivered_as": runtime.key_env,
             "value": "<redacted>" if request.credential_present else None,
