@@ -44,12 +44,14 @@ from agent_host.wire import (
     SECRET_EXPORTS,
     SECRETS_MOUNT,
     SECURITY_OPT,
+    SENSITIVE_NAMES,
     SHM_SIZE,
     TMUX_SESSION,
     AgentStatus,
     Backend,
     EndReason,
     LaunchSpec,
+    Mount,
     Network,
     SessionRecord,
     SessionState,
@@ -133,6 +135,8 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         except Exception as exc:
             _stop_egress(ctx.root, client, session_id)
             remove_secret_files(session_id)
+            with contextlib.suppress(Exception):
+                _remove_volumes(client, session_id)
             message = (
                 exc.message
                 if isinstance(exc, RemoteError)
@@ -349,6 +353,17 @@ def _run_container(
         if path != "/tmp":
             options = "%s,uid=%d,gid=%d,mode=0700" % (options, uid, gid)
         tmpfs[path] = options
+    volumes = {work: {"bind": spec.workdir, "mode": "rw"}, **_secret_volume(secret_dir)}
+    for index, mount in enumerate(spec.mounts):
+        if mount.kind == "tmpfs":
+            tmpfs[mount.target] = "rw,nosuid,nodev,size=%s,uid=%d,gid=%d,mode=0700" % (
+                mount.size, uid, gid)  # fmt: skip
+        elif mount.kind == "host":
+            volumes[checked_host_source(root_of(work), mount, spec)] = {
+                "bind": mount.target, "mode": "ro"}  # fmt: skip
+        else:
+            name = _session_volume(client, spec, index, image, uid, gid)
+            volumes[name] = {"bind": mount.target, "mode": "rw"}
     kwargs: Dict[str, Any] = {
         "command": list(spec.command)
         if secret_dir is None
@@ -358,8 +373,8 @@ def _run_container(
         "working_dir": spec.workdir,
         "environment": env,
         "labels": spec.labels,
-        # The session's own checkout, and its secrets (read-only). Never the docker socket.
-        "volumes": {work: {"bind": spec.workdir, "mode": "rw"}, **_secret_volume(secret_dir)},
+        # The checkout, the secrets (read-only), the operator's mounts. Never the docker socket.
+        "volumes": volumes,
         "tmpfs": tmpfs,
         "shm_size": SHM_SIZE,
         "read_only": READ_ONLY_ROOT,
@@ -402,6 +417,69 @@ def _run_container(
 
 
 # -- list / reconcile ------------------------------------------------------------------------
+# Never mounted, whatever an inventory allows: the engine's socket gives root on the host.
+NEVER_MOUNTED = ("/var/run/docker.sock", "/run/docker.sock", "/var/run", "/run", "/proc",
+                 "/sys", "/dev", "/etc", "/root", "/var/lib/docker")  # fmt: skip
+
+
+def root_of(work: str) -> str:
+    """The host root, from a session's work directory (ROOT/sessions/ID/work)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(work)))
+
+
+def checked_host_source(root: str, mount: Mount, spec: LaunchSpec) -> str:
+    """A host directory to mount read-only, checked here whatever the controller did: a real
+    directory (no symlink in its path), not the engine's socket nor a system tree, not jackin's
+    root, holding no sensitive name the operator did not acknowledge."""
+    source = str(mount.source)
+    real = os.path.realpath(source)
+    if real != source:
+        raise RemoteError(E_INVALID_PARAMS, "mount %s: a symlink is in its path (it is %s)"
+                          % (source, real))  # fmt: skip
+    if not os.path.isdir(real):
+        raise RemoteError(E_NOT_FOUND, "mount %s: no such directory on this host" % source)
+    for never in (*NEVER_MOUNTED, os.path.realpath(root)):
+        if (
+            real == never
+            or real.startswith(never + "/")
+            or never.startswith(real + "/")
+            or (real == "/")
+        ):
+            raise RemoteError(E_INVALID_PARAMS, "mount %s: never mounted (it is or holds %s)"
+                              % (source, never))  # fmt: skip
+    held = [name for name in SENSITIVE_NAMES if os.path.lexists(os.path.join(real, name))]
+    missing = [name for name in held if name not in spec.acknowledged]
+    if missing:
+        raise RemoteError(
+            E_INVALID_PARAMS,
+            "mount %s holds %s: acknowledge %s by name to mount "
+            "it" % (source, ", ".join(missing), "them" if len(missing) > 1 else "it"),
+        )
+    return real
+
+
+def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: int,
+                    gid: int) -> str:  # fmt: skip
+    """An engine volume of the session's own (removed by rm), owned by the agent's uid: a
+    one-shot container of the session's image, with CHOWN alone, gives it to that uid."""
+    name = "jk-%s-v%d" % (spec.session_id, index)
+    labels = {LABEL_MANAGED: "true", LABEL_SESSION: spec.session_id}
+    client.volumes.create(name=name, labels=labels)
+    client.containers.run(
+        image, ["chown", "%d:%d" % (uid, gid), "/v"], user="0", remove=True,
+        volumes={name: {"bind": "/v", "mode": "rw"}}, network_mode="none",
+        cap_drop=["ALL"], cap_add=["CHOWN"], security_opt=list(SECURITY_OPT),
+        read_only=True, labels=labels, entrypoint=[],
+    )  # fmt: skip
+    return name
+
+
+def _remove_volumes(client: Any, session_id: str) -> None:
+    label = "%s=%s" % (LABEL_SESSION, session_id)
+    for volume in client.volumes.list(filters={"label": label}):
+        volume.remove(force=True)
+
+
 def _secret_volume(secret_dir: Optional[str]) -> Dict[str, Dict[str, str]]:
     return {} if secret_dir is None else {secret_dir: {"bind": SECRETS_MOUNT, "mode": "ro"}}
 
@@ -864,6 +942,7 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
             client = _docker()
             _remove_containers(client, record)
         _stop_egress(ctx.root, client, record["id"])
+        _remove_volumes(client, record["id"])
         remove_secret_files(record["id"])
         store.forget_egress(record["id"])
         session_path = layout.session_dir(ctx.root, record["id"])

@@ -329,6 +329,89 @@ def session_branch(session_id: str) -> str:
     return "jackin/" + check_session_id(session_id)
 
 
+# -- operator mounts ---------------------------------------------------------------------------
+# Names that hold credentials: a mount that is one, is inside one or contains one is refused
+# unless the operator acknowledges that name (`--ack-sensitive NAME`).
+SENSITIVE_NAMES = (
+    ".ssh", ".aws", ".gnupg", ".kube", ".docker", ".config/gh", ".netrc", ".npmrc",
+    ".git-credentials", ".config/gcloud", ".config/op",
+)  # fmt: skip
+# Never a mount target: the checkout, the secrets, and what the engine or the system owns.
+_RESERVED_TARGETS = ("/", CONTAINER_WORKDIR, SECRETS_MOUNT, "/proc", "/sys", "/dev", "/etc",
+                     "/usr", "/bin", "/sbin", "/lib", "/lib64", "/run", "/tmp")  # fmt: skip
+_MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@-]*$")
+MAX_MOUNTS = 16
+MAX_TMPFS_BYTES = 64 * 1024**3
+
+
+def check_mount_path(value: object, field_name: str) -> str:
+    """An absolute, normal path: no '.', '..', '//' or trailing '/', plain characters only."""
+    if not isinstance(value, str) or not _MOUNT_PATH_RE.match(value) or len(value) > 512:
+        raise SpecError(field_name, "%r must be an absolute path of letters, digits and ._/+@-"
+                        % (value,))  # fmt: skip
+    parts = value.split("/")[1:]
+    if value != "/" and (not all(parts) or any(p in (".", "..") for p in parts)):
+        raise SpecError(field_name, "%r must be a normal path (no '.', '..', '//' or a "
+                        "trailing '/')" % value)  # fmt: skip
+    return value
+
+
+def sensitive_names(path: str) -> List[str]:
+    """The sensitive names `path` is, or is inside (by its own components)."""
+    parts = path.strip("/").split("/")
+    found = []
+    for name in SENSITIVE_NAMES:
+        pieces = name.split("/")
+        for start in range(len(parts) - len(pieces) + 1):
+            if parts[start : start + len(pieces)] == pieces:
+                found.append(name)
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class Mount:
+    """An operator mount: `host` (a host directory the inventory allows, read-only), `tmpfs`
+    (in memory, of a size) or `volume` (an engine volume of its own, removed with the session)."""
+
+    kind: str
+    target: str
+    source: Optional[str] = None  # host: the host directory
+    size: Optional[str] = None  # tmpfs: e.g. "512m"
+
+    def __post_init__(self) -> None:
+        check_mount_path(self.target, "mounts.target")
+        if self.target in _RESERVED_TARGETS or any(
+            self.target.startswith(reserved + "/")
+            for reserved in (CONTAINER_WORKDIR, SECRETS_MOUNT, "/proc", "/sys", "/dev")
+        ):
+            raise SpecError("mounts.target", "%s is the sandbox's own: pick another path"
+                            % self.target)  # fmt: skip
+        if self.kind == "host":
+            check_mount_path(self.source, "mounts.source")
+            if self.size is not None:
+                raise SpecError("mounts.size", "only a tmpfs has a size")
+        elif self.kind == "tmpfs":
+            if self.source is not None:
+                raise SpecError("mounts.source", "a tmpfs has no source")
+            size = memory_bytes(self.size or "", "mounts.size")
+            if size > MAX_TMPFS_BYTES:
+                raise SpecError("mounts.size", "at most 64g")
+        elif self.kind == "volume":
+            if self.source is not None or self.size is not None:
+                raise SpecError("mounts", "a volume has no source and no size")
+        else:
+            raise SpecError("mounts.kind", "must be host, tmpfs or volume")
+
+    def to_wire(self) -> Dict[str, Optional[str]]:
+        return {"kind": self.kind, "target": self.target, "source": self.source, "size": self.size}
+
+    @classmethod
+    def from_wire(cls, data: object) -> "Mount":
+        data = _check_keys(data, ("kind", "target", "source", "size"), "mounts[]")
+        return cls(data.get("kind"), data.get("target"), data.get("source"), data.get("size"))  # type: ignore[arg-type]
+
+
 # -- the model API, reached through the proxy -------------------------------------------------
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 MODEL_PREFIX = "/jackin-model"  # the proxy's own path for the model API (proxy.py)
@@ -440,6 +523,8 @@ class LaunchSpec:
     secret_env: Tuple[str, ...] = ()  # names only; values travel beside the spec, never in it
     # Names of secrets delivered as files (SECRETS_MOUNT/NAME) and exported to the agent only.
     secret_files: Tuple[str, ...] = ()
+    mounts: Tuple[Mount, ...] = ()  # the operator's, besides the checkout
+    acknowledged: Tuple[str, ...] = ()  # sensitive names the operator allowed a mount to hold
     base_commit: Optional[str] = None
     limits: Limits = field(default_factory=Limits)
     egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
@@ -486,6 +571,25 @@ class LaunchSpec:
                 raise SpecError("secret_files", "%s is also set another way" % env_name)
         if len(set(self.secret_files)) != len(self.secret_files):
             raise SpecError("secret_files", "a secret is named twice")
+        if len(self.mounts) > MAX_MOUNTS or not all(isinstance(m, Mount) for m in self.mounts):
+            raise SpecError("mounts", "at most %d mounts" % MAX_MOUNTS)
+        targets = [m.target for m in self.mounts]
+        for index, target in enumerate(targets):
+            if any(target == other or target.startswith(other + "/") or other.startswith(
+                    target + "/") for other in targets[:index]):  # fmt: skip
+                raise SpecError("mounts", "%s overlaps another mount" % target)
+        for name in self.acknowledged:
+            if name not in SENSITIVE_NAMES:
+                raise SpecError("acknowledged", "%r is not a sensitive name (%s)"
+                                % (name, ", ".join(SENSITIVE_NAMES)))  # fmt: skip
+        for mount in self.mounts:
+            if mount.target == self.home or self.home.startswith(mount.target + "/"):
+                raise SpecError("mounts", "%s would hide the agent's home" % mount.target)
+            unacknowledged = [n for n in sensitive_names(mount.source or "")
+                              if n not in self.acknowledged]  # fmt: skip
+            if unacknowledged:
+                raise SpecError("mounts", "%s is sensitive (%s): acknowledge it by name"
+                                % (mount.source, ", ".join(unacknowledged)))  # fmt: skip
         check_commit(self.base_commit, "base_commit")
         if self.egress and self.network is not Network.ALLOWLIST:
             raise SpecError("egress", "rules apply only to network allowlist")
@@ -553,6 +657,8 @@ class LaunchSpec:
                 value = [rule.to_wire() for rule in value]
             elif isinstance(value, ModelApi):
                 value = value.to_wire()
+            elif item.name == "mounts":
+                value = [mount.to_wire() for mount in value]
             elif item.name == "env":
                 value = dict(value)
             elif isinstance(value, tuple):
@@ -597,6 +703,8 @@ class LaunchSpec:
             env=tuple((str(k), v) for k, v in env.items()),
             secret_env=tuple(secret_env),
             secret_files=tuple(_string_list(data.get("secret_files") or [], "secret_files")),
+            mounts=tuple(Mount.from_wire(m) for m in _list(data.get("mounts") or [], "mounts")),
+            acknowledged=tuple(_string_list(data.get("acknowledged") or [], "acknowledged")),
             base_commit=data.get("base_commit"),
             limits=Limits.from_wire(data.get("limits") or {}),
             egress=rules_from_wire(data.get("egress") or [], "egress"),
@@ -734,6 +842,12 @@ class SessionRecord:
             )
         except SpecError as exc:
             raise SpecError("session." + exc.field, exc.problem) from None
+
+
+def _list(value: object, field_name: str) -> List[Any]:
+    if not isinstance(value, list):
+        raise SpecError(field_name, "must be a list")
+    return value
 
 
 def _string_list(value: object, field_name: str) -> List[str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_host.wire import Mount
 from jackin_remote.config import choose_runtime
 from jackin_remote.core.capacity import Capacity, Misfit
 from jackin_remote.core.contract import (
@@ -70,6 +71,10 @@ class LaunchOptions:
     backend: str | None = None  # --backend: replaces the hosts' own for this launch
     model_api: str | None = None  # --model-api: the proxy's upstream for model calls
     secrets: tuple[str, ...] = ()  # --secret NAME=SOURCE (jackin_remote/credentials.py)
+    mounts: tuple[str, ...] = ()  # --mount host:SRC:DST[:ro]
+    tmpfs: tuple[str, ...] = ()  # --tmpfs DST:SIZE
+    volumes: tuple[str, ...] = ()  # --volume DST
+    acknowledged: tuple[str, ...] = ()  # --ack-sensitive NAME
     # launch reads every source; explain only env and file ones (never runs a command or op)
     resolve_commands: bool = False
 
@@ -168,6 +173,8 @@ def prepare(
         credential_source=source,
         credential_present=key_present,
         secrets=tuple((name, item.described) for name, item in secrets.items()),
+        mounts=mount_options(options.mounts, options.tmpfs, options.volumes),
+        acknowledged=options.acknowledged,
         isolation=options.isolation,
         name=options.name,
         build_network=options.build_network,
@@ -178,6 +185,39 @@ def prepare(
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,
                     secret_values)  # fmt: skip
+
+
+def mount_options(
+    mounts: Sequence[str], tmpfs: Sequence[str], volumes: Sequence[str]
+) -> tuple[Mount, ...]:
+    """--mount host:SRC:DST[:ro], --tmpfs DST:SIZE and --volume DST, checked by the wire's rules."""
+    from agent_host.wire import SpecError
+
+    found: list[Mount] = []
+    try:
+        for text in mounts:
+            parts = text.split(":")
+            if parts[0] != "host":
+                raise UsageError(
+                    f"--mount {text!r}: only host directories can be mounted (host:DIR:TARGET)",
+                    hint="files from this laptop travel in the workspace; a host directory "
+                    "must be listed in the inventory's host_mounts",
+                )
+            if len(parts) == 4 and parts[3] == "rw":
+                raise UsageError(f"--mount {text!r}: host directories are mounted read-only: "
+                                 "they never widen what the agent can write")  # fmt: skip
+            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "ro"):
+                raise UsageError(f"--mount {text!r}: expected host:DIR:TARGET[:ro]")
+            found.append(Mount("host", parts[2], source=parts[1]))
+        for text in tmpfs:
+            target, sep, size = text.partition(":")
+            if not sep:
+                raise UsageError(f"--tmpfs {text!r}: expected TARGET:SIZE, e.g. /scratch:512m")
+            found.append(Mount("tmpfs", target, size=size))
+        found += [Mount("volume", target) for target in volumes]
+    except SpecError as exc:
+        raise UsageError(f"{exc.field}: {exc.problem}") from None
+    return tuple(found)
 
 
 def _read_source(
@@ -268,6 +308,7 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         pids=host.limits.pids,
         nofile=host.limits.nofile,
         egress=host.egress,
+        host_mounts=host.host_mounts,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )

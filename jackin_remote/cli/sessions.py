@@ -61,6 +61,24 @@ NETWORK = typer.Option(
     help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
     "what the rules allow, through the host's egress proxy (--allow, --deny).",
 )
+MOUNT = typer.Option(
+    [],
+    "--mount",
+    help="host:DIR:TARGET: a host directory the inventory lists "
+    "in host_mounts, read-only at TARGET (repeatable).",
+)
+TMPFS = typer.Option([], "--tmpfs", help="TARGET:SIZE: a tmpfs of that size (repeatable).")
+VOLUME = typer.Option(
+    [],
+    "--volume",
+    help="TARGET: an engine volume of the session's own, writable, removed by rm (repeatable).",
+)
+ACK_SENSITIVE = typer.Option(
+    [],
+    "--ack-sensitive",
+    help="NAME: allow a mount that is or holds "
+    "this credential store (.ssh, .aws, .npmrc, ...; repeatable).",
+)
 SECRET = typer.Option(
     [],
     "--secret",
@@ -162,6 +180,7 @@ def _options(
     model_api: str | None = None,
     secrets: list[str] | None = None,
     resolve_commands: bool = False,
+    mounts: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], []),
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -176,6 +195,8 @@ def _options(
         build_network=build_network, limits=chosen.limits, allow=tuple(allow or ()),
         deny=tuple(deny or ()), backend=backend, model_api=model_api,
         secrets=tuple(secrets or ()), resolve_commands=resolve_commands,
+        mounts=tuple(mounts[0]), tmpfs=tuple(mounts[1]), volumes=tuple(mounts[2]),
+        acknowledged=tuple(mounts[3]),
     )  # fmt: skip
 
 
@@ -251,7 +272,8 @@ def explain(
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
     nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
     backend: str | None = BACKEND, model_api: str | None = MODEL_API,
-    secret: list[str] = SECRET,
+    secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
+    volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -265,7 +287,8 @@ def explain(
                                ignore_workspace=ignore_workspace_config, as_json=as_json,
                                limits=_limit_flags(memory, cpus, pids, nofile),
                                allow=allow, deny=deny, backend=backend, model_api=model_api,
-                               secrets=secret)  # fmt: skip
+                               secrets=secret,
+                               mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
             options = dataclasses.replace(options, role_cache=Path(scratch))
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
@@ -287,7 +310,8 @@ def launch(
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
     pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
     deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
-    secret: list[str] = SECRET,
+    secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
+    volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -299,7 +323,8 @@ def launch(
                            ignore_workspace=ignore_workspace_config, as_json=as_json,
                            limits=_limit_flags(memory, cpus, pids, nofile),
                            allow=allow, deny=deny, backend=backend, model_api=model_api,
-                           secrets=secret, resolve_commands=True)  # fmt: skip
+                           secrets=secret, resolve_commands=True,
+                           mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         prepared, items, pool = _resolve_live(ctx, options, runner)

@@ -33,6 +33,7 @@ from agent_host.wire import (
     Limits,
     Mode,
     ModelApi,
+    Mount,
     Network,
     SpecError,
     container_name,
@@ -92,6 +93,7 @@ class TargetRef:
     pids: int | None
     nofile: int | None = None
     egress: tuple[tuple[str, str, str], ...] = ()  # the inventory's rules: (action, pattern, at)
+    host_mounts: tuple[str, ...] = ()  # host directories the inventory lets sessions mount
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -105,6 +107,8 @@ class LaunchRequest:
     credential_source: str | None = None  # where the runtime's key comes from (var or source)
     credential_present: bool = False
     secrets: tuple[tuple[str, str], ...] = ()  # --secret: (name, its source, described)
+    mounts: tuple[Mount, ...] = ()  # --mount host:..., --tmpfs, --volume
+    acknowledged: tuple[str, ...] = ()  # --ack-sensitive
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
     build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
@@ -286,6 +290,8 @@ def resolve_contract(
             backend=Backend(target.backend),
             model_api=model_api,
             secret_files=tuple(name for name, _ in request.secrets),
+            mounts=_allowed_mounts(request.mounts, target),
+            acknowledged=request.acknowledged,
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -341,6 +347,7 @@ def resolve_contract(
                 "note": f"the engine's shared-memory tmpfs, size={SHM_SIZE}, writable (noexec); "
                 "discarded when the container stops",
             },
+            *(_mount_entry(mount, session_id, index) for index, mount in enumerate(spec.mounts)),
             *(
                 [
                     {
@@ -646,6 +653,35 @@ def _model_api(runtime: Runtime, request: LaunchRequest) -> ModelApi | None:
                         runtime.key_env, endpoint.base_url_env)  # fmt: skip
     except SpecError as exc:
         raise ContractError(f"--model-api: {exc.problem}") from None
+
+
+def _allowed_mounts(mounts: tuple[Mount, ...], target: TargetRef) -> tuple[Mount, ...]:
+    """A host directory is mounted only if the target's inventory lists it (or a parent)."""
+    for mount in mounts:
+        source = str(mount.source)
+        if mount.kind == "host" and not any(
+            source == allowed or source.startswith(allowed.rstrip("/") + "/")
+            for allowed in target.host_mounts
+        ):
+            raise ContractError(
+                f"--mount host:{source}: {target.host} does not allow it: list it in host_mounts "
+                f"of [hosts.{target.host}] (or [defaults]) in the inventory"
+            )
+    return mounts
+
+
+def _mount_entry(mount: Mount, session_id: str, index: int) -> dict[str, Any]:
+    if mount.kind == "host":
+        return {"laptop": None, "host": mount.source, "container": mount.target, "mode": "ro",
+                "isolation": "shared", "note": "a host directory the inventory allows; "
+                "read-only, so it never widens what the agent can write"}  # fmt: skip
+    if mount.kind == "tmpfs":
+        return {"laptop": None, "host": None, "container": mount.target, "mode": "tmpfs",
+                "isolation": "ephemeral", "note": f"size={mount.size}; discarded when the "
+                "container stops"}  # fmt: skip
+    return {"laptop": None, "host": f"engine volume jk-{session_id}-v{index}",
+            "container": mount.target, "mode": "rw", "isolation": "ephemeral",
+            "note": "the session's own volume: kept across stop/start, removed by rm"}  # fmt: skip
 
 
 def _secret_credentials(request: LaunchRequest) -> list[dict[str, Any]]:

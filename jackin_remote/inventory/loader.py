@@ -71,6 +71,7 @@ HOST_KEYS = (
     "backend",
     "limits",
     "egress",
+    "host_mounts",
 )
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 PER_HOST_ONLY_KEYS = ("address", "host_key")  # never in [defaults]: they identify one machine
@@ -500,6 +501,22 @@ def _root(value: object) -> str:
     return text.rstrip("/")
 
 
+def _host_mounts(value: object) -> tuple[str, ...]:
+    """Host directories a session may mount (read-only) with --mount host:DIR:TARGET."""
+    from agent_host.wire import SpecError, check_mount_path
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Problem(f"expected a list of paths, got {toml_type_name(value)}")
+    for path in value:
+        try:
+            check_mount_path(path, "host_mounts")
+        except SpecError as exc:
+            raise _Problem(exc.problem) from None
+        if path == "/":
+            raise _Problem("'/' cannot be mounted: name the directories")
+    return tuple(value)
+
+
 def _backend(value: object) -> str:
     text = _expect_str(value)
     if text not in ("docker", "gvisor"):
@@ -550,6 +567,7 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "capacity": _capacity,
     "root": _root,
     "backend": _backend,
+    "host_mounts": _host_mounts,
 }
 LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
@@ -570,6 +588,7 @@ _EXAMPLES = {
     "capacity": "capacity = 4",
     "root": 'root = "~/.jackin"',
     "backend": 'backend = "docker"',
+    "host_mounts": 'host_mounts = ["/srv/pip-cache", "/opt/toolchains"]',
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",

@@ -42,6 +42,7 @@ class Host:
     limits: Limits = field(default_factory=Limits)
     # --network allowlist rules from the inventory: (allow | deny, pattern, file:line)
     egress: tuple[tuple[str, str, str], ...] = ()
+    host_mounts: tuple[str, ...] = ()  # host directories sessions may mount, read-only
     # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
     source_file: str = "<builtin>"
     source_line: int | None = None
