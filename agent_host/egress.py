@@ -160,7 +160,7 @@ def parse_pattern(text: object, field: str = "pattern") -> Pattern:
         if kind != "exact":
             raise SpecError(field, "%r: an IP address takes no wildcard" % text)
         return Pattern("ip", str(ipaddress.ip_address(value)), port)
-    check_host_name(value, field, shown=text)
+    value = check_host_name(value, field, shown=text)  # a trailing dot dropped, as hosts are
     if kind != "exact" and "." not in value:
         raise SpecError(field, "%r: a wildcard needs a domain with a dot under it" % text)
     return Pattern(kind, value, port)

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from agent_host import layout
@@ -62,8 +63,9 @@ def log_file(root: str, session_id: str) -> str:
 
 
 # -- the network -------------------------------------------------------------------------------
-def ensure_network(client: Any, session_id: str) -> str:
-    """The session's internal network (made if missing); returns its gateway address."""
+def ensure_network(client: Any, session_id: str) -> "tuple[str, str]":
+    """The session's internal network (made if missing): its gateway address and subnet. An
+    existing network of that name is used only if it is internal and ours."""
     from docker.errors import NotFound
 
     name = egress_network(session_id)
@@ -73,11 +75,16 @@ def ensure_network(client: Any, session_id: str) -> str:
         labels = {LABEL_MANAGED: "true", LABEL_SESSION: session_id}
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels)
         network.reload()
-    configs = ((network.attrs.get("IPAM") or {}).get("Config")) or []
-    gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
-    if not gateway or ":" in gateway:
+    attrs = network.attrs
+    labels = attrs.get("Labels") or {}
+    if not attrs.get("Internal") or labels.get(LABEL_SESSION) != session_id:
+        raise RemoteError(E_FAILED, "network %s exists but is not this session's internal one: "
+                          "remove it (`docker network rm %s`)" % (name, name))  # fmt: skip
+    configs = ((attrs.get("IPAM") or {}).get("Config")) or []
+    config = next((c for c in configs if c.get("Gateway") and ":" not in c["Gateway"]), None)
+    if config is None or not config.get("Subnet"):
         raise RemoteError(E_FAILED, "network %s has no IPv4 gateway for the egress proxy" % name)
-    return str(gateway)
+    return str(config["Gateway"]), str(config["Subnet"])
 
 
 def remove_network(client: Any, session_id: str) -> None:
@@ -88,7 +95,9 @@ def remove_network(client: Any, session_id: str) -> None:
 
 
 # -- the proxy process -------------------------------------------------------------------------
-def start_proxy(root: str, spec: LaunchSpec, gateway: str, model_key: Optional[str] = None) -> int:
+def start_proxy(
+    root: str, spec: LaunchSpec, gateway: str, subnet: str, model_key: Optional[str] = None
+) -> int:
     """Start the session's proxy, detached; return its pid once it listens (it says so)."""
     stop_proxy(root, spec.session_id)
     path = rules_file(root, spec.session_id)
@@ -101,7 +110,8 @@ def start_proxy(root: str, spec: LaunchSpec, gateway: str, model_key: Optional[s
     code = "import sys; sys.path.insert(0, sys.argv[1]); from agent_host.egressd import main; " \
         "sys.exit(main(sys.argv[2:]))"  # fmt: skip
     argv = [sys.executable, "-I", "-c", code, package_parent, MARK, "--root", root, "--session",
-            spec.session_id, "--listen", gateway, "--port", str(PROXY_PORT)]  # fmt: skip
+            spec.session_id, "--listen", gateway, "--port", str(PROXY_PORT),
+            "--peers", subnet]  # fmt: skip
     with open(log_file(root, spec.session_id), "ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
@@ -144,13 +154,27 @@ def proxy_pid(root: str, session_id: str) -> Optional[int]:
     return pid if ours else None
 
 
+STOP_GRACE = 5.0  # seconds a proxy gets to close its connections before it is killed
+
+
 def stop_proxy(root: str, session_id: str) -> None:
+    """Stop the session's proxy and wait until it is gone (a SIGKILL after STOP_GRACE), so the
+    port is free for a start and no proxy holding the key is left untracked."""
     pid = proxy_pid(root, session_id)
     if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while proxy_pid(root, session_id) == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proxy_pid(root, session_id) == pid:
+            _signal(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pid_file(root, session_id))
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
 
 
 def _write_private(path: str, text: str) -> None:
@@ -169,11 +193,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--session", required=True)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--peers", required=True)  # the session network's subnet
     args = parser.parse_args(argv)
     with open(rules_file(args.root, args.session)) as handle:
         rules = rules_from_wire(json.load(handle))
     model = _model_route(model_file(args.root, args.session))
-    asyncio.run(_serve(args.root, args.session, rules, args.listen, args.port, model))
+    asyncio.run(_serve(args.root, args.session, rules, args.listen, args.port, model, args.peers))
     return 0
 
 
@@ -197,6 +222,7 @@ async def _serve(
     host: str,
     port: int,
     model: "Optional[ModelRoute]" = None,
+    peers: Optional[str] = None,
 ) -> None:
     from agent_host.proxy import ConnectionRecord, EgressProxy, run_forever
     from agent_host.state import Store
@@ -215,7 +241,7 @@ async def _serve(
         os.dup2(devnull, 1)  # the starter stops reading: nothing else goes there
         os.close(devnull)
 
-    proxy = EgressProxy(lambda h, p: _decided(h, p, rules), record, model=model)
+    proxy = EgressProxy(lambda h, p: _decided(h, p, rules), record, model=model, peers=peers)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(run_forever(proxy, host, port, ready))
     for signum in (signal.SIGTERM, signal.SIGINT):

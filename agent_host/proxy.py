@@ -274,11 +274,21 @@ _DROPPED = frozenset(
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
-def model_target(route: ModelRoute, request_target: str) -> Optional[Target]:
-    """The upstream target of a request to the model route, or None when it is not one."""
+MODEL_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "OPTIONS"})  # what runtimes use
+_DOT_SEGMENT_RE = re.compile(r"(^|/)\.{1,2}(/|$|\?)|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
+def model_target(route: ModelRoute, request_target: str, method: str = "POST") -> Optional[Target]:
+    """The upstream target of a request to the model route, or None when it is not one. The key
+    goes only to paths under the upstream's own: no dot segments or encoded ones, and only the
+    methods the runtimes use (a TRACE would echo the key back). Raises BadRequest otherwise."""
     rest = request_target[len(MODEL_PREFIX) :]
     if not request_target.startswith(MODEL_PREFIX) or (rest and rest[0] not in "/?"):
         return None
+    if method not in MODEL_METHODS:
+        raise BadRequest("the model route takes %s only" % ", ".join(sorted(MODEL_METHODS)))
+    if _DOT_SEGMENT_RE.search(rest.split("?", 1)[0]):
+        raise BadRequest("the model route takes no '.' or '..' segments, encoded or not")
     path = route.base_path + (rest if rest.startswith("/") else "/" + rest)
     return Target(route.host, route.port, path)
 
@@ -469,7 +479,11 @@ class EgressProxy:
         head_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         model: Optional[ModelRoute] = None,
+        peers: Optional[str] = None,
     ) -> None:
+        # Only the session's own network may use it (its key, its rules): where the engine lets
+        # an internal network reach other host addresses (docker < 25), other sandboxes could.
+        self._peers = None if peers is None else ipaddress.ip_network(peers)
         self._model = model
         self._model_tls = model is not None and model.scheme == "https"
         self._decide = decide
@@ -507,18 +521,30 @@ class EgressProxy:
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Called on each accepted connection. Its task is tracked from here, synchronously, so
         close() finds every one."""
-        if self._closing:
+        if self._closing or not self._peer_allowed(writer):
             writer.transport.abort()
             return
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
+        if self._peers is None:
+            return True
+        peer = writer.get_extra_info("peername")
+        try:
+            allowed = ipaddress.ip_address(peer[0]) in self._peers
+        except (TypeError, ValueError, IndexError):
+            allowed = False
+        if not allowed:
+            _log("refused a connection from %r: not on the session's network" % (peer,))
+        return allowed
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handle(reader, writer)
         except Exception as exc:  # a bug costs this connection, never the proxy
-            _log("connection failed: %r" % (exc,))
+            _log("connection failed: %s" % type(exc).__name__)  # its text may hold the key
         finally:
             writer.transport.abort()  # a no-op after a graceful close
 
@@ -528,7 +554,8 @@ class EgressProxy:
                 read_head(reader, self._head_limit), self._head_timeout
             )
             request = parse_head(head)
-            routed = None if self._model is None else model_target(self._model, request.target)
+            routed = (None if self._model is None
+                      else model_target(self._model, request.target, request.method))  # fmt: skip
             target = routed or parse_target(request.method, request.target)
         except BadRequest as exc:
             await self._refuse(reader, writer, bad_request(exc.reason))

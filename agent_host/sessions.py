@@ -97,6 +97,11 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
         raise RemoteError(E_INVALID_PARAMS, "secret_env values must match spec.secret_env names")
     for name, value in secrets.items():
         check_env_value(value, "secret_env." + name)
+    if spec.model_api is not None:
+        key = secrets.get(spec.model_api.key_env, "")
+        if not all(0x21 <= ord(char) <= 0x7E for char in key):
+            raise RemoteError(E_INVALID_PARAMS, "the model API key must be printable ASCII: it "
+                              "goes into an HTTP header")  # fmt: skip
     files = params.get("secret_files") or {}
     if not isinstance(files, dict) or set(files) != set(spec.secret_files):
         raise RemoteError(E_INVALID_PARAMS, "secret_files values must match spec.secret_files")
@@ -175,8 +180,8 @@ def _start_egress(
         return None
     from agent_host import egressd
 
-    gateway = egressd.ensure_network(client, spec.session_id)
-    egressd.start_proxy(root, spec, gateway, model_key)
+    gateway, subnet = egressd.ensure_network(client, spec.session_id)
+    egressd.start_proxy(root, spec, gateway, subnet, model_key)
     return "http://%s:%d" % (gateway, PROXY_PORT)
 
 
@@ -870,6 +875,7 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             _start_egress(ctx.root, client, spec)
             container.start()
         except DockerException as exc:
+            _stop_egress(ctx.root, client, spec.session_id, network=False)
             raise RemoteError(
                 E_FAILED, "docker could not start %s: %s" % (record["id"], exc)
             ) from None

@@ -89,6 +89,9 @@ COLUMNS = (
 )
 
 
+MAX_EGRESS_ROWS = 1000  # destinations recorded one by one per session; more are counted together
+MAX_EGRESS_ANSWER = 5000  # rows in one egress.log answer (the newest)
+EGRESS_OTHERS = "(other destinations)"
 SCHEMA_VERSION = 4  # PRAGMA user_version once the schema and its migrations are in place
 
 
@@ -187,7 +190,20 @@ class Store:
     def record_egress(
         self, session: str, host: str, port: int, decision: str, rule: str, up: int, down: int
     ) -> None:
+        """Count one connection. A session has at most MAX_EGRESS_ROWS destinations of its own:
+        past that, new ones are counted together (host OTHERS, port 0), so a sandbox that asks
+        for endless names cannot fill the host's database."""
         now = time.time()
+        key = (session, host, port, decision, rule)
+        known = self._db.execute(
+            "SELECT 1 FROM egress_log WHERE session = ? AND host = ? AND port = ? AND decision = ?"
+            " AND rule = ?", key).fetchone()  # fmt: skip
+        if known is None:
+            rows = self._db.execute(
+                "SELECT COUNT(*) FROM egress_log WHERE session = ?", (session,)
+            ).fetchone()[0]
+            if rows >= MAX_EGRESS_ROWS:
+                host, port, rule = EGRESS_OTHERS, 0, "(each decided by its rule)"
         self._db.execute(
             "INSERT INTO egress_log (session, host, port, decision, rule, bytes_up, bytes_down,"
             " count, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
@@ -203,7 +219,8 @@ class Store:
         args: List[Any] = []
         if session is not None:
             query, args = query + " WHERE session = ?", [session]
-        return [dict(row) for row in self._db.execute(query + " ORDER BY last_seen", args)]
+        newest = query + " ORDER BY last_seen DESC LIMIT %d" % MAX_EGRESS_ANSWER
+        return [dict(row) for row in reversed(self._db.execute(newest, args).fetchall())]
 
     def forget_egress(self, session: str) -> None:
         self._db.execute("DELETE FROM egress_log WHERE session = ?", (session,))

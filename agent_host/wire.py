@@ -738,8 +738,8 @@ class EgressEntry:
         if decision not in ("allowed", "denied", "failed"):
             raise SpecError("egress.decision", "must be allowed, denied or failed")
         port = _integer(data.get("port"), "egress.port")
-        if port is None or not 1 <= port <= 65535:
-            raise SpecError("egress.port", "must be a number from 1 to 65535")
+        if port is None or not 0 <= port <= 65535:  # 0: the row counting many destinations
+            raise SpecError("egress.port", "must be a number from 0 to 65535")
         counts = [_integer(data.get(k), "egress." + k) for k in ("bytes_up", "bytes_down", "count")]
         if any(c is None or c < 0 for c in counts):
             raise SpecError("egress", "bytes_up, bytes_down and count must be numbers >= 0")

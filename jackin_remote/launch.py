@@ -158,6 +158,9 @@ def prepare(
         value = _read_source(key_source, "--key-from", options.resolve_commands, environ)
         key_present = value is not None or key_source.kind in ("command", "op")
         if value is not None:
+            if not all(0x21 <= ord(char) <= 0x7E for char in value):
+                raise UsageError(f"--key-from {source}: the key holds characters other than "
+                                 "printable ASCII (a stray newline or space?)")  # fmt: skip
             credential[key_env] = value
     secrets = _secret_options(options.secrets, env, key_env)
     secret_values = {

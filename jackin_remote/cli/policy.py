@@ -136,7 +136,7 @@ def check(
         print_json(destination=f"{host}:{port}", **answer)
     else:
         verdict = ("allowed", "green") if answer["allowed"] else ("denied", "red")
-        out.print(line(f"{host}:{port} ", verdict, " by ", answer["rule"]))
+        out.print(line(f"{host}:{port} ", verdict, " by ", answer["rule"], multiline=False))
     if not answer["allowed"]:
         raise typer.Exit(1)
 

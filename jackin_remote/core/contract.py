@@ -577,8 +577,14 @@ def _network_section(spec: LaunchSpec) -> dict[str, Any]:
         "caveats": [
             "an allowed destination is still a way out for anything the agent can read",
             "the proxy is not a firewall for the host itself: host services listening on all "
-            "addresses answer at the network's gateway",
-            "raw TCP, UDP and DNS have no route: tools that ignore HTTP(S)_PROXY cannot connect",
+            "addresses answer at the network's gateway (on docker engines before 25, at any "
+            "address of the host)",
+            "rules match names, not the addresses they resolve to; an allowed host:port is raw "
+            "TCP through CONNECT, and a name on a shared CDN can front other sites",
+            "docker engines before 26.0 (25.0.4, 23.0.11) may forward DNS from internal "
+            "networks when the host's resolver is on loopback (CVE-2024-29018)",
+            "raw TCP, UDP and DNS have no other route: tools that ignore HTTP(S)_PROXY cannot "
+            "connect",
         ],
     }
 
@@ -733,7 +739,8 @@ def _credentials(
                 "value": "<redacted>",
                 "available": True,
                 "exposure": "never in the sandbox: held by the proxy on the host (in the "
-                "session directory, mode 0600, outside every mount; removed by rm)",
+                "session directory, mode 0600, outside every mount; removed by rm). The agent "
+                f"cannot read it, but can spend it on any call to {model_api.upstream}",
             }
         ]
     return [

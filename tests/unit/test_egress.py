@@ -117,3 +117,9 @@ def test_rules_cross_the_wire_checked() -> None:
     ):
         with pytest.raises(SpecError):
             rules_from_wire(bad)
+
+
+def test_a_trailing_dot_in_a_pattern_still_matches() -> None:
+    deny = rule("deny", "secret.example.com.", "--deny")
+    assert not decide("secret.example.com", 443, [rule("allow", "**.example.com"), deny]).allowed
+    assert str(parse_pattern("*.example.com.")) == "*.example.com"

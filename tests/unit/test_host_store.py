@@ -70,3 +70,15 @@ def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> 
     assert record is not None and record["uid"] == 935000001
     assert record["launch_commit"] == "a" * 40 and record["reason"] is None
     assert store._version() == state.SCHEMA_VERSION
+
+
+def test_a_session_cannot_fill_the_database_with_destinations(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "root"))
+    for n in range(state.MAX_EGRESS_ROWS + 50):
+        store.record_egress("S1", f"h{n}.example", 443, "denied", "default", 0, 0)
+    store.record_egress("S1", "h1.example", 443, "denied", "default", 0, 0)  # a known one
+    rows = store.egress_log("S1")
+    assert len(rows) == state.MAX_EGRESS_ROWS + 1
+    others = [r for r in rows if r["host"] == state.EGRESS_OTHERS]
+    assert len(others) == 1 and others[0]["count"] == 50 and others[0]["port"] == 0
+    assert [r["count"] for r in rows if r["host"] == "h1.example"] == [2]

@@ -770,3 +770,42 @@ async def test_without_a_model_route_the_prefix_is_nothing_special(start: Start)
     running = await start(Policy())
     refused = await running.exchange(b"GET /jackin-model/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 400")
+
+
+async def test_the_model_route_refuses_other_methods_and_dot_segments(
+    start: Start, origin: Upstream
+) -> None:
+    from agent_host.proxy import ModelRoute
+
+    route = ModelRoute("http", "127.0.0.1", origin.port, "/v1", "x-api-key", "sk-secret-x")
+    running = await start(Policy(), model=route)
+    for head in (
+        b"TRACE /jackin-model/messages HTTP/1.1\r\nHost: x\r\n\r\n",  # would echo the key back
+        b"POST /jackin-model/../../admin/keys HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /jackin-model/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /jackin-model/a%2fb HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /jackin-model/./messages HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        answer = await running.exchange(head)
+        assert answer.startswith(b"HTTP/1.1 400"), (head, answer)
+        assert b"sk-secret-x" not in answer
+    assert origin.accepted == 0
+
+
+async def test_only_the_sessions_own_network_may_use_the_proxy(
+    start: Start, echo: Upstream
+) -> None:
+    """Where the engine lets an internal network reach other host addresses (docker < 25),
+    another session's sandbox could reach this proxy: it is cut off before a byte is read."""
+    running = await start(Policy("127.0.0.1"), peers="10.213.0.0/24")
+    reader, writer = await running.open()
+    writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % echo.port)
+    try:
+        answer = await within(reader.read())
+    except ConnectionResetError:
+        answer = b""
+    writer.close()
+    assert answer == b"" and echo.accepted == 0 and running.records.all == []
+    ours = await start(Policy("127.0.0.1"), peers="127.0.0.0/8")
+    reply = await ours.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port, eof=True)
+    assert reply.endswith(b"echo:hi")
