@@ -111,8 +111,8 @@ class Rule:
         action, pattern, source = data["action"], data["pattern"], data["source"]
         if action not in ("allow", "deny"):
             raise SpecError(field + ".action", "must be allow or deny")
-        if not isinstance(source, str) or not source or len(source) > 200:
-            raise SpecError(field + ".source", "must be a string of 1 to 200 characters")
+        if not isinstance(source, str) or not source or len(source) > 1200:
+            raise SpecError(field + ".source", "must be a string of 1 to 1200 characters")
         if any(ord(c) < 32 or ord(c) == 127 for c in source):
             raise SpecError(field + ".source", "must not hold control characters")
         return cls(action, parse_pattern(pattern, field + ".pattern"), source)
