@@ -27,10 +27,20 @@ def log(
     session: str | None = typer.Argument(None, help="A session (id, prefix or name); all if none."),
     on: str = typer.Option("all", "--on", help="Host, group, label:X or all.",
                            autocompletion=complete.hosts),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Print each new or changed entry "
+                                "as it comes, until Ctrl-C (with SESSION: until it ends)."),
     as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Every destination the sessions' proxies allowed or denied, by which rule, merged across
     the fleet: bytes each way, how often, first and last seen."""
+    if follow:
+        try:
+            run(_follow(ctx, session, on, as_json))
+        except JackinError as error:
+            fail(error, as_json=as_json)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        return
     try:
         entries, failed = run(_log(ctx, session, on))
     except JackinError as error:
@@ -43,27 +53,83 @@ def log(
         raise typer.Exit(3)
 
 
+FOLLOW_EVERY = 2.0  # seconds between two looks of `policy log --follow`
+
+
 async def _log(
     ctx: typer.Context, ref: str | None, on: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    from agent_host.wire import EgressEntry, SpecError
     from jackin_remote.fleet import Pool
-    from jackin_remote.inventory import select_hosts
-    from jackin_remote.sessions import call, find_session
-    from jackin_remote.store import Store
 
     inventory = load(ctx)
     async with Pool(inventory) as pool:
-        if ref is not None:
-            row, host = await find_session(pool, inventory, Store(), ref)
-            hosts, params = [host], {"id": row["id"]}
-        else:
-            hosts, params = select_hosts(inventory, on), {}
+        hosts, params = await _targets(pool, inventory, ref, on)
+        return await _ask(pool, hosts, params)
 
-        async def ask(link: Any) -> Any:
-            return await call(pool, link.host, "egress.log", params)
 
-        results = await pool.map(hosts, ask)
+async def _targets(pool: Any, inventory: Any, ref: str | None, on: str) -> tuple[Any, Any]:
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.sessions import find_session
+    from jackin_remote.store import Store
+
+    if ref is not None:
+        row, host = await find_session(pool, inventory, Store(), ref)
+        return [host], {"id": row["id"]}
+    return select_hosts(inventory, on), {}
+
+
+async def _follow(ctx: typer.Context, ref: str | None, on: str, as_json: bool) -> None:
+    """Look every FOLLOW_EVERY seconds over held connections; print what is new or changed.
+    With a session: stop once it has ended (after a last look)."""
+    import asyncio
+    import json
+    import sys
+
+    from agent_host.wire import ACTIVE_STATES
+    from jackin_remote.fleet import Pool
+    from jackin_remote.sessions import refresh
+    from jackin_remote.store import Store
+
+    inventory = load(ctx)
+    seen: dict[tuple[Any, ...], int] = {}
+    async with Pool(inventory) as pool:
+        hosts, params = await _targets(pool, inventory, ref, on)
+        while True:
+            ended = False
+            if ref is not None:
+                store = Store()
+                await refresh(pool, hosts, store)
+                rows = [r for r in store.sessions([hosts[0].name]) if r["id"] == params["id"]]
+                ended = not rows or rows[0]["state"] not in ACTIVE_STATES
+            entries, failed = await _ask(pool, hosts, params)
+            fresh = []
+            for entry in entries:
+                key = tuple(entry[k] for k in ("host_name", "session", "host", "port",
+                                               "decision", "rule"))  # fmt: skip
+                if seen.get(key) != entry["count"]:
+                    seen[key] = entry["count"]
+                    fresh.append(entry)
+            if as_json:
+                for entry in fresh:
+                    sys.stdout.write(json.dumps({"schema_version": "v1", "entry": entry}) + "\n")
+                sys.stdout.flush()
+            elif fresh or failed:
+                _show_log(fresh, failed, empty_note=False)
+            if ended:
+                return
+            await asyncio.sleep(FOLLOW_EVERY)
+
+
+async def _ask(
+    pool: Any, hosts: Any, params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    from agent_host.wire import EgressEntry, SpecError
+    from jackin_remote.sessions import call
+
+    async def ask(link: Any) -> Any:
+        return await call(pool, link.host, "egress.log", params)
+
+    results = await pool.map(hosts, ask)
     entries: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     for result in results:
@@ -84,13 +150,16 @@ async def _log(
     return entries, failed
 
 
-def _show_log(entries: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
+def _show_log(
+    entries: list[dict[str, Any]], failed: list[dict[str, str]], empty_note: bool = True
+) -> None:
     from rich.table import Table
 
     from jackin_remote.ui.sessions import age
 
     if not entries:
-        out.print(text("no egress recorded (only --network allowlist sessions have a proxy)"))
+        if empty_note:
+            out.print(text("no egress recorded (only --network allowlist sessions have a proxy)"))
     else:
         table = Table(box=None, header_style="bold")
         for column in ("session", "host", "destination", "decision", "rule", "up", "down",

@@ -5,6 +5,7 @@ loopback only and reached by the name `localhost`, which only the host's proxy c
 from __future__ import annotations
 
 import http.server
+import json
 import secrets
 import socketserver
 import subprocess
@@ -209,6 +210,10 @@ def test_allowlist_lets_through_only_what_the_rules_allow_and_fails_closed(
     second = _lines(_logs(cli, inventory, sid), "P2")
     for key in ("GET_ALLOWED", "CONNECT_ALLOWED", "GET_DENIED", "GET_UNLISTED"):
         assert second[key].startswith("unreachable"), second
+    # --follow of an ended session: every entry once, then it returns by itself.
+    followed = cli.run("-i", inv, "policy", "log", sid, "--follow", "--json", check=True)
+    streamed = [json.loads(item)["entry"] for item in followed.stdout.splitlines()]
+    assert sorted((e["host"], e["port"], e["decision"]) for e in streamed) == sorted(decided)
     cli.run("-i", inv, "rm", "--force", sid, check=True)
     listing = [*on_host, "docker", "network", "ls", "-q", "--filter", f"name=jk-{sid}-egress"]
     networks = subprocess.run(listing, capture_output=True, text=True)
