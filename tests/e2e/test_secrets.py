@@ -10,6 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CLI
 from tests.e2e.helpers import TEST_ROLE, make_workspace, wait_for
 
@@ -38,14 +40,20 @@ TASK = (
 )
 
 
-def test_secrets_come_from_named_sources_and_reach_only_the_agent(
-    cli: CLI, local_inventory: Path, tmp_path: Path, laptop: Path
-) -> None:
+@pytest.fixture
+def stand_in_op(cli: CLI, tmp_path: Path) -> None:
+    """`op` on the CLI's PATH: the stand-in above."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "op").write_text(STAND_IN_OP)
     (bin_dir / "op").chmod(0o755)
     cli.env["PATH"] = f"{bin_dir}:{cli.env.get('PATH', os.environ['PATH'])}"
+
+
+@pytest.mark.usefixtures("stand_in_op")
+def test_secrets_come_from_named_sources_and_reach_only_the_agent(
+    cli: CLI, local_inventory: Path, tmp_path: Path, laptop: Path
+) -> None:
     cli.env["MY_VAR"] = ENV_CANARY
     (tmp_path / "token.txt").write_text(FILE_CANARY + "\n")
     marker = tmp_path / "command-ran"
@@ -102,14 +110,10 @@ def test_secrets_come_from_named_sources_and_reach_only_the_agent(
     assert not held.exists()
 
 
+@pytest.mark.usefixtures("stand_in_op")
 def test_a_source_that_fails_stops_the_launch_before_any_work(
     cli: CLI, local_inventory: Path, tmp_path: Path
 ) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "op").write_text(STAND_IN_OP)
-    (bin_dir / "op").chmod(0o755)
-    cli.env["PATH"] = f"{bin_dir}:{cli.env.get('PATH', os.environ['PATH'])}"
     ws = make_workspace(tmp_path / "ws")
     base = ["-i", str(local_inventory), "launch", "--role", TEST_ROLE, "--runtime", "shell",
             "--task", "true"]  # fmt: skip
