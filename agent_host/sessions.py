@@ -1005,7 +1005,35 @@ def attach_command(root: str, session_id: str) -> List[str]:
     return ["docker", "exec", "-it", record["container"], "tmux", "attach", "-t", TMUX_SESSION]
 
 
+def address(ctx: Context, params: Message) -> Dict[str, Any]:
+    """Where the host reaches a running sandbox (for `ports`): its address on its own network,
+    the bridge (open) or its internal one (allowlist). `none` has no address: nothing to reach."""
+    store = Store(ctx.root)
+    try:
+        record = _get(store, params)
+    finally:
+        store.close()
+    spec = LaunchSpec.from_wire(record["spec"])
+    if spec.network is Network.NONE:
+        raise RemoteError(E_CONFLICT, "session %s has network none: no port of it can be "
+                          "reached" % record["id"], {"hint": "launch with --network allowlist "
+                          "or open to publish a port"})  # fmt: skip
+    try:
+        container = _docker().containers.get(record["container"])
+    except _not_found():
+        raise RemoteError(E_NOT_FOUND, "the container of %s is gone" % record["id"]) from None
+    if container.status != "running":
+        raise RemoteError(E_CONFLICT, "session %s is not running" % record["id"])
+    wanted = egress_network(spec.session_id) if spec.network is Network.ALLOWLIST else "bridge"
+    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    ip = (networks.get(wanted) or {}).get("IPAddress")
+    if not ip:
+        raise RemoteError(E_FAILED, "session %s has no address on %s" % (record["id"], wanted))
+    return {"address": ip, "network": wanted}
+
+
 HANDLERS = {
+    "session.address": address,
     "session.create": create,
     "session.list": list_sessions,
     "session.logs": logs,

@@ -11,6 +11,7 @@ Secret values never reach this database: host records carry none.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,6 +39,9 @@ HOST_COLUMNS = {
 # Known only to this laptop: never read from a host's entry (see the module doc).
 LAPTOP_COLUMNS = frozenset({"workspace_path"})
 LAUNCH_COLUMNS = {"key": str, "host": str, "id": str, "workspace_path": str, "launched_at": float}
+# `ports --publish` mappings while they run (the laptop's own; rows of a dead process are stale).
+PORT_COLUMNS = {"key": str, "host": str, "id": str, "local": str, "remote_port": int,
+                "pid": int, "started": float}  # fmt: skip
 
 
 def db_path() -> Path:
@@ -69,6 +73,33 @@ class Store:
         launches = self.db.table("launches")
         if not launches.exists():
             launches.create(LAUNCH_COLUMNS, pk="key")
+        if not self.db.table("ports").exists():
+            self.db.table("ports").create(PORT_COLUMNS, pk="key")
+
+    # -- published ports (`ports --publish`) -------------------------------------------------
+    def add_port(self, host: str, session: str, local: str, remote_port: int) -> None:
+        self.db.table("ports").upsert(
+            {"key": f"{host}/{session}/{local}", "host": host, "id": session, "local": local,
+             "remote_port": remote_port, "pid": os.getpid(), "started": time.time()},
+            pk="key",
+        )  # fmt: skip
+
+    def remove_ports(self, host: str, session: str, pid: int) -> None:
+        self.db.execute("DELETE FROM ports WHERE host = ? AND id = ? AND pid = ?",
+                        [host, session, pid])  # fmt: skip
+        self.db.conn.commit()
+
+    def active_ports(
+        self, host: str | None = None, session: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Mappings whose forwarding process still runs (a killed one leaves a stale row)."""
+        rows = list(self.db.table("ports").rows) if self.db.table("ports").exists() else []
+        return [
+            {k: row[k] for k in ("host", "id", "local", "remote_port", "started")}
+            for row in rows
+            if (host is None or row["host"] == host) and (session is None or row["id"] == session)
+            and _alive(int(row["pid"]))
+        ]  # fmt: skip
 
     @classmethod
     def open_existing(cls) -> Store | None:
@@ -251,3 +282,13 @@ class Store:
         with self.db.conn:
             self.db.execute("DELETE FROM sessions WHERE host = ?", [host])
             self.db.execute("DELETE FROM hosts WHERE name = ?", [host])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

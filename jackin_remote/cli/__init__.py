@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from jackin_remote import __version__
-from jackin_remote.cli import config, hosts, policy, sessions
+from jackin_remote.cli import config, hosts, policy, ports, sessions
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
 
@@ -24,6 +24,7 @@ app.add_typer(hosts.app, name="hosts")
 app.add_typer(config.app, name="config")
 app.add_typer(policy.app, name="policy")
 sessions.register(app)
+app.command("ports")(ports.ports)
 
 
 def _version(value: bool) -> None:

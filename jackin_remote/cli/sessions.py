@@ -448,7 +448,10 @@ def ls(
     if as_json:
         for entry in summary:
             entry["error"] = errors.get(entry["name"])
-        print_json(sessions=[_session_json(row) for row in rows], hosts=summary)
+        published = _published_ports()
+        print_json(sessions=[{**_session_json(row),
+                              "ports": published.get((row["host"], row["id"]), [])}
+                             for row in rows], hosts=summary)  # fmt: skip
     else:
         out.print(sessions_table(rows, wide=wide), crop=not wide)
         out.print(capacity_line(summary))
@@ -459,6 +462,19 @@ def ls(
                            getattr(result.error, "reason", result.error)))  # fmt: skip
     if failed:
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+def _published_ports() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """`ports --publish` mappings running now, by (host, session)."""
+    from jackin_remote.store import Store
+
+    existing = Store.open_existing()
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for mapping in existing.active_ports() if existing is not None else []:
+        found.setdefault((mapping["host"], mapping["id"]), []).append(
+            {"local": mapping["local"], "remote_port": mapping["remote_port"]}
+        )
+    return found
 
 
 def _session_json(row: dict[str, Any]) -> dict[str, Any]:

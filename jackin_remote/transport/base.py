@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def spawn(self, command: str) -> Channel: ...
+
+    @abc.abstractmethod
+    async def open_tcp(self, address: str, port: int) -> tuple[Any, Any]:
+        """A TCP connection made from the host to address:port: (reader, writer), with the
+        asyncio stream methods read, write, drain, write_eof and close."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from agent_host.protocol import MAX_LINE_BYTES
 from jackin_remote.transport.base import Channel, Completed, Transport
@@ -66,6 +67,9 @@ class LocalTransport(Transport):
             await process.wait()
             raise
         return Completed(process.returncode or 0, out, err)
+
+    async def open_tcp(self, address: str, port: int) -> tuple[Any, Any]:
+        return await asyncio.open_connection(address, port)
 
     async def spawn(self, command: str) -> Channel:
         process = await asyncio.create_subprocess_exec(

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -461,6 +462,15 @@ class SSHTransport(Transport):
         err = done.stderr if isinstance(done.stderr, bytes) else b""
         status = done.exit_status if done.exit_status is not None else -1
         return Completed(status, out, err)
+
+    async def open_tcp(self, address: str, port: int) -> tuple[Any, Any]:
+        """A direct-tcpip channel of this connection: the host's sshd makes the connection."""
+        try:
+            return await self.conn.open_connection(address, port, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise OSError(
+                f"{self.host.name} could not connect to {address}:{port}: {exc}"
+            ) from None
 
     async def spawn(self, command: str) -> Channel:
         try:
