@@ -452,8 +452,7 @@ def checked_host_source(root: str, mount: Mount, spec: LaunchSpec) -> str:
         ):
             raise RemoteError(E_INVALID_PARAMS, "mount %s: never mounted (it is or holds %s)"
                               % (source, never))  # fmt: skip
-    held = [name for name in SENSITIVE_NAMES if os.path.lexists(os.path.join(real, name))]
-    missing = [name for name in held if name not in spec.acknowledged]
+    missing = [name for name in held_sensitive(real) if name not in spec.acknowledged]
     if missing:
         raise RemoteError(
             E_INVALID_PARAMS,
@@ -461,6 +460,34 @@ def checked_host_source(root: str, mount: Mount, spec: LaunchSpec) -> str:
             "it" % (source, ", ".join(missing), "them" if len(missing) > 1 else "it"),
         )
     return real
+
+
+SENSITIVE_DEPTH = 2  # /home holds alice/.ssh: a mount's children are looked into as well
+
+
+def held_sensitive(directory: str) -> List[str]:
+    """The credential stores (SENSITIVE_NAMES) in `directory` or in its subdirectories down to
+    SENSITIVE_DEPTH (symlinks not followed)."""
+    found: List[str] = []
+    level = [directory]
+    for _ in range(SENSITIVE_DEPTH):
+        for base in level:
+            found += [n for n in SENSITIVE_NAMES if os.path.lexists(os.path.join(base, n))]
+        level = [
+            os.path.join(base, entry.name)
+            for base in level
+            for entry in _entries(base)
+            if entry.is_dir(follow_symlinks=False)
+        ]
+    return sorted(set(found))
+
+
+def _entries(path: str) -> List[Any]:
+    try:
+        with os.scandir(path) as listing:
+            return list(listing)
+    except OSError:
+        return []
 
 
 def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: int,

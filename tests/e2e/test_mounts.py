@@ -67,10 +67,11 @@ def test_mounts_are_what_the_contract_says(cli: CLI, local_inventory: Path, tmp_
 def test_what_is_never_mounted_is_refused_whatever_the_inventory_allows(
     cli: CLI, local_inventory: Path, tmp_path: Path
 ) -> None:
-    home = tmp_path / "home"
+    outer = tmp_path / "homes"
+    home = outer / "alice"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("not a real key\n")
-    inventory = _inventory(local_inventory, "/run", home, tmp_path / "host-root")
+    inventory = _inventory(local_inventory, "/run", home, tmp_path / "host-root", outer)
     ws = make_workspace(tmp_path / "ws")
 
     # The engine's socket: the inventory lists /run, the host refuses it all the same.
@@ -82,6 +83,9 @@ def test_what_is_never_mounted_is_refused_whatever_the_inventory_allows(
     asked = _launch(cli, inventory, ws, "--mount", f"host:{root}:/r", "--task", "true")
     assert "never mounted" in str(json.loads(asked.stdout)["sessions"][0]["error"])
 
+    # A directory holding a home that holds .ssh: refused, one level down as well.
+    asked = _launch(cli, inventory, ws, "--mount", f"host:{outer}:/t", "--task", "true")
+    assert "holds .ssh" in str(json.loads(asked.stdout)["sessions"][0]["error"]), asked.stdout
     # A directory holding .ssh: refused until acknowledged by that name.
     asked = _launch(cli, inventory, ws, "--mount", f"host:{home}:/h", "--task", "true")
     refusal = str(json.loads(asked.stdout)["sessions"][0]["error"])
