@@ -116,14 +116,8 @@ def docker_facts(socket_path: str = DOCKER_SOCKET) -> Dict[str, Any]:
     installed = shutil.which("dockerd") is not None or os.path.exists(socket_path)
     import http.client
 
-    conn = _unix_http(socket_path)
     try:
-        conn.request("GET", "/version")
-        reply = conn.getresponse()
-        body = reply.read()
-        if reply.status != 200:
-            raise OSError("HTTP %d from the engine" % reply.status)
-        version = json.loads(body.decode())
+        version = _engine_get(socket_path, "/version")
     except PermissionError:
         return {
             "installed": installed,
@@ -138,8 +132,6 @@ def docker_facts(socket_path: str = DOCKER_SOCKET) -> Dict[str, Any]:
             "access": False,
             "error": (str(exc) or type(exc).__name__)[:300],
         }
-    finally:
-        conn.close()
     runtimes, runtimes_error = engine_runtimes(socket_path)
     return {
         "installed": True,
@@ -152,6 +144,21 @@ def docker_facts(socket_path: str = DOCKER_SOCKET) -> Dict[str, Any]:
     }
 
 
+def _engine_get(socket_path: str, path: str) -> Any:
+    """GET `path` of the engine's API on its socket, parsed; raises OSError (PermissionError
+    when the socket is not ours), ValueError or HTTPException."""
+    conn = _unix_http(socket_path)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise OSError("HTTP %d from the engine" % reply.status)
+        return json.loads(body.decode())
+    finally:
+        conn.close()
+
+
 def engine_runtimes(
     socket_path: str = DOCKER_SOCKET,
 ) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
@@ -159,18 +166,10 @@ def engine_runtimes(
     operator registered gVisor), name -> {"path", "runtimeArgs"}; or None and why not."""
     import http.client
 
-    conn = _unix_http(socket_path)
     try:
-        conn.request("GET", "/info")
-        reply = conn.getresponse()
-        body = reply.read()
-        if reply.status != 200:
-            raise OSError("HTTP %d from the engine" % reply.status)
-        info = json.loads(body.decode())
+        info = _engine_get(socket_path, "/info")
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return None, (str(exc) or type(exc).__name__)[:300]
-    finally:
-        conn.close()
     found = info.get("Runtimes") if isinstance(info, dict) else None
     if not isinstance(found, dict):
         return None, "the engine listed no runtimes"

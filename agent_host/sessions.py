@@ -16,6 +16,7 @@ from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent_host import layout, testhooks
+from agent_host.procs import pid_alive
 from agent_host.protocol import (
     E_CONFLICT,
     E_DOCKER_UNAVAILABLE,
@@ -625,18 +626,6 @@ def end_reason(state: str, container: Optional[Dict[str, Any]]) -> Optional[str]
     return None
 
 
-def _pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def agent_status(state: str, mode: str) -> str:
     if state == "running":
         return "working" if mode == "task" else "idle"
@@ -676,7 +665,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
         for record in records:
             known.add(record["id"])
             container = containers.get(record["id"])
-            state, code = derive_state(record, container, now, _pid_alive(record["owner_pid"]))
+            state, code = derive_state(record, container, now, pid_alive(record["owner_pid"]))
             kept = record["reason"] if state == SessionState.CRASHED.value else None
             reason = end_reason(state, container) or kept  # the container may be gone since
             if (state, code, reason) != (record["state"], record["exit_code"], record["reason"]):

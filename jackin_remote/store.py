@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from agent_host.procs import pid_alive
 from jackin_remote import paths
 from jackin_remote.core.aliases import Identity, root_groups
 from jackin_remote.errors import UsageError
@@ -98,7 +99,7 @@ class Store:
             {k: row[k] for k in ("host", "id", "local", "remote_port", "started")}
             for row in rows
             if (host is None or row["host"] == host) and (session is None or row["id"] == session)
-            and _alive(int(row["pid"]))
+            and pid_alive(int(row["pid"]))
         ]  # fmt: skip
 
     @classmethod
@@ -282,13 +283,3 @@ class Store:
         with self.db.conn:
             self.db.execute("DELETE FROM sessions WHERE host = ?", [host])
             self.db.execute("DELETE FROM hosts WHERE name = ?", [host])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
