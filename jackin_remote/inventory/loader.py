@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ HOST_KEYS = (
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 PER_HOST_ONLY_KEYS = ("address", "host_key")  # never in [defaults]: they identify one machine
 DEFAULT_KEYS = tuple(key for key in HOST_KEYS if key not in PER_HOST_ONLY_KEYS)
+GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
 SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "jump", "host_key")
 LIMIT_KEYS = LIMIT_NAMES
 EgressRule = tuple[str, str, str]
@@ -198,6 +199,7 @@ class _Group:
     place: _Place
 
 
+    egress: tuple[EgressRule, ...] = ()  # [groups.<name>.egress]: for its members' sessions
 @dataclass(frozen=True)
 class _FileInventory:
     file: str
@@ -207,6 +209,9 @@ class _FileInventory:
     jump_lines: dict[str, int | None]
 
 
+    # How many of each host's egress rules are its file's [defaults.egress] (they come first):
+    # its groups' rules go between those and its own.
+    default_egress: int = 0
 @dataclass(frozen=True)
 class _HostSpec:
     """Validated keys of one host table (or of [defaults]), limits kept apart: they merge
@@ -258,6 +263,7 @@ def _parse_file(file: str, content: bytes | str) -> _FileInventory:
         jump_lines={host.name: line for host, line in hosts},
     )
 
+        default_egress=len(defaults.egress),
 
 def _decode(file: str, content: bytes | str) -> str:
     if isinstance(content, str):
@@ -306,11 +312,11 @@ def looks_like_secret_key(key: str) -> bool:
 
 
 def _is_name_position(path: KeyPath, value: object) -> bool:
-    """`[hosts.NAME]` and `groups.NAME = [...]` keys are names, not fields."""
+    """`[hosts.NAME]`, `groups.NAME = [...]` and `[groups.NAME]` keys are names, not fields."""
     if len(path) != 2:
         return False
     return (path[0] == "hosts" and isinstance(value, dict)) or (
-        path[0] == "groups" and isinstance(value, list)
+        path[0] == "groups" and isinstance(value, list | dict)
     )
 
 
@@ -762,13 +768,27 @@ def _groups_section(value: object, ctx: _FileContext) -> tuple[_Group, ...]:
     for name, raw in table.items():
         path = ("groups", name)
         _check_name(name, path, ctx, what="group")
-        members = _group_members(raw, path, ctx)
-        groups.append(_Group(name, members, _Place(ctx.file, ctx.line_of(path))))
+        egress: tuple[EgressRule, ...] = ()
+        if isinstance(raw, dict):
+            _check_keys(raw, GROUP_KEYS, path, ctx, what="group key")
+            if "members" not in raw:
+                raise ctx.error(path, "a group table needs `members`",
+                                hint=f'for example: [groups.{name}] members = ["web-1", '
+                                '"web-2"]')  # fmt: skip
+            members = _group_members(raw["members"], (*path, "members"), ctx)
+            if "egress" in raw:
+                egress = _egress(raw["egress"], (*path, "egress"), ctx)
+        else:
+            members = _group_members(raw, path, ctx)
+        groups.append(_Group(name, members, _Place(ctx.file, ctx.line_of(path)), egress))
     return tuple(groups)
 
 
 def _group_members(value: object, path: KeyPath, ctx: _FileContext) -> tuple[str, ...]:
-    hint = 'a group is an array of host or group names, e.g. web = ["web-1", "web-2"]'
+    hint = (
+        'a group is an array of host or group names, e.g. web = ["web-1", "web-2"] (or, in a '
+        "[groups.web] table, members = [...])"
+    )
     if not isinstance(value, list):
         raise ctx.error(path, f"expected array of strings, got {toml_type_name(value)}", hint=hint)
     members: list[str] = []
@@ -779,6 +799,8 @@ def _group_members(value: object, path: KeyPath, ctx: _FileContext) -> tuple[str
                 f"expected array of strings, got an item of type {toml_type_name(item)}",
                 hint=hint,
             )
+    """`NAME = ["host", ...]`, or the table form `[groups.NAME]` with `members = [...]` and an
+    optional `[groups.NAME.egress]` (allow / deny, like a host's)."""
         if not is_valid_name(item):
             raise ctx.error(path, f"invalid member name {_show(item)}", hint=_NAME_HINT)
         if item not in members:
@@ -818,6 +840,7 @@ def _merge_hosts(files: Sequence[_FileInventory]) -> dict[str, Host]:
             if host.name in hosts:
                 first = hosts[host.name]
                 raise _duplicate(
+    hosts = _with_group_egress(hosts, groups, files)
                     "host",
                     host.name,
                     _Place(first.source_file, first.source_line),
@@ -825,6 +848,46 @@ def _merge_hosts(files: Sequence[_FileInventory]) -> dict[str, Host]:
                 )
             hosts[host.name] = host
     if LOCAL_HOST_NAME not in hosts:
+def _with_group_egress(
+    hosts: dict[str, Host], groups: Mapping[str, _Group], files: Sequence[_FileInventory]
+) -> dict[str, Host]:
+    """Each host's egress rules in order: its file's [defaults.egress], then the rules of every
+    group it belongs to (directly or through a group of groups), in the order the groups are
+    declared (files in name order), then its own."""
+    if not any(group.egress for group in groups.values()):
+        return hosts
+    graph = {name: group.members for name, group in groups.items()}
+    under = {name: _members_of(graph, name) for name, group in groups.items() if group.egress}
+    split = {host.name: file.default_egress for file in files for host in file.hosts}
+    result = dict(hosts)
+    for name, host in hosts.items():
+        extra = tuple(rule for group, members in under.items() if name in members
+                      for rule in groups[group].egress)  # fmt: skip
+        if extra:
+            at = split.get(name, 0)
+            result[name] = replace(host, egress=host.egress[:at] + extra + host.egress[at:])
+    return result
+
+
+def _members_of(graph: Mapping[str, Sequence[str]], group: str) -> set[str]:
+    """The host names under `group`, through nested groups (the loader refused loops already;
+    this walk is safe anyway)."""
+    hosts: set[str] = set()
+    seen: set[str] = set()
+    stack = [group]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for member in graph.get(name, ()):
+            if member in graph:
+                stack.append(member)
+            else:
+                hosts.add(member)
+    return hosts
+
+
         # The laptop is always a host; it goes first so `all` lists it first.
         hosts = {LOCAL_HOST_NAME: BUILTIN_LOCAL, **hosts}
     return hosts

@@ -667,3 +667,82 @@ def test_parse_inventory_accepts_text_and_bytes() -> None:
 def test_hostile_content_is_only_ever_an_inventory_error(text: str) -> None:
     with pytest.raises(InventoryError):
         parse_inventory([("x.toml", text)])
+
+
+# ---- group tables and their egress rules ---------------------------------------------------
+
+
+def test_group_table_form_is_read_like_the_list_form(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        [hosts.a]
+        [hosts.b]
+        [groups]
+        listed = ["a"]
+
+        [groups.tabled]
+        members = ["b", "listed"]
+        """)  # fmt: skip
+    assert load_inventory(path).groups == {"listed": ("a",), "tabled": ("b", "listed")}
+
+
+def test_group_egress_applies_to_members_between_defaults_and_host(tmp_path: Path) -> None:
+    write(tmp_path, """\
+        [defaults.egress]
+        deny = ["metadata.internal"]
+
+        [hosts.a.egress]
+        allow = ["own.example.com"]
+
+        [hosts.b]
+        """, "1.toml")  # fmt: skip
+    second = write(tmp_path, """\
+        [hosts.c]
+
+        [groups]
+        plain = ["c"]
+
+        [groups.inner]
+        members = ["a"]
+        [groups.inner.egress]
+        allow = ["inner.example.com"]
+
+        [groups.outer]
+        members = ["inner", "b"]
+        egress = { deny = ["outer.example.com"] }
+        """, "2.toml")  # fmt: skip
+    inv = load_inventory(tmp_path)
+    first = tmp_path / "1.toml"
+    inner = f"{second}:{line_of(second, 'inner.example.com')}"
+    outer = f"{second}:{line_of(second, 'outer.example.com')}"
+    assert inv.hosts["a"].egress == (
+        ("deny", "metadata.internal", f"{first}:2"),  # defaults
+        ("allow", "inner.example.com", inner),  # groups, in the order they are declared
+        ("deny", "outer.example.com", outer),  # (a is in outer through inner)
+        ("allow", "own.example.com", f"{first}:5"),  # the host's own
+    )
+    assert inv.hosts["b"].egress == (("deny", "metadata.internal", f"{first}:2"),
+                                     ("deny", "outer.example.com", outer))  # fmt: skip
+    assert inv.hosts["c"].egress == ()  # a group without rules, a file without defaults
+    assert inv.hosts["local"].egress == ()
+
+
+def test_group_table_errors_are_located(tmp_path: Path) -> None:
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\nmembres = [\"a\"]\n", "membres", "groups.g.membres",
+             "unknown group key", "did you mean `members`?")  # fmt: skip
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\n[groups.g.egress]\nallow = [\"x.com\"]\n",
+             "[groups.g]", "groups.g", "needs `members`")  # fmt: skip
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\nmembers = \"a\"\n", "members", "groups.g.members",
+             "expected array of strings")  # fmt: skip
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\nmembers = [\"a\"]\n[groups.g.egress]\n"
+             "allow = [\"a b.com\"]\n", "allow", "groups.g.egress.allow", "[0]",
+             "is not a host")  # fmt: skip
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\nmembers = [\"a\"]\n[groups.g.egress]\n"
+             "permit = [\"x.com\"]\n", "permit", "groups.g.egress.permit",
+             "unknown egress key")  # fmt: skip
+    error_at(tmp_path, "[hosts.a]\n[groups.g]\nmembers = [\"zz\"]\n", "[groups.g]", "groups.g",
+             "unknown member `zz`")  # fmt: skip
+
+
+def test_group_table_named_like_a_secret_word_is_a_name(tmp_path: Path) -> None:
+    path = write(tmp_path, '[hosts.a]\n[groups.tokens]\nmembers = ["a"]\n')
+    assert load_inventory(path).groups == {"tokens": ("a",)}
