@@ -74,9 +74,9 @@ HOST_KEYS = (
     "host_mounts",
 )
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
+GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
 PER_HOST_ONLY_KEYS = ("address", "host_key")  # never in [defaults]: they identify one machine
 DEFAULT_KEYS = tuple(key for key in HOST_KEYS if key not in PER_HOST_ONLY_KEYS)
-GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
 SSH_ONLY_KEYS = ("address", "port", "user", "identity_file", "jump", "host_key")
 LIMIT_KEYS = LIMIT_NAMES
 EgressRule = tuple[str, str, str]
@@ -197,9 +197,9 @@ class _Group:
     name: str
     members: tuple[str, ...]
     place: _Place
-
-
     egress: tuple[EgressRule, ...] = ()  # [groups.<name>.egress]: for its members' sessions
+
+
 @dataclass(frozen=True)
 class _FileInventory:
     file: str
@@ -207,11 +207,11 @@ class _FileInventory:
     groups: tuple[_Group, ...]
     # Where each host's jump is written, so merge-time jump errors point at it.
     jump_lines: dict[str, int | None]
-
-
     # How many of each host's egress rules are its file's [defaults.egress] (they come first):
     # its groups' rules go between those and its own.
     default_egress: int = 0
+
+
 @dataclass(frozen=True)
 class _HostSpec:
     """Validated keys of one host table (or of [defaults]), limits kept apart: they merge
@@ -261,9 +261,9 @@ def _parse_file(file: str, content: bytes | str) -> _FileInventory:
         hosts=tuple(host for host, _ in hosts),
         groups=groups,
         jump_lines={host.name: line for host, line in hosts},
+        default_egress=len(defaults.egress),
     )
 
-        default_egress=len(defaults.egress),
 
 def _decode(file: str, content: bytes | str) -> str:
     if isinstance(content, str):
@@ -761,6 +761,8 @@ def _model_limits() -> dict[str, Any]:
 
 
 def _groups_section(value: object, ctx: _FileContext) -> tuple[_Group, ...]:
+    """`NAME = ["host", ...]`, or the table form `[groups.NAME]` with `members = [...]` and an
+    optional `[groups.NAME.egress]` (allow / deny, like a host's)."""
     if value is None:
         return ()
     table = _expect_table(value, ("groups",), ctx)
@@ -799,8 +801,6 @@ def _group_members(value: object, path: KeyPath, ctx: _FileContext) -> tuple[str
                 f"expected array of strings, got an item of type {toml_type_name(item)}",
                 hint=hint,
             )
-    """`NAME = ["host", ...]`, or the table form `[groups.NAME]` with `members = [...]` and an
-    optional `[groups.NAME.egress]` (allow / deny, like a host's)."""
         if not is_valid_name(item):
             raise ctx.error(path, f"invalid member name {_show(item)}", hint=_NAME_HINT)
         if item not in members:
@@ -816,6 +816,7 @@ def _merge(files: Sequence[_FileInventory]) -> Inventory:
     groups = _merge_groups(files)
     _check_groups(groups, hosts)
     _check_jumps(hosts, {name: line for file in files for name, line in file.jump_lines.items()})
+    hosts = _with_group_egress(hosts, groups, files)
     return Inventory(
         hosts=hosts,
         groups={name: group.members for name, group in groups.items()},
@@ -823,31 +824,6 @@ def _merge(files: Sequence[_FileInventory]) -> Inventory:
     )
 
 
-def _duplicate(what: str, name: str, first: _Place, second: _Place) -> InventoryError:
-    return InventoryError(
-        f"{what} `{name}` is declared twice: at {first} and at {second}",
-        file=second.file,
-        line=second.line,
-        field=f"{what}s.{name}",
-        hint=f"each {what} lives in exactly one file; keep one declaration",
-    )
-
-
-def _merge_hosts(files: Sequence[_FileInventory]) -> dict[str, Host]:
-    hosts: dict[str, Host] = {}
-    for file in files:
-        for host in file.hosts:
-            if host.name in hosts:
-                first = hosts[host.name]
-                raise _duplicate(
-    hosts = _with_group_egress(hosts, groups, files)
-                    "host",
-                    host.name,
-                    _Place(first.source_file, first.source_line),
-                    _Place(host.source_file, host.source_line),
-                )
-            hosts[host.name] = host
-    if LOCAL_HOST_NAME not in hosts:
 def _with_group_egress(
     hosts: dict[str, Host], groups: Mapping[str, _Group], files: Sequence[_FileInventory]
 ) -> dict[str, Host]:
@@ -888,6 +864,30 @@ def _members_of(graph: Mapping[str, Sequence[str]], group: str) -> set[str]:
     return hosts
 
 
+def _duplicate(what: str, name: str, first: _Place, second: _Place) -> InventoryError:
+    return InventoryError(
+        f"{what} `{name}` is declared twice: at {first} and at {second}",
+        file=second.file,
+        line=second.line,
+        field=f"{what}s.{name}",
+        hint=f"each {what} lives in exactly one file; keep one declaration",
+    )
+
+
+def _merge_hosts(files: Sequence[_FileInventory]) -> dict[str, Host]:
+    hosts: dict[str, Host] = {}
+    for file in files:
+        for host in file.hosts:
+            if host.name in hosts:
+                first = hosts[host.name]
+                raise _duplicate(
+                    "host",
+                    host.name,
+                    _Place(first.source_file, first.source_line),
+                    _Place(host.source_file, host.source_line),
+                )
+            hosts[host.name] = host
+    if LOCAL_HOST_NAME not in hosts:
         # The laptop is always a host; it goes first so `all` lists it first.
         hosts = {LOCAL_HOST_NAME: BUILTIN_LOCAL, **hosts}
     return hosts
