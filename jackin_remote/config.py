@@ -60,6 +60,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "limits": LIMIT_NAMES,
 }
 KEYS = ("on", "role", "runtime", *(f"limits.{name}" for name in LIMIT_NAMES))
+# Read and approved elsewhere: [egress] by workspace_rules.py (`policy approve`).
+OTHER_SECTIONS = ("egress",)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _EXAMPLES = {
     "role": 'role = "roles/agent-clis"',
@@ -140,6 +142,8 @@ def parse_config(file: str, data: bytes) -> tuple[dict[str, Any], dict[str, int 
     values: dict[str, Any] = {}
     lines: dict[str, int | None] = {}
     for section, table in document.items():
+        if section in OTHER_SECTIONS:
+            continue
         if section not in SECTIONS:
             raise error((section,), "unknown section", _suggest(section, tuple(SECTIONS)))
         if not isinstance(table, dict):

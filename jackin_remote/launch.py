@@ -31,6 +31,7 @@ from jackin_remote.core.contract import (
     pick_runtime,
     resolve_contract,
 )
+from jackin_remote.core.egress_rules import WorkspaceRules
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
@@ -77,6 +78,9 @@ class LaunchOptions:
     acknowledged: tuple[str, ...] = ()  # --ack-sensitive NAME
     # launch reads every source; explain only env and file ones (never runs a command or op)
     resolve_commands: bool = False
+    # --workspace-rules: apply (the approved [egress] of .jackin/config.toml) | ignore
+    workspace_rules: str = "apply"
+    explain_only: bool = False  # explain: unapproved workspace rules are shown, not refused
 
 
 @dataclass
@@ -110,6 +114,19 @@ def check_network_options(network: str, allow: Sequence[str], deny: Sequence[str
                 parse_pattern(pattern, flag)
             except SpecError as exc:
                 raise UsageError(f"{flag}: {exc.problem}") from None
+
+
+def workspace_egress(options: LaunchOptions) -> WorkspaceRules | None:
+    """The workspace's own egress rules (`[egress]` of .jackin/config.toml), judged: launch
+    refuses rules the operator has not approved, before any host is contacted; explain shows
+    them as pending (jackin_remote/workspace_rules.py)."""
+    from jackin_remote.workspace_rules import is_pending, judge, refusal
+
+    network = options.network or "allowlist"  # not given: allowlist wherever it can be had
+    rules = judge(options.workspace, mode=options.workspace_rules, network=network)
+    if rules is not None and is_pending(rules) and not options.explain_only:
+        raise refusal(rules)
+    return rules
 
 
 def read_task(task: str | None, task_file: Path | None) -> str | None:
@@ -148,6 +165,7 @@ def prepare(
     role = load_role(options.role, options.role_cache)
     runtime = choose_runtime(options.runtime, role.name, tuple(role.runtimes))
     scan = scan_workspace(options.workspace, include=options.include)
+    workspace_rules = workspace_egress(options)
     key_env = pick_runtime(runtime, _role_ref(role)).key_env
     credential: dict[str, str] = {}
     source = None
@@ -184,6 +202,7 @@ def prepare(
         allow=options.allow,
         deny=options.deny,
         model_api=options.model_api,
+        workspace_rules=workspace_rules,
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,

@@ -43,6 +43,10 @@ LAUNCH_COLUMNS = {"key": str, "host": str, "id": str, "workspace_path": str, "la
 # `ports --publish` mappings while they run (the laptop's own; rows of a dead process are stale).
 PORT_COLUMNS = {"key": str, "host": str, "id": str, "local": str, "remote_port": int,
                 "pid": int, "started": float}  # fmt: skip
+# `policy approve`: the sha256 of a workspace's .jackin/config.toml whose egress rules the operator
+# approved (jackin_remote/workspace_rules.py), per resolved workspace path. The laptop's own.
+APPROVAL_TABLE = "egress_approvals"
+APPROVAL_COLUMNS = {"workspace": str, "file": str, "sha256": str, "approved_at": float}
 
 
 def db_path() -> Path:
@@ -101,6 +105,29 @@ class Store:
             if (host is None or row["host"] == host) and (session is None or row["id"] == session)
             and pid_alive(int(row["pid"]))
         ]  # fmt: skip
+
+    # -- approved workspace egress rules (`policy approve`) ----------------------------------
+    def approve_workspace_rules(self, workspace: str, file: str, digest: str) -> None:
+        table = self.db.table(APPROVAL_TABLE)
+        if not table.exists():  # made on first use: explain never writes it
+            table.create(APPROVAL_COLUMNS, pk="workspace")
+        table.upsert({"workspace": workspace, "file": file, "sha256": digest,
+                      "approved_at": time.time()}, pk="workspace")  # fmt: skip
+
+    def revoke_workspace_rules(self, workspace: str) -> bool:
+        """Forget the approval; False when there was none."""
+        if self.workspace_rules_digest(workspace) is None:
+            return False
+        with self.db.conn:
+            self.db.execute(f"DELETE FROM {APPROVAL_TABLE} WHERE workspace = ?", [workspace])
+        return True
+
+    def workspace_rules_digest(self, workspace: str) -> str | None:
+        if not self.db.table(APPROVAL_TABLE).exists():
+            return None
+        query = f"SELECT sha256 FROM {APPROVAL_TABLE} WHERE workspace = ?"
+        row = next(self.db.query(query, [workspace]), None)
+        return None if row is None else str(row["sha256"])
 
     @classmethod
     def open_existing(cls) -> Store | None:

@@ -45,7 +45,8 @@ def launch_defaults(
     An unapproved workspace config is approved at a prompt (`interactive`) or refused."""
     operator, workspace_file = _files(workspace)
     applied = None if ignore_workspace else workspace_file
-    if applied is not None and not config.is_approved(applied):
+    # A file that sets no launch value (only [egress], approved by `policy approve`) needs none.
+    if applied is not None and applied.values and not config.is_approved(applied):
         if not (interactive and _ask_approval(applied)):
             raise config.unapproved_error(applied, workspace)
         config.approve(applied)

@@ -181,24 +181,44 @@ def check(
     ctx: typer.Context,
     destination: str = typer.Argument(..., help="HOST or HOST:PORT (default port 443)."),
     session: str | None = typer.Option(None, "--session", help="Ask that session's own rules."),
-    runtime: str = typer.Option("shell", "--runtime",
-                                help="Without --session: the rules a launch of this runtime gets."),
+    role: str | None = typer.Option(None, "--role", help="Without --session: the role a launch "
+                                    "would use (directory or git URL); it decides the runtime as "
+                                    "launch does (its only one, unless --runtime)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="Without --session: the rules a "
+                                       "launch of this runtime gets (default: the role's only "
+                                       "one; without --role: shell)."),
     allow: list[str] = typer.Option([], "--allow", help="Without --session: an --allow to add."),
     deny: list[str] = typer.Option([], "--deny", help="Without --session: a --deny to add."),
     on: str | None = typer.Option(None, "--on", help="Without --session: with this host's rules "
-                                  "from the inventory.", autocompletion=complete.hosts),
+                                  "from the inventory (its defaults', groups' and own).",
+                                  autocompletion=complete.hosts),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Without --session: with this "
+                                          "workspace's approved .jackin/config.toml rules "
+                                          "(default: the current directory)."),
+    workspace_rules: str = typer.Option("apply", "--workspace-rules",
+                                        help="apply | ignore the workspace's rules."),
     as_json: bool = JSON,
 ) -> None:  # fmt: skip
     """Would the proxy let DESTINATION through, and by which rule? Sends nothing to it.
     Exit 0: allowed; 1: denied."""
+    note = None
     try:
         host, port = _destination(destination)
         if session is not None:
-            if allow or deny:
-                raise UsageError("--allow and --deny describe a launch; a --session has its rules")
+            if allow or deny or role or runtime or on or workspace is not None:
+                raise UsageError("--allow, --deny, --role, --runtime, --on and --workspace "
+                                 "describe a launch; a --session has its rules")  # fmt: skip
             answer = _ask_session(ctx, session, host, port)
         else:
-            answer = _ask_launch(runtime, allow, deny, host, port, _host_rules(ctx, on))
+            chosen = _launch_runtime(role, runtime)
+            found = _workspace_rules(workspace or Path("."), workspace_rules)
+            applied = found.applied if found is not None else ()
+            answer = _ask_launch(chosen, allow, deny, host, port, _host_rules(ctx, on), applied)
+            if found is not None:
+                answer["workspace_rules"] = {"file": found.file, "status": found.status,
+                                             "applied": bool(applied)}  # fmt: skip
+                if not applied:
+                    note = f"{found.file}: {found.section('allowlist')['note']}"
     except JackinError as error:
         fail(error, as_json=as_json)
     if as_json:
@@ -206,8 +226,36 @@ def check(
     else:
         verdict = ("allowed", "green") if answer["allowed"] else ("denied", "red")
         out.print(line(f"{host}:{port} ", verdict, " by ", answer["rule"], multiline=False))
+        if note is not None:
+            out.print(line(("note: ", "yellow"), "the workspace's rules are not included: ", note))
     if not answer["allowed"]:
         raise typer.Exit(1)
+
+
+def _launch_runtime(role: str | None, runtime: str | None) -> str:
+    """The runtime a launch would run: the one given, else the role's only one (as launch
+    decides, config.choose_runtime); without a role, `shell`. A git role is fetched into a
+    temporary directory, gone when this is done."""
+    import tempfile
+
+    from jackin_remote.config import choose_runtime, resolve_role
+    from jackin_remote.core.contract import RoleRef, pick_runtime
+    from jackin_remote.roles import load_role
+
+    if role is None:
+        return runtime or "shell"
+    with tempfile.TemporaryDirectory(prefix="jackin-policy-") as scratch:
+        loaded = load_role(resolve_role(role, Path.cwd()), Path(scratch))
+    chosen = choose_runtime(runtime, loaded.name, tuple(loaded.runtimes))
+    ref = RoleRef(loaded.name, loaded.content_hash, "", loaded.user, tuple(loaded.runtimes),
+                  loaded.shown_source)  # fmt: skip
+    return pick_runtime(chosen, ref).name  # a runtime the role does not declare is refused
+
+
+def _workspace_rules(workspace: Path, mode: str) -> Any:
+    from jackin_remote.workspace_rules import judge
+
+    return judge(workspace, mode=mode, network="allowlist")
 
 
 def _host_rules(ctx: typer.Context, name: str | None) -> tuple[tuple[str, str, str], ...]:
@@ -259,13 +307,14 @@ def _ask_launch(
     host: str,
     port: int,
     inventory: tuple[tuple[str, str, str], ...] = (),
+    workspace: tuple[tuple[str, str, str], ...] = (),
 ) -> dict[str, Any]:
     from agent_host.egress import decide
     from agent_host.wire import SpecError
     from jackin_remote.core.egress_rules import launch_rules
 
     try:
-        rules = launch_rules(runtime, allow, deny, inventory)
+        rules = launch_rules(runtime, allow, deny, inventory, workspace)
     except SpecError as exc:
         raise UsageError(f"{exc.field}: {exc.problem}") from None
     decision = decide(host, port, rules)
@@ -324,3 +373,68 @@ def deny_rule(
 ) -> None:  # fmt: skip
     """Deny a destination for --network allowlist sessions, in the inventory (deny wins)."""
     _edit(ctx, "deny", pattern, on, file, as_json)
+
+
+@app.command("approve")
+def approve(
+    workspace: Path = typer.Argument(Path("."), help="The workspace (default: .)."),
+    revoke: bool = typer.Option(False, "--revoke", help="Forget the approval instead."),
+    as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Approve the egress rules of a workspace's .jackin/config.toml ([egress] allow / deny) as
+    the file is now: they then apply to its --network allowlist sessions, until it changes.
+    Shows each rule with its line; never prompts."""
+    if revoke:
+        _revoke(workspace, as_json)
+        return
+    from jackin_remote.core.egress_rules import APPROVED
+    from jackin_remote.store import Store
+    from jackin_remote.workspace_rules import (
+        RULES_FILE,
+        approved_digest,
+        read_rules_file,
+        status_of,
+        workspace_key,
+    )
+
+    key = workspace_key(workspace)
+    try:
+        found = read_rules_file(workspace)
+        if found is None:
+            raise UsageError(f"{Path(key) / RULES_FILE}: no such file",
+                             hint="a workspace's egress rules are [egress] allow = [...] and "
+                             "deny = [...] in its .jackin/config.toml")  # fmt: skip
+        before = status_of(found, approved_digest(workspace))
+        if before != APPROVED:
+            Store().approve_workspace_rules(key, str(found.path), found.digest)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    rules = [{"action": a, "pattern": p, "origin": where} for a, p, where in found.rules]
+    if as_json:
+        print_json(workspace=key, file=str(found.path), sha256=found.digest, rules=rules,
+                   was=before, approved=True)  # fmt: skip
+        return
+    out.print(line(("approved", "green"), " ", str(found.path), f" (sha256 {found.digest[:16]}; ",
+                   f"was: {before})"))  # fmt: skip
+    if not rules:
+        out.print(text("  it holds no egress rules"))
+    for rule in rules:
+        style = "red" if rule["action"] == "deny" else "green"
+        out.print(line("  ", (f"{rule['action']:<5}", style), " ", (rule["pattern"], "bold"), "  ",
+                       (rule["origin"], "dim"), multiline=False))  # fmt: skip
+    out.print(text("  they apply to this workspace's --network allowlist sessions until the file "
+                   "changes; deny always wins", style="dim"))  # fmt: skip
+
+
+def _revoke(workspace: Path, as_json: bool) -> None:
+    from jackin_remote.store import Store
+    from jackin_remote.workspace_rules import workspace_key
+
+    key = workspace_key(workspace)
+    store = Store.open_existing()
+    revoked = store.revoke_workspace_rules(key) if store is not None else False
+    if as_json:
+        print_json(workspace=key, revoked=revoked)
+    else:
+        said = "approval revoked" if revoked else "nothing to revoke: not approved"
+        out.print(line((said, "green" if revoked else "yellow"), f" for {key}"))

@@ -53,6 +53,13 @@ IGNORE_WS = typer.Option(
     "--ignore-workspace-config",
     help="Do not read the workspace's .jackin/config.toml (approved or not).",
 )
+WORKSPACE_RULES = typer.Option(
+    "apply",
+    "--workspace-rules",
+    help="apply | ignore: the [egress] rules of the workspace's .jackin/config.toml, for "
+    "--network allowlist. apply (default): once approved (`jackin-remote policy approve`); launch "
+    "refuses rules that are not, or changed since. ignore: launch without them.",
+)
 TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
 TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
 NETWORK = typer.Option(
@@ -200,6 +207,13 @@ def _options(
     )  # fmt: skip
 
 
+def _rules_mode(options: Any, mode: str, ignore_workspace: bool) -> Any:
+    """--workspace-rules; --ignore-workspace-config leaves the whole file aside, rules too."""
+    import dataclasses
+
+    return dataclasses.replace(options, workspace_rules="ignore" if ignore_workspace else mode)
+
+
 def _limit_flags(
     memory: str | None, cpus: float | None, pids: int | None, nofile: int | None
 ) -> dict[str, Any]:
@@ -269,6 +283,7 @@ def explain(
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
+    workspace_rules: str = WORKSPACE_RULES,
     memory: str | None = MEMORY, cpus: float | None = CPUS, pids: int | None = PIDS,
     nofile: int | None = NOFILE, allow: list[str] = ALLOW, deny: list[str] = DENY,
     backend: str | None = BACKEND, model_api: str | None = MODEL_API,
@@ -289,7 +304,10 @@ def explain(
                                allow=allow, deny=deny, backend=backend, model_api=model_api,
                                secrets=secret,
                                mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
-            options = dataclasses.replace(options, role_cache=Path(scratch))
+            options = dataclasses.replace(
+                _rules_mode(options, workspace_rules, ignore_workspace_config),
+                role_cache=Path(scratch), explain_only=True,
+            )  # fmt: skip
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
             fail(error, as_json=as_json)
@@ -307,6 +325,7 @@ def launch(
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
+    workspace_rules: str = WORKSPACE_RULES,
     verbose: bool = VERBOSE, memory: str | None = MEMORY, cpus: float | None = CPUS,
     pids: int | None = PIDS, nofile: int | None = NOFILE, allow: list[str] = ALLOW,
     deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
@@ -327,6 +346,7 @@ def launch(
                            mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
+        options = _rules_mode(options, workspace_rules, ignore_workspace_config)
         prepared, items, pool = _resolve_live(ctx, options, runner)
     except JackinError as error:
         fail(error, as_json=as_json)

@@ -39,7 +39,7 @@ from agent_host.wire import (
     container_name,
     egress_network,
 )
-from jackin_remote.core.egress_rules import launch_rules
+from jackin_remote.core.egress_rules import WorkspaceRules, launch_rules
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.placement import Slot
 from jackin_remote.core.runtimes import RUNTIMES, Runtime
@@ -112,6 +112,8 @@ class LaunchRequest:
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
     build_network: str = DEFAULT_BUILD_NETWORK  # the role build's network (--build-network)
+    # The workspace's .jackin/config.toml [egress]: applied only when approved (None: no rules)
+    workspace_rules: WorkspaceRules | None = None
     allow: tuple[str, ...] = ()  # --allow patterns (network allowlist)
     deny: tuple[str, ...] = ()  # --deny patterns
     model_api: str | None = None  # --model-api: the upstream the proxy sends model calls to
@@ -419,6 +421,9 @@ def resolve_contract(
     ]
 
     warnings = [first_warning(target.backend)]  # what the backend does not protect against
+    if request.workspace_rules is not None:  # applied, pending, ignored or irrelevant: said here
+        network = {**network, "workspace_rules": request.workspace_rules.section(request.network)}
+        warnings += request.workspace_rules.warnings(request.network)
     if request.network == "open":
         warnings.append(
             "Network is open: the agent can reach the internet and your host's network, and can "
@@ -557,7 +562,8 @@ def _egress(
             raise ContractError("--allow and --deny apply to --network allowlist only")
         return ()
     try:
-        return launch_rules(runtime, request.allow, request.deny, inventory)
+        workspace = request.workspace_rules.applied if request.workspace_rules else ()
+        return launch_rules(runtime, request.allow, request.deny, inventory, workspace)
     except SpecError as exc:
         raise ContractError(f"{exc.field}: {exc.problem}") from None
 
