@@ -64,7 +64,7 @@ MAX_DIFF_BYTES = 16 * 1024 * 1024  # well under the RPC line limit, JSON escapin
 READ_CHUNK = 1024 * 1024  # base64: 1.4 MB lines, under asyncssh's 2 MB receive window
 _PIPE_CHUNK = 1024 * 1024
 TRANSFER_KINDS = ("bundle", "tar")
-_OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")
 
 # Config for every git call here. GIT_CONFIG_GLOBAL (not `-c`) because git drops -c values
 # (GIT_CONFIG_PARAMETERS) when it spawns upload-pack for a local path, and upload-pack must

@@ -55,7 +55,7 @@ TAIL_LINES = 20
 CACHE_ENTRIES = 256
 PROGRESS = "role.build.progress"
 
-_ROLE_HASH = re.compile(r"^[0-9a-f]{64}$")
+_ROLE_HASH = re.compile(r"^[0-9a-f]{64}\Z")
 # Prints "<uid> <gid>" of $1 (group $2 if given) as the image sees them.
 _ID_SCRIPT = (
     'uid=$(id -u "$1") || exit 3\n'

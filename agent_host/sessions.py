@@ -15,7 +15,7 @@ import time
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent_host import layout, testhooks
+from agent_host import layout, private_docker, testhooks
 from agent_host.procs import pid_alive
 from agent_host.protocol import (
     E_CONFLICT,
@@ -45,7 +45,6 @@ from agent_host.wire import (
     SECRET_EXPORTS,
     SECRETS_MOUNT,
     SECURITY_OPT,
-    SENSITIVE_NAMES,
     SHM_SIZE,
     TMUX_SESSION,
     AgentStatus,
@@ -59,6 +58,7 @@ from agent_host.wire import (
     check_env_value,
     check_session_id,
     egress_network,
+    held_sensitive,
 )
 
 Range = Tuple[int, int]  # [start, end)
@@ -134,11 +134,15 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             model_key = secrets.get(model_env) if model_env else None
             sandbox_secrets = {k: v for k, v in secrets.items() if k != model_env}
             proxy = _start_egress(ctx.root, client, spec, model_key)
+            if spec.private_docker is not None:
+                private_docker.start(client, spec, uid, gid, proxy)
             held = write_secret_files(session_id, uid, gid, files) if spec.secret_files else None
             container = _run_container(
                 client, spec, sandbox_secrets, image, work, uid, gid, proxy, held
             )
         except Exception as exc:
+            with contextlib.suppress(Exception):
+                private_docker.remove(client, session_id)
             _stop_egress(ctx.root, client, session_id)
             remove_secret_files(session_id)
             with contextlib.suppress(Exception):
@@ -354,12 +358,19 @@ def _run_container(
         if spec.model_api is not None:
             env[spec.model_api.base_url_env] = proxy + MODEL_PREFIX
             env[spec.model_api.key_env] = MODEL_KEY_PLACEHOLDER
+    if spec.private_docker is not None:  # the session's own daemon, never the proxy's business
+        env.update(private_docker.sandbox_env(spec.session_id))
+        if proxy is not None:
+            sidecar = private_docker.sidecar_name(spec.session_id)
+            env["NO_PROXY"] = env["no_proxy"] = "%s,%s" % (env["NO_PROXY"], sidecar)
     tmpfs = {}
     for path, options in spec.tmpfs.items():
         if path != "/tmp":
             options = "%s,uid=%d,gid=%d,mode=0700" % (options, uid, gid)
         tmpfs[path] = options
     volumes = {work: {"bind": spec.workdir, "mode": "rw"}, **_secret_volume(secret_dir)}
+    if spec.private_docker is not None:
+        volumes.update(private_docker.mounts(spec.session_id))
     for index, mount in enumerate(spec.mounts):
         if mount.kind == "tmpfs":
             tmpfs[mount.target] = "rw,nosuid,nodev,size=%s,uid=%d,gid=%d,mode=0700" % (
@@ -367,6 +378,11 @@ def _run_container(
         elif mount.kind == "host":
             volumes[checked_host_source(root_of(work), mount, spec)] = {
                 "bind": mount.target, "mode": "ro"}  # fmt: skip
+        elif mount.kind == "synced":
+            copy = checked_synced_copy(root_of(work), spec, index)
+            if os.getuid() == 0:  # the agent's own, like its checkout (ro: the mount says so)
+                _chown_tree(copy, uid, gid)
+            volumes[copy] = {"bind": mount.target, "mode": str(mount.mode)}
         else:
             name = _session_volume(client, spec, index, image, uid, gid)
             volumes[name] = {"bind": mount.target, "mode": "rw"}
@@ -410,8 +426,13 @@ def _run_container(
         kwargs["ulimits"] = [Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)]
     from docker.errors import DockerException
 
+    kwargs.pop("detach")
     try:
-        return client.containers.run(image, **kwargs)
+        container = client.containers.create(image, **kwargs)
+        for network in private_docker.extra_networks(spec):
+            client.networks.get(network).connect(container)
+        container.start()
+        return container
     except DockerException as exc:
         if limits.nofile is not None and "rlimit type 7" in str(exc):  # RLIMIT_NOFILE
             raise RemoteError(
@@ -463,32 +484,27 @@ def checked_host_source(root: str, mount: Mount, spec: LaunchSpec) -> str:
     return real
 
 
-SENSITIVE_DEPTH = 2  # /home holds alice/.ssh: a mount's children are looked into as well
-
-
-def held_sensitive(directory: str) -> List[str]:
-    """The credential stores (SENSITIVE_NAMES) in `directory` or in its subdirectories down to
-    SENSITIVE_DEPTH (symlinks not followed)."""
-    found: List[str] = []
-    level = [directory]
-    for _ in range(SENSITIVE_DEPTH):
-        for base in level:
-            found += [n for n in SENSITIVE_NAMES if os.path.lexists(os.path.join(base, n))]
-        level = [
-            os.path.join(base, entry.name)
-            for base in level
-            for entry in _entries(base)
-            if entry.is_dir(follow_symlinks=False)
-        ]
-    return sorted(set(found))
-
-
-def _entries(path: str) -> List[Any]:
-    try:
-        with os.scandir(path) as listing:
-            return list(listing)
-    except OSError:
-        return []
+def checked_synced_copy(root: str, spec: LaunchSpec, index: int) -> str:
+    """The host copy of a synced laptop directory: its path is derived here from the session id
+    and the mount's index (never read from the wire); it must be a real directory (no symlink
+    anywhere below the root) holding no sensitive name the operator did not acknowledge."""
+    copy = layout.synced_dir(root, spec.session_id, index)
+    target = spec.mounts[index].target
+    real = os.path.realpath(copy)
+    if real != layout.synced_dir(os.path.realpath(root), spec.session_id, index):
+        raise RemoteError(E_INVALID_PARAMS, "mount %s: its synced copy %s is reached through a "
+                          "symlink (it is %s)" % (target, copy, real))  # fmt: skip
+    if os.path.islink(copy) or not os.path.isdir(copy):
+        raise RemoteError(E_NOT_FOUND, "mount %s: the laptop directory was not synced to %s"
+                          % (target, copy))  # fmt: skip
+    missing = [name for name in held_sensitive(copy) if name not in spec.acknowledged]
+    if missing:
+        raise RemoteError(
+            E_INVALID_PARAMS,
+            "mount %s: the synced copy holds %s: acknowledge %s by name to mount it"
+            % (target, ", ".join(missing), "them" if len(missing) > 1 else "it"),
+        )
+    return copy
 
 
 def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: int,
@@ -574,6 +590,8 @@ def redact(text: str, secrets: List[Tuple[str, str]]) -> str:
 def _network_kwargs(spec: LaunchSpec) -> Dict[str, str]:
     if spec.network is Network.ALLOWLIST:
         return {"network": egress_network(spec.session_id)}
+    if spec.network is Network.NONE and spec.private_docker is not None:
+        return {"network": private_docker.network_name(spec.session_id)}  # its daemon only
     return {"network_mode": "none" if spec.network is Network.NONE else "bridge"}
 
 
@@ -681,6 +699,8 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 from agent_host import egressd
 
                 egressd.stop_proxy(ctx.root, record["id"])
+            if state not in ACTIVE_STATES and (record.get("spec") or {}).get("private_docker"):
+                private_docker.stop(client, record["id"])  # likewise its daemon
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
             out.append(public_record(record))
@@ -846,6 +866,7 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
         except _not_found():
             code = record.get("exit_code")
         _stop_egress(ctx.root, client, record["id"], network=False)
+        private_docker.stop(client, record["id"])
         if record["state"] in ("starting", "running"):
             store.update(
                 record["id"],
@@ -888,10 +909,16 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             # Gone with a host reboot (they live in memory): the agent starts without them.
             os.mkdir(secret_dir(spec.session_id), 0o500)
         try:
-            _start_egress(ctx.root, client, spec)
+            proxy = _start_egress(ctx.root, client, spec)
+            if spec.private_docker is not None:
+                uid = record.get("uid") or 0
+                private_docker.start(client, spec, uid, uid, proxy)
             container.start()
-        except DockerException as exc:
+        except (DockerException, RemoteError) as exc:
+            private_docker.stop(client, spec.session_id)
             _stop_egress(ctx.root, client, spec.session_id, network=False)
+            if isinstance(exc, RemoteError):
+                raise
             raise RemoteError(
                 E_FAILED, "docker could not start %s: %s" % (record["id"], exc)
             ) from None
@@ -964,6 +991,7 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
             client = _docker()
             _remove_containers(client, record)
         _stop_egress(ctx.root, client, record["id"])
+        private_docker.remove(client, record["id"])
         _remove_volumes(client, record["id"])
         remove_secret_files(record["id"])
         store.forget_egress(record["id"])

@@ -18,6 +18,7 @@ Python 3.9 compatible, stdlib only (runs on hosts).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -116,6 +117,16 @@ class Network(str, Enum):
     ALLOWLIST = "allowlist"  # an internal network; the host's egress proxy is the only way out
 
 
+class DockerPrivilege(str, Enum):
+    """How a private docker daemon's sidecar is allowed to run its own containers: `privileged`
+    (docker's --privileged, the usual way on a server) or `capabilities` (every capability but
+    CAP_SYS_RESOURCE, seccomp and AppArmor unconfined: for hosts that are themselves containers).
+    Either is elevated on the host; neither mounts the host's docker socket."""
+
+    PRIVILEGED = "privileged"
+    CAPABILITIES = "capabilities"
+
+
 class Isolation(str, Enum):
     CLONE = "clone"
     COPY = "copy"
@@ -127,19 +138,19 @@ class Mode(str, Enum):
 
 
 # -- validators ------------------------------------------------------------------------------
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 NAME_RULE = "lowercase letters, digits and '-', starting with a letter, at most 63 characters"
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # base32 without i, l, o, u
 SESSION_ID_LEN = 8
-SESSION_ID_RE = re.compile(r"^[%s]{%d}$" % (CROCKFORD, SESSION_ID_LEN))
-HASH_RE = re.compile(r"^[0-9a-f]{8,64}$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SESSION_ID_RE = re.compile(r"^[%s]{%d}\Z" % (CROCKFORD, SESSION_ID_LEN))
+HASH_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # A role user: `name`, `uid`, `name:group` or `uid:gid` (names as useradd takes them).
 _USER_PART = r"(?:[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
-USER_RE = re.compile(r"^%s(?::%s)?$" % (_USER_PART, _USER_PART))
+USER_RE = re.compile(r"^%s(?::%s)?\Z" % (_USER_PART, _USER_PART))
 ROOT_WORDS = frozenset({"root", "0"})
-MEMORY_RE = re.compile(r"^([0-9]{1,15})([kmg]?)$")
+MEMORY_RE = re.compile(r"^([0-9]{1,15})([kmg]?)\Z")
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Set by jackin itself; an operator may not override them.
 RESERVED_ENV = frozenset({"HOME", "USER", "PATH", "JACKIN_SESSION", "JACKIN_HOST"})
@@ -339,7 +350,7 @@ SENSITIVE_NAMES = (
 # Never a mount target: the checkout, the secrets, and what the engine or the system owns.
 _RESERVED_TARGETS = ("/", CONTAINER_WORKDIR, SECRETS_MOUNT, "/proc", "/sys", "/dev", "/etc",
                      "/usr", "/bin", "/sbin", "/lib", "/lib64", "/run", "/tmp")  # fmt: skip
-_MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@-]*$")
+_MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@-]*\Z")
 MAX_MOUNTS = 16
 MAX_TMPFS_BYTES = 64 * 1024**3
 
@@ -369,15 +380,83 @@ def sensitive_names(path: str) -> List[str]:
     return found
 
 
+SENSITIVE_DEPTH = 2  # /home holds alice/.ssh: a mount's children are looked into as well
+
+
+def held_sensitive(directory: str, depth: int = SENSITIVE_DEPTH) -> List[str]:
+    """The credential stores (SENSITIVE_NAMES) in `directory` or in its subdirectories down to
+    `depth` levels (symlinks not followed). The host checks a directory it mounts with it, the
+    laptop a directory it syncs. A name of two parts is found from its first part as well:
+    ~/.config holds .config/gh when ~/.config/gh exists."""
+    found: set[str] = set()
+    level = [directory]
+    for _ in range(depth):
+        for base in level:
+            found.update(name for name in SENSITIVE_NAMES if _holds(base, name))
+        level = [
+            os.path.join(base, entry.name)
+            for base in level
+            for entry in _dir_entries(base)
+            if entry.is_dir(follow_symlinks=False)
+        ]
+    return sorted(found)
+
+
+def _holds(base: str, name: str) -> bool:
+    """`base` holds `name`: base/name exists, or base already ends with its first part(s)."""
+    pieces = name.split("/")
+    parts = base.rstrip("/").split("/")
+    for given in range(len(pieces)):
+        if given and parts[-given:] != pieces[:given]:
+            continue
+        if os.path.lexists(os.path.join(base, *pieces[given:])):
+            return True
+    return False
+
+
+def _dir_entries(path: str) -> List[Any]:
+    try:
+        with os.scandir(path) as listing:
+            return list(listing)
+    except OSError:
+        return []
+
+
+SYNCED_MODES = ("ro", "rw")  # a synced laptop directory: read-only (the default) or writable
+MAX_LAPTOP_PATH = 4096
+
+
+def check_laptop_path(value: object, field_name: str) -> str:
+    """A laptop directory as the controller resolved it (realpath): absolute and normal, no
+    control characters. Shown and checked for sensitive names; never used as a host path."""
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or len(value) > MAX_LAPTOP_PATH
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)
+    ):
+        raise SpecError(field_name, "%r must be an absolute laptop path" % (value,))
+    parts = value.split("/")[1:]
+    if value == "/" or not all(parts) or any(p in (".", "..") for p in parts):
+        raise SpecError(field_name, "%r must be a normal directory path, not / (no '.', '..', "
+                        "'//' or a trailing '/')" % value)  # fmt: skip
+    return value
+
+
 @dataclass(frozen=True)
 class Mount:
-    """An operator mount: `host` (a host directory the inventory allows, read-only), `tmpfs`
-    (in memory, of a size) or `volume` (an engine volume of its own, removed with the session)."""
+    """An operator mount: `host` (a host directory the inventory allows, read-only), `synced`
+    (a laptop directory copied to the host for this session, ro or rw), `tmpfs` (in memory, of a
+    size) or `volume` (an engine volume of its own, removed with the session).
+
+    A synced mount's copy is at `layout.synced_dir(root, session, index)`: the host derives it
+    from the session id and the mount's index; `source` (the laptop path) is never a host path."""
 
     kind: str
     target: str
-    source: Optional[str] = None  # host: the host directory
+    source: Optional[str] = None  # host: the host directory; synced: the laptop directory
     size: Optional[str] = None  # tmpfs: e.g. "512m"
+    mode: Optional[str] = None  # synced: ro | rw
 
     def __post_init__(self) -> None:
         check_mount_path(self.target, "mounts.target")
@@ -387,10 +466,22 @@ class Mount:
         ):
             raise SpecError("mounts.target", "%s is the sandbox's own: pick another path"
                             % self.target)  # fmt: skip
+        if self.mode is not None and self.kind != "synced":
+            raise SpecError("mounts.mode", "only a synced directory has a mode")
         if self.kind == "host":
             check_mount_path(self.source, "mounts.source")
+            if str(self.source).rstrip("/").rsplit("/", 1)[-1] in ENGINE_SOCKETS:
+                raise SpecError("mounts.source", "%s: a container engine's socket is never "
+                                "mounted (it is root on the host); --docker private gives the "
+                                "sandbox a daemon of its own" % self.source)  # fmt: skip
             if self.size is not None:
                 raise SpecError("mounts.size", "only a tmpfs has a size")
+        elif self.kind == "synced":
+            check_laptop_path(self.source, "mounts.source")
+            if self.size is not None:
+                raise SpecError("mounts.size", "only a tmpfs has a size")
+            if self.mode not in SYNCED_MODES:
+                raise SpecError("mounts.mode", "a synced directory is mounted ro or rw")
         elif self.kind == "tmpfs":
             if self.source is not None:
                 raise SpecError("mounts.source", "a tmpfs has no source")
@@ -401,19 +492,23 @@ class Mount:
             if self.source is not None or self.size is not None:
                 raise SpecError("mounts", "a volume has no source and no size")
         else:
-            raise SpecError("mounts.kind", "must be host, tmpfs or volume")
+            raise SpecError("mounts.kind", "must be host, synced, tmpfs or volume")
 
     def to_wire(self) -> Dict[str, Optional[str]]:
-        return {"kind": self.kind, "target": self.target, "source": self.source, "size": self.size}
+        data = {"kind": self.kind, "target": self.target, "source": self.source, "size": self.size}
+        if self.mode is not None:
+            data["mode"] = self.mode
+        return data
 
     @classmethod
     def from_wire(cls, data: object) -> "Mount":
-        data = _check_keys(data, ("kind", "target", "source", "size"), "mounts[]")
-        return cls(data.get("kind"), data.get("target"), data.get("source"), data.get("size"))  # type: ignore[arg-type]
+        data = _check_keys(data, ("kind", "target", "source", "size", "mode"), "mounts[]")
+        return cls(data.get("kind"), data.get("target"), data.get("source"), data.get("size"),  # type: ignore[arg-type]
+                   data.get("mode"))  # fmt: skip
 
 
 # -- the model API, reached through the proxy -------------------------------------------------
-_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 MODEL_PREFIX = "/jackin-model"  # the proxy's own path for the model API (proxy.py)
 MODEL_KEY_PLACEHOLDER = "jackin-proxy-adds-the-key"  # what the sandbox holds instead of the key
 
@@ -448,6 +543,52 @@ class ModelApi:
         if set(data) != set(names) or not all(isinstance(v, str) for v in data.values()):
             raise SpecError("model_api", "needs %s, as strings" % ", ".join(names))
         return cls(**data)
+
+
+# Container engines' sockets: whoever holds one is root on the host. Never a mount's source.
+ENGINE_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock", "dockershim.sock")
+# A docker image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest].
+_IMAGE_REF_RE = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
+)
+# Set in the sandbox by `docker private`: the operator's env cannot point them elsewhere.
+PRIVATE_DOCKER_ENV = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+PRIVATE_DOCKER_CERTS = "/run/jackin/docker"  # in the sandbox: the client's TLS files, read-only
+PRIVATE_DOCKER_PORT = 2376
+
+
+def check_image_ref(value: object, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 256 or not _IMAGE_REF_RE.match(value):
+        raise SpecError(where, "must be a docker image reference, e.g. docker:27-dind")
+    return value
+
+
+@dataclass(frozen=True)
+class PrivateDocker:
+    """`docker private`: a docker daemon of the session's own, in a sidecar container that only
+    the sandbox reaches (over TLS, with a client certificate). The image must hold sh, openssl and
+    dockerd (e.g. docker:27-dind). The host's own docker socket is never offered."""
+
+    image: str
+    privilege: DockerPrivilege = DockerPrivilege.PRIVILEGED
+
+    def __post_init__(self) -> None:
+        check_image_ref(self.image, "private_docker.image")
+        if not isinstance(self.privilege, DockerPrivilege):
+            raise SpecError("private_docker.privilege", "must be privileged or capabilities")
+
+    def to_wire(self) -> Dict[str, str]:
+        return {"image": self.image, "privilege": self.privilege.value}
+
+    @classmethod
+    def from_wire(cls, data: object) -> "PrivateDocker":
+        data = _check_keys(data, ("image", "privilege"), "private_docker")
+        privilege = _check_enum(
+            data.get("privilege", "privileged"), DockerPrivilege, "private_docker.privilege"
+        )
+        return cls(check_image_ref(data.get("image"), "private_docker.image"), privilege)
 
 
 def split_upstream(url: object) -> Tuple[str, str, int, str]:
@@ -530,6 +671,7 @@ class LaunchSpec:
     egress: Tuple[Rule, ...] = ()  # the allowlist's rules, in order (deny wins)
     backend: Backend = Backend.DOCKER
     model_api: Optional[ModelApi] = None  # allowlist: the proxy adds the runtime's key
+    private_docker: Optional[PrivateDocker] = None  # docker private: the session's own daemon
 
     def __post_init__(self) -> None:
         self.validate()
@@ -602,6 +744,16 @@ class LaunchSpec:
                 raise SpecError("model_api", "its key_env is not among secret_env")
             if self.model_api.base_url_env in dict(self.env):
                 raise SpecError("env", "%s is set by the proxy route" % self.model_api.base_url_env)
+        if self.private_docker is not None:
+            if not isinstance(self.private_docker, PrivateDocker):
+                raise SpecError("private_docker", "must be an image and a privilege")
+            taken = [name for name in PRIVATE_DOCKER_ENV if name in dict(self.env)]
+            if taken:
+                raise SpecError("env", "%s is set by docker private" % ", ".join(taken))
+            if any(m.target == PRIVATE_DOCKER_CERTS or m.target.startswith(PRIVATE_DOCKER_CERTS
+                                                                            + "/")
+                   for m in self.mounts):  # fmt: skip
+                raise SpecError("mounts", "%s is the private docker's" % PRIVATE_DOCKER_CERTS)
 
     # Derived, identical on both sides.
     @property
@@ -655,7 +807,7 @@ class LaunchSpec:
                 value = value.to_wire()
             elif item.name == "egress":
                 value = [rule.to_wire() for rule in value]
-            elif isinstance(value, ModelApi):
+            elif isinstance(value, (ModelApi, PrivateDocker)):
                 value = value.to_wire()
             elif item.name == "mounts":
                 value = [mount.to_wire() for mount in value]
@@ -712,6 +864,9 @@ class LaunchSpec:
             model_api=None
             if data.get("model_api") is None
             else ModelApi.from_wire(data["model_api"]),
+            private_docker=None
+            if data.get("private_docker") is None
+            else PrivateDocker.from_wire(data["private_docker"]),
         )
 
 
@@ -879,7 +1034,7 @@ def records_from_wire(items: object) -> List[SessionRecord]:
 
 
 # -- who a host is (the `identity` method) -----------------------------------------------------
-IDENTITY_RE = re.compile(r"^[0-9a-f]{32}$")
+IDENTITY_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def _check_identity(value: object, field_name: str) -> Optional[str]:

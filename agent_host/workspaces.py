@@ -42,8 +42,8 @@ from agent_host.wire import session_branch
 ISOLATIONS = ("clone", "copy")
 LAUNCH_COMMIT_MESSAGE = "jackin: local working tree at launch"
 GIT_TIMEOUT = 600.0
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")
 
 
 # -- validation --------------------------------------------------------------------------------

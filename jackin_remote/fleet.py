@@ -35,7 +35,7 @@ T = TypeVar("T")
 # sshd's MaxStartups starts dropping unauthenticated connections past 10: stay under it.
 DEFAULT_MAX_HANDSHAKES = 8
 HANDSHAKE_RETRIES = 2
-_JUMP_RE = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>[^:@]+)(?::(?P<port>\d+))?$")
+_JUMP_RE = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>[^:@]+)(?::(?P<port>\d+))?\Z")
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,16 @@ def backend_origin(host: Host, declared: Host | None = None) -> BackendOrigin:
 
 
 def host_backend_misfits(
-    host: Host, capacity: Capacity, declared: Host | None = None, network: str | None = None
+    host: Host,
+    capacity: Capacity,
+    declared: Host | None = None,
+    network: str | None = None,
+    docker: str = "none",
 ) -> list[Misfit]:
-    """Whether `host` can run its backend (for a session with `network`; None: no session)."""
+    """Whether `host` can run its backend (for a session with `network` and `docker` access;
+    network None: no session)."""
     origin = backend_origin(host, declared)
-    return backend_misfits(host.name, host.backend, origin, network, capacity)
+    return backend_misfits(host.name, host.backend, origin, network, capacity, docker)
 
 
 async def _probe(link: HostLink) -> dict[str, Any]:

@@ -35,15 +35,16 @@ from jackin_remote.core.egress_rules import WorkspaceRules
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.names import new_session_id
 from jackin_remote.core.placement import Slot, place
+from jackin_remote.core.tiers import DEFAULT_NETWORK_WHY
 from jackin_remote.credentials import Source, parse_source, resolve
 from jackin_remote.errors import AgentCallError, HostError, JackinError, UsageError
 from jackin_remote.inventory import Host, Inventory, select_hosts
 
 if TYPE_CHECKING:
-    from jackin_remote.fleet import Pool
+    from jackin_remote.fleet import HostLink, Pool
     from jackin_remote.roles import Role
     from jackin_remote.store import Store
-    from jackin_remote.sync import ProgressCallback
+    from jackin_remote.sync import LaptopDir, ProgressCallback
     from jackin_remote.workspace import WorkspaceScan
 
 Step = Callable[[str, str], None]  # (host, message)
@@ -56,7 +57,8 @@ class LaunchOptions:
     runtime: str | None  # None: the role's only runtime (config.choose_runtime)
     workspace: Path
     task: str | None = None
-    network: str = "open"
+    network: str | None = None  # None: allowlist wherever the host can enforce it
+    docker: str = "none"  # --docker: none | private
     env: tuple[str, ...] = ()
     count: int = 1
     isolation: str | None = None
@@ -72,7 +74,7 @@ class LaunchOptions:
     backend: str | None = None  # --backend: replaces the hosts' own for this launch
     model_api: str | None = None  # --model-api: the proxy's upstream for model calls
     secrets: tuple[str, ...] = ()  # --secret NAME=SOURCE (jackin_remote/credentials.py)
-    mounts: tuple[str, ...] = ()  # --mount host:SRC:DST[:ro]
+    mounts: tuple[str, ...] = ()  # --mount host:SRC:DST[:ro] | LAPTOP_DIR:DST[:ro|rw]
     tmpfs: tuple[str, ...] = ()  # --tmpfs DST:SIZE
     volumes: tuple[str, ...] = ()  # --volume DST
     acknowledged: tuple[str, ...] = ()  # --ack-sensitive NAME
@@ -96,6 +98,31 @@ class Prepared:
     count: int = 1
     limit_sources: dict[str, str] = field(default_factory=dict)  # limit -> flag or file:line
     secret_files: dict[str, str] = field(default_factory=dict)  # name -> value; never printed
+    synced_dirs: dict[str, LaptopDir] = field(default_factory=dict)  # --mount LAPTOP_DIR: realpath
+    # host -> (network, why) where --network was not given: the default, per host's facts
+    networks: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def request_for(self, host: str) -> LaunchRequest:
+        """The request as `host` gets it: with the default network its facts allow."""
+        if host not in self.networks:
+            return self.request
+        network, why = self.networks[host]
+        return dataclasses.replace(self.request, network=network, network_why=why)
+
+    def with_default_networks(self, capacities: Mapping[str, Capacity | str]) -> Prepared:
+        """Where --network was not given: allowlist wherever the host can enforce it
+        (core/tiers.py default_network); the hosts whose facts could not be read get it too
+        (their misfits say what was not checked)."""
+        from jackin_remote.core.tiers import default_network
+
+        request = self.request
+        # Rules for a proxy: an allowlist, or a refusal where the host cannot have one.
+        if request.network_why == "--network" or request.allow or request.deny:
+            return self
+        if request.model_api:
+            return self
+        chosen = {h.name: default_network(h.backend, capacities.get(h.name)) for h in self.hosts}
+        return dataclasses.replace(self, networks=chosen)
 
 
 def check_network_options(network: str, allow: Sequence[str], deny: Sequence[str]) -> None:
@@ -153,7 +180,12 @@ def prepare(
         raise UsageError("--count must be at least 1")
     if options.count > 1 and options.name:
         raise UsageError("--name names one session; it cannot be used with --count")
-    check_network_options(options.network, options.allow, options.deny)
+    check_network_options(options.network or "allowlist", options.allow, options.deny)
+    if options.docker not in ("none", "private"):
+        raise UsageError(
+            f"--docker {options.docker!r}: expected none or private",
+            hint="private: a docker daemon of the session's own, in a sidecar",
+        )
     check_session_name(options.name)
     env = parse_env(list(options.env))
     if options.backend not in (None, "docker", "gvisor"):
@@ -186,15 +218,21 @@ def prepare(
         for name, item in secrets.items()
         if (value := _read_source(item, f"--secret {name}", options.resolve_commands, environ))
     }
+    mounts = mount_options(options.mounts, options.tmpfs, options.volumes,
+                           workspace=scan.path, acknowledged=options.acknowledged)  # fmt: skip
+    synced_dirs = laptop_dirs(mounts)
     request = LaunchRequest(
         runtime=runtime,
         task=options.task,
-        network=options.network,
+        network=options.network or "allowlist",
+        network_why="--network" if options.network else DEFAULT_NETWORK_WHY,
+        docker=options.docker,
         env=env,
         credential_source=source,
         credential_present=key_present,
         secrets=tuple((name, item.described) for name, item in secrets.items()),
-        mounts=mount_options(options.mounts, options.tmpfs, options.volumes),
+        mounts=mounts,
+        synced=tuple((d.path, d.files, d.total_bytes) for d in synced_dirs.values()),
         acknowledged=options.acknowledged,
         isolation=options.isolation,
         name=options.name,
@@ -206,13 +244,20 @@ def prepare(
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,
-                    secret_values)  # fmt: skip
+                    secret_values, synced_dirs)  # fmt: skip
 
 
 def mount_options(
-    mounts: Sequence[str], tmpfs: Sequence[str], volumes: Sequence[str]
+    mounts: Sequence[str],
+    tmpfs: Sequence[str],
+    volumes: Sequence[str],
+    *,
+    workspace: Path | None = None,
+    acknowledged: Sequence[str] = (),
 ) -> tuple[Mount, ...]:
-    """--mount host:SRC:DST[:ro], --tmpfs DST:SIZE and --volume DST, checked by the wire's rules."""
+    """--mount host:SRC:DST[:ro] | LAPTOP_DIR:DST[:ro|rw], --tmpfs DST:SIZE and --volume DST,
+    checked by the wire's rules. A laptop directory is checked here, on the laptop
+    (`synced_mount`); `workspace` is the launch's (a directory above it is refused)."""
     from agent_host.wire import SpecError
 
     found: list[Mount] = []
@@ -220,11 +265,8 @@ def mount_options(
         for text in mounts:
             parts = text.split(":")
             if parts[0] != "host":
-                raise UsageError(
-                    f"--mount {text!r}: only host directories can be mounted (host:DIR:TARGET)",
-                    hint="files from this laptop travel in the workspace; a host directory "
-                    "must be listed in the inventory's host_mounts",
-                )
+                found.append(synced_mount(text, workspace, acknowledged))
+                continue
             if len(parts) == 4 and parts[3] == "rw":
                 raise UsageError(f"--mount {text!r}: host directories are mounted read-only: "
                                  "they never widen what the agent can write")  # fmt: skip
@@ -240,6 +282,57 @@ def mount_options(
     except SpecError as exc:
         raise UsageError(f"{exc.field}: {exc.problem}") from None
     return tuple(found)
+
+
+SYNCED_SYNTAX = "LAPTOP_DIR:TARGET[:ro|rw] (a laptop directory) or host:DIR:TARGET[:ro]"
+
+
+def synced_mount(text: str, workspace: Path | None, acknowledged: Sequence[str] = ()) -> Mount:
+    """--mount LAPTOP_DIR:TARGET[:ro|rw]: a laptop directory, copied to the host for the session
+    and mounted at TARGET (ro by default). Checked on the laptop, on its realpath: it must be a
+    directory, neither /, nor the home directory or a directory above it, nor one above the
+    workspace (the workspace's parent holds its siblings), and neither be, be inside nor hold
+    (two levels down) a credential store unless --ack-sensitive names it."""
+    from agent_host.wire import SYNCED_MODES, held_sensitive, sensitive_names
+
+    body, mode = text, "ro"
+    head, sep, last = text.rpartition(":")
+    if sep and last in SYNCED_MODES:
+        body, mode = head, last
+    source, sep, target = body.rpartition(":")
+    if not sep or not source or not target.startswith("/"):
+        raise UsageError(f"--mount {text!r}: expected {SYNCED_SYNTAX}")
+    real = os.path.realpath(Path(source).expanduser())
+    if not os.path.isdir(real):
+        raise UsageError(f"--mount {text!r}: {source} is not a directory on this laptop")
+    shown = source if real == source else f"{source} (it is {real})"
+    home = os.path.realpath(Path.home())
+    if real == "/" or real == home or home.startswith(real.rstrip("/") + "/"):
+        raise UsageError(f"--mount {text!r}: {shown} is or holds your home directory: "
+                         "mount the directory the agent needs, not all of it")  # fmt: skip
+    if workspace is not None:
+        ws = os.path.realpath(workspace)
+        if ws.startswith(real.rstrip("/") + "/"):
+            raise UsageError(f"--mount {text!r}: {shown} holds the workspace and what is beside "
+                             "it: the workspace travels on its own; mount a directory of its "
+                             "own")  # fmt: skip
+    found = sorted(set(sensitive_names(real)) | set(held_sensitive(real)))
+    missing = [name for name in found if name not in acknowledged]
+    if missing:
+        raise UsageError(
+            f"--mount {text!r}: {shown} is or holds {', '.join(missing)} (credentials): it is "
+            "refused unless acknowledged by name",
+            hint=" ".join(f"--ack-sensitive {name}" for name in missing)
+            + " to send it to the host anyway",
+        )
+    return Mount("synced", target, source=real, mode=mode)
+
+
+def laptop_dirs(mounts: Sequence[Mount]) -> dict[str, LaptopDir]:
+    """What each synced laptop directory sends, read once (reads only)."""
+    from jackin_remote.sync import scan_laptop_dir
+
+    return {str(m.source): scan_laptop_dir(str(m.source)) for m in mounts if m.kind == "synced"}
 
 
 def _read_source(
@@ -331,6 +424,8 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         nofile=host.limits.nofile,
         egress=host.egress,
         host_mounts=host.host_mounts,
+        private_docker_image=host.private_docker_image,
+        private_docker_privilege=host.private_docker_privilege,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )
@@ -365,7 +460,7 @@ def contracts(
     return [
         resolve_contract(
             new_session_id(), _target_ref(host, slots, placed_by), role, workspace,
-            prepared.request,
+            prepared.request_for(host.name),
         )
         for host in placements(prepared, slots)
     ]  # fmt: skip
@@ -433,6 +528,7 @@ async def launch_contracts(pool: Pool, prepared: Prepared, store: Store | None) 
     all fit: nothing has been started)."""
     # The limits first, read-only: a refusal leaves every host as it was.
     capacities = await read_capacities(pool, prepared.hosts)
+    prepared = prepared.with_default_networks(capacities)
     refuse_misfits(limit_misfits(prepared, capacities))
     slots = await live_slots(pool, prepared.hosts, running_counts(store))
     checked, blocking = judge_fit(prepared, contracts(prepared, slots, LIVE), capacities)
@@ -448,6 +544,8 @@ async def explain_contracts(prepared: Prepared, store: Store | None) -> list[Con
 
     running = running_counts(store)
     async with Pool(prepared.inventory) as pool:
+        if prepared.request.network_why != "--network":  # the default depends on the host
+            prepared = prepared.with_default_networks(await read_capacities(pool, prepared.hosts))
         if len(prepared.hosts) < 2:
             plan = contracts(prepared, slots_for(prepared.hosts, running))
         else:
@@ -481,7 +579,7 @@ def limit_misfits(prepared: Prepared, capacities: Mapping[str, Capacity | str]) 
     before it asks a host anything else: the value is wrong whichever host would be picked."""
     from jackin_remote.hostcheck import host_backend_misfits, host_misfits
 
-    network = prepared.request.network
+    docker = prepared.request.docker
     return [
         misfit
         for host in prepared.hosts
@@ -490,9 +588,12 @@ def limit_misfits(prepared: Prepared, capacities: Mapping[str, Capacity | str]) 
             *host_misfits(
                 host, capacity, prepared.inventory.host(host.name), prepared.limit_sources
             ),
-            *host_backend_misfits(host, capacity, prepared.inventory.host(host.name), network),
+            *host_backend_misfits(
+                host, capacity, prepared.inventory.host(host.name),
+                prepared.request_for(host.name).network, docker,
+            ),
         ]
-    ]
+    ]  # fmt: skip
 
 
 def judge_fit(
@@ -518,13 +619,15 @@ def judge_fit(
                                   f"{capacity or 'not asked'}",
                                   "run `jackin-remote hosts check`")]  # fmt: skip
             continue
-        needed = prepared.scan.total_bytes * (count + 1)
+        synced = sum(d.total_bytes for d in prepared.synced_dirs.values())
+        needed = prepared.scan.total_bytes * (count + 1) + synced * count
         found[name] = host_misfits(
             hosts[name], capacity, prepared.inventory.host(name), prepared.limit_sources
         )
         found[name] += host_backend_misfits(
-            hosts[name], capacity, prepared.inventory.host(name), prepared.request.network
-        )
+            hosts[name], capacity, prepared.inventory.host(name),
+            prepared.request_for(name).network, prepared.request.docker,
+        )  # fmt: skip
         found[name] += disk_misfits(name, capacity, needed, count)
     # Where each host's backend was chosen (--backend, the inventory's file:line, the default).
     origins = {
@@ -615,6 +718,10 @@ async def _apply_host(
         session_id = contract.identity["session"]
         step(host.name, f"creating session {session_id}")
         try:
+            await _sync_mounts(pool, link, prepared, contract, step)
+        except JackinError as exc:
+            return _failed(contract, str(exc))
+        try:
             await testhooks.pause("create-send")
             entry = await link.agent.call(
                 "session.create",
@@ -643,6 +750,21 @@ async def _apply_host(
         }
 
     return list(await asyncio.gather(*(create(c) for c in items)))
+
+
+async def _sync_mounts(
+    pool: Pool, link: HostLink, prepared: Prepared, contract: Contract, step: Step
+) -> None:
+    """Copy each synced laptop directory of the session to its host copy, before the session
+    is created (the host refuses a synced mount whose copy is missing)."""
+    from jackin_remote.sync import sync_laptop_dir
+
+    spec = contract.spec
+    for index, mount in enumerate(spec.mounts):
+        if mount.kind == "synced":
+            step(link.host.name, f"syncing {mount.source} for {mount.target}")
+            directory = prepared.synced_dirs[str(mount.source)]
+            await sync_laptop_dir(pool, link, directory, spec.session_id, index)
 
 
 def _failed(contract: Contract, message: str, state: str = "not_started") -> dict[str, Any]:

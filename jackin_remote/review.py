@@ -43,7 +43,7 @@ MAX_SIZE_FLAG = "--max-size"
 DEFAULT_MAX_SIZE = "4G"
 MAX_LINK_TARGET = 4096  # PATH_MAX: a longer "link" cannot be followed anywhere
 READ_CHUNK = 1024 * 1024  # asked per session.read; the host may answer less, never more
-_OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

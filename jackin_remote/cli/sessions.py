@@ -63,10 +63,18 @@ WORKSPACE_RULES = typer.Option(
 TASK = typer.Option(None, "--task", help="Run headless on this task (else: interactive, in tmux).")
 TASK_FILE = typer.Option(None, "--task-file", help="Read the task from a file.")
 NETWORK = typer.Option(
-    "open",
+    None,
     "--network",
-    help="open | none | allowlist. none: no network (the engine enforces it). allowlist: only "
-    "what the rules allow, through the host's egress proxy (--allow, --deny).",
+    help="allowlist | none | open. allowlist (the default where the host can enforce it): only "
+    "what the rules allow, through the host's egress proxy (--allow, --deny). none: no network "
+    "(the engine enforces it). open: the internet and the host's network.",
+)
+DOCKER = typer.Option(
+    "none",
+    "--docker",
+    help="none | private. private: a docker daemon of the session's own in a sidecar, reached "
+    "over TLS (DOCKER_HOST); the sidecar is privileged on the host. The host's docker socket is "
+    "never offered.",
 )
 MOUNT = typer.Option(
     [],
@@ -169,7 +177,7 @@ def _options(
     workspace: Path,
     task: str | None,
     task_file: Path | None,
-    network: str,
+    network: str | None,
     env: list[str],
     count: int,
     isolation: str | None,
@@ -188,6 +196,7 @@ def _options(
     secrets: list[str] | None = None,
     resolve_commands: bool = False,
     mounts: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], []),
+    docker: str = "none",
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -203,7 +212,7 @@ def _options(
         deny=tuple(deny or ()), backend=backend, model_api=model_api,
         secrets=tuple(secrets or ()), resolve_commands=resolve_commands,
         mounts=tuple(mounts[0]), tmpfs=tuple(mounts[1]), volumes=tuple(mounts[2]),
-        acknowledged=tuple(mounts[3]),
+        acknowledged=tuple(mounts[3]), docker=docker,
     )  # fmt: skip
 
 
@@ -279,7 +288,7 @@ def explain(
     ctx: typer.Context, workspace: Path = WORKSPACE, on: str | None = ON,
     role: str | None = ROLE, runtime: str | None = RUNTIME, task: str | None = TASK,
     task_file: Path | None = TASK_FILE,
-    network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
+    network: str | None = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
@@ -289,6 +298,7 @@ def explain(
     backend: str | None = BACKEND, model_api: str | None = MODEL_API,
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
+    docker: str = DOCKER,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -303,7 +313,8 @@ def explain(
                                limits=_limit_flags(memory, cpus, pids, nofile),
                                allow=allow, deny=deny, backend=backend, model_api=model_api,
                                secrets=secret,
-                               mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
+                               mounts=(mount, tmpfs, volume, ack_sensitive),
+                               docker=docker)  # fmt: skip
             options = dataclasses.replace(
                 _rules_mode(options, workspace_rules, ignore_workspace_config),
                 role_cache=Path(scratch), explain_only=True,
@@ -321,7 +332,7 @@ def launch(
     ctx: typer.Context, workspace: Path = WORKSPACE, on: str | None = ON,
     role: str | None = ROLE, runtime: str | None = RUNTIME, task: str | None = TASK,
     task_file: Path | None = TASK_FILE,
-    network: str = NETWORK, env: list[str] = ENV, count: int = COUNT,
+    network: str | None = NETWORK, env: list[str] = ENV, count: int = COUNT,
     isolation: str | None = ISOLATION, name: str | None = NAME, key_from: str | None = KEY_FROM,
     include: list[str] = INCLUDE, build_network: str = BUILD_NETWORK, as_json: bool = JSON,
     ignore_workspace_config: bool = IGNORE_WS, full_contract: bool = FULL_CONTRACT,
@@ -331,6 +342,7 @@ def launch(
     deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
+    docker: str = DOCKER,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -343,7 +355,8 @@ def launch(
                            limits=_limit_flags(memory, cpus, pids, nofile),
                            allow=allow, deny=deny, backend=backend, model_api=model_api,
                            secrets=secret, resolve_commands=True,
-                           mounts=(mount, tmpfs, volume, ack_sensitive))  # fmt: skip
+                           mounts=(mount, tmpfs, volume, ack_sensitive),
+                           docker=docker)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         options = _rules_mode(options, workspace_rules, ignore_workspace_config)

@@ -39,6 +39,7 @@ from agent_host.wire import (
     container_name,
     egress_network,
 )
+from jackin_remote.core import docker_access
 from jackin_remote.core.egress_rules import WorkspaceRules, launch_rules
 from jackin_remote.core.names import is_valid_name
 from jackin_remote.core.placement import Slot
@@ -94,6 +95,8 @@ class TargetRef:
     nofile: int | None = None
     egress: tuple[tuple[str, str, str], ...] = ()  # the inventory's rules: (action, pattern, at)
     host_mounts: tuple[str, ...] = ()  # host directories the inventory lets sessions mount
+    private_docker_image: str = "docker:27-dind"  # --docker private: the sidecar's image
+    private_docker_privilege: str = "privileged"  # privileged | capabilities
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -107,7 +110,8 @@ class LaunchRequest:
     credential_source: str | None = None  # where the runtime's key comes from (var or source)
     credential_present: bool = False
     secrets: tuple[tuple[str, str], ...] = ()  # --secret: (name, its source, described)
-    mounts: tuple[Mount, ...] = ()  # --mount host:..., --tmpfs, --volume
+    mounts: tuple[Mount, ...] = ()  # --mount host:... | LAPTOP_DIR:..., --tmpfs, --volume
+    synced: tuple[tuple[str, int, int], ...] = ()  # per synced laptop dir: (realpath, files, bytes)
     acknowledged: tuple[str, ...] = ()  # --ack-sensitive
     isolation: str | None = None  # None: clone for git workspaces, copy otherwise
     name: str | None = None
@@ -117,6 +121,8 @@ class LaunchRequest:
     allow: tuple[str, ...] = ()  # --allow patterns (network allowlist)
     deny: tuple[str, ...] = ()  # --deny patterns
     model_api: str | None = None  # --model-api: the upstream the proxy sends model calls to
+    docker: str = "none"  # --docker: none | private (a daemon of the session's own)
+    network_why: str = "--network"  # who chose the network: the flag, or the default and why
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,12 @@ def resolve_contract(
                   if c["available"] and runtime.key_env and c["delivery"] != "file"]  # fmt: skip
     command = _command(runtime, request.task)
     try:
+        daemon = docker_access.private_docker(
+            request.docker, target.private_docker_image, target.private_docker_privilege
+        )
+    except ValueError as exc:
+        raise ContractError(str(exc), hint="--docker none | private") from None
+    try:
         spec = LaunchSpec(
             session_id=session_id,
             workspace=workspace.name,
@@ -294,6 +306,7 @@ def resolve_contract(
             secret_files=tuple(name for name, _ in request.secrets),
             mounts=_allowed_mounts(request.mounts, target),
             acknowledged=request.acknowledged,
+            private_docker=daemon,
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -349,7 +362,11 @@ def resolve_contract(
                 "note": f"the engine's shared-memory tmpfs, size={SHM_SIZE}, writable (noexec); "
                 "discarded when the container stops",
             },
-            *(_mount_entry(mount, session_id, index) for index, mount in enumerate(spec.mounts)),
+            *(
+                _mount_entry(mount, session_id, index, root, request.synced)
+                for index, mount in enumerate(spec.mounts)
+            ),
+            *docker_access.mount_entry(spec),
             *(
                 [
                     {
@@ -383,6 +400,14 @@ def resolve_contract(
                 "interface",
                 "reaches": [],
             }
+            if request.network == "none" and daemon is None
+            else {
+                "policy": "none",
+                "enforcement": "host-enforced",
+                "enforced_by": "the container engine on the host: the sandbox's only network "
+                "is the one to its private docker daemon (internal, no host address)",
+                "reaches": ["its private docker daemon"],
+            }
             if request.network == "none"
             else {
                 "policy": "open",
@@ -392,6 +417,7 @@ def resolve_contract(
             }
         )
     )
+    network = {**network, "chosen": request.network_why}
 
     plan = [
         Effect(
@@ -409,6 +435,16 @@ def resolve_contract(
             layout.role_dir(root, role.name, role.content_hash),
             "if missing",
         ),
+        *(
+            Effect(
+                f"sync laptop directory {mount.source} ({_synced_size(mount, request.synced)}) "
+                f"for {mount.target} (rsync: symlinks as links, never followed; no owners, "
+                "devices or special files)",
+                layout.synced_dir(root, session_id, index),
+            )
+            for index, mount in enumerate(spec.mounts)
+            if mount.kind == "synced"
+        ),
         Effect("record the session (state: starting)", layout.state_db(root)),
         Effect(
             f"create the session checkout ({isolation.value}"
@@ -416,6 +452,7 @@ def resolve_contract(
             work,
         ),
         *(_egress_effects(spec, target.host, root) if request.network == "allowlist" else ()),
+        *(Effect(action, where) for action, where in docker_access.effects(spec, target.host)),
         Effect(f"create and start container {name}", f"docker engine on {target.host}"),
         Effect("record the session on the laptop", "local state db (a cache)"),
     ]
@@ -429,6 +466,7 @@ def resolve_contract(
             "Network is open: the agent can reach the internet and your host's network, and can "
             "send anything it can read (including the workspace and its credential) anywhere."
         )
+    warnings += docker_access.warning(spec)
     if build["network"] != "none":
         warnings.append(
             f"The role build has the network ({build['network']}): its RUN steps run as root "
@@ -462,6 +500,13 @@ def resolve_contract(
             f"{len(workspace.excluded_secrets)} secret-shaped file(s) stay on the laptop "
             "(name them with --include to send them)."
         )
+    for index, mount in enumerate(spec.mounts):
+        if mount.kind == "synced" and mount.mode == "rw":
+            warnings.append(
+                f"{mount.target} is a writable copy of {mount.source}: what the agent writes "
+                f"there stays in {layout.synced_dir(root, session_id, index)} on the host, never "
+                "travels back to the laptop, and is deleted by rm."
+            )
 
     return Contract(
         schema="v1",
@@ -494,16 +539,13 @@ def resolve_contract(
                 network=request.network,
                 credential=any(c["available"] for c in credentials),
                 unattended=mode == "task",
-                docker_access="none",
+                docker_access=request.docker,
             ),
         ),
         filesystem=filesystem,
         credentials=credentials,
         network=network,
-        docker_access={
-            "access": "none",
-            "detail": "no docker socket in the sandbox; the host socket is never offered",
-        },
+        docker_access=docker_access.section(spec),
         service_ports=[],
         limits={
             "memory": target.memory,
@@ -521,7 +563,8 @@ def resolve_contract(
         },
         persistence={
             "survives_container_exit": [f"{work} (the session checkout, until rm)"],
-            "lost_on_stop": ["/tmp", home],
+            "lost_on_stop": ["/tmp", home]
+            + (["the private docker daemon's images and containers"] if daemon else []),
             "shared": [
                 f"{mirror} (workspace mirror, shared by this workspace's sessions; "
                 "read when creating checkouts, never mounted)"
@@ -682,7 +725,45 @@ def _allowed_mounts(mounts: tuple[Mount, ...], target: TargetRef) -> tuple[Mount
     return mounts
 
 
-def _mount_entry(mount: Mount, session_id: str, index: int) -> dict[str, Any]:
+def _synced_size(mount: Mount, synced: tuple[tuple[str, int, int], ...]) -> str:
+    for path, files, total in synced:
+        if path == mount.source:
+            return f"{files} file{'' if files == 1 else 's'}, {_bytes_text(total)}"
+    return "size not read"
+
+
+def _bytes_text(count: int) -> str:
+    size, unit = float(count), "bytes"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+
+
+def _mount_entry(
+    mount: Mount,
+    session_id: str,
+    index: int,
+    root: str = "",
+    synced: tuple[tuple[str, int, int], ...] = (),
+) -> dict[str, Any]:
+    if mount.kind == "synced":
+        writes = (
+            "read-only in the sandbox"
+            if mount.mode == "ro"
+            else "writable: what the agent writes here lands in this host copy only and never "
+            "travels back to the laptop (`pull` brings back the checkout only: have the agent "
+            "copy what you want to keep into " + CONTAINER_WORKDIR + ", or copy the host path "
+            "off the host before rm)"
+        )
+        return {"laptop": mount.source, "host": layout.synced_dir(root, session_id, index),
+                "container": mount.target, "mode": mount.mode, "isolation": "copy",
+                "note": f"a copy of the laptop directory ({_synced_size(mount, synced)}), synced "
+                "before the session is created; symlinks are copied as links and never followed "
+                "(what they point to stays on the laptop; in the sandbox they resolve inside the "
+                "sandbox); owners, devices and special files are not copied; " + writes
+                + "; deleted by rm"}  # fmt: skip
     if mount.kind == "host":
         return {"laptop": None, "host": mount.source, "container": mount.target, "mode": "ro",
                 "isolation": "shared", "note": "a host directory the inventory allows; "

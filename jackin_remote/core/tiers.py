@@ -40,7 +40,7 @@ ALTERNATIVE = {  # no commas inside: the contract shows a list joined with ", "
     "I/O; some programs need syscalls it lacks; needs runsc registered on the host (`hosts check` "
     "shows it)",
 }
-LATER = ("docker+dind (a private docker daemon for the sandbox): later", "microVM: later")
+LATER = ("microVM: later",)
 
 FIRST_WARNING = {
     DOCKER: "A Docker container is not a microVM: the sandbox shares the host's kernel, and a "
@@ -91,7 +91,7 @@ class Needs:
     network: str  # open | none | allowlist
     credential: bool  # the session carries an API key (in the sandbox, or held by its proxy)
     unattended: bool  # task mode: the agent runs with nobody watching
-    docker_access: str = "none"  # this version never gives a sandbox a docker engine
+    docker_access: str = "none"  # none | private (a daemon of its own in a sidecar)
 
     def words(self) -> str:
         parts = [
@@ -130,8 +130,9 @@ def recommend(needs: Needs) -> Recommendation:
         reasons.append("unattended (task mode): nobody watches what it runs")
     if needs.docker_access != "none":
         reasons.append(
-            f"docker access {needs.docker_access}: an engine in the sandbox wants a "
-            "microVM around it (later); gVisor is the strongest box until then"
+            f"docker access {needs.docker_access}: whatever the agent builds and runs gets a "
+            "daemon of its own, whose sidecar is privileged on the host; a microVM around "
+            "both would be the right box (later)"
         )
     if reasons:
         return Recommendation(
@@ -191,12 +192,35 @@ def network_none_only(args: tuple[str, ...]) -> bool:
     return False
 
 
+DEFAULT_NETWORK_WHY = "default: allowlist (the host enforces it; --network chooses)"
+
+
+def default_network(backend: str, capacity: object) -> tuple[str, str]:
+    """The network a session gets when --network is not given: `allowlist` wherever the host
+    can enforce it; `none` on a gVisor host whose runsc runs only without a network (an
+    allowlist needs an interface to its proxy). (network, why) for the contract."""
+    if backend == GVISOR and isinstance(capacity, Capacity):
+        runsc = capacity.runtime(GVISOR_RUNTIME)
+        if runsc is not None and network_none_only(runsc.args):
+            return "none", (
+                "default: none, because this host runs gVisor only without a network (runsc "
+                "--network=none), so no allowlist can be enforced for it; --network chooses"
+            )
+    return "allowlist", DEFAULT_NETWORK_WHY
+
+
 def backend_misfits(
-    host: str, backend: str, origin: BackendOrigin, network: str | None, capacity: Capacity
+    host: str,
+    backend: str,
+    origin: BackendOrigin,
+    network: str | None,
+    capacity: Capacity,
+    docker: str = "none",
 ) -> list[Misfit]:
-    """Whether `host` can run `backend` for a session with `network` (None: no session, as in
-    `hosts check`). Blocking when the engine's runtimes say it cannot; a warning when they could
-    not be read (the engine would then refuse at creation, in its own words)."""
+    """Whether `host` can run `backend` for a session with `network` and `docker` access
+    (network None: no session, as in `hosts check`). Blocking when the engine's runtimes say it
+    cannot; a warning when they could not be read (the engine would then refuse at creation, in
+    its own words)."""
     if backend != GVISOR:
         return []
     chosen = f"backend gvisor {origin.words()}"
@@ -221,6 +245,16 @@ def backend_misfits(
                 f"register runsc on {host} (install it, add it to /etc/docker/daemon.json "
                 f"as runtime `{GVISOR_RUNTIME}`, reload dockerd: {DOCS}), or pass "
                 f"--backend docker{change}",
+            )
+        ]
+    if network is not None and docker == "private" and network_none_only(runsc.args):
+        return [
+            Misfit(
+                True,
+                f"{host} runs gVisor only without a network (its runsc is registered with "
+                f"--network=none), but --docker private needs one to its daemon ({chosen})",
+                f"pass --backend docker{change}, or register runsc on {host} without "
+                f"--network=none ({DOCS})",
             )
         ]
     if network is not None and network != "none" and network_none_only(runsc.args):

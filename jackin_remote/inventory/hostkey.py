@@ -25,7 +25,7 @@ KEY_TYPES = (
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
 
-_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -72,6 +72,8 @@ HOST_KEYS = (
     "limits",
     "egress",
     "host_mounts",
+    "private_docker_image",
+    "private_docker_privilege",
 )
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
@@ -103,14 +105,14 @@ _SECRET_WORDS = (
 )
 
 # Characters that reach ssh/rsync argv: a conservative charset, never a leading '-'.
-_ADDRESS_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
-_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}\Z")
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 _JUMP_RE = re.compile(
     r"^(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,63})@)?(?P<host>[A-Za-z0-9._-]{1,253})"
     r"(?::(?P<port>[0-9]{1,5}))?$"
 )
-_PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9._/~-]+$")
-_IDENTITY_FILE_RE = re.compile(r"^[A-Za-z0-9._/~@+=,-]{1,4096}$")
+_PATH_CHARS_RE = re.compile(r"^[A-Za-z0-9._/~-]+\Z")
+_IDENTITY_FILE_RE = re.compile(r"^[A-Za-z0-9._/~@+=,-]{1,4096}\Z")
 _NAME_HINT = f"names use {NAME_RULE}"
 
 
@@ -523,6 +525,26 @@ def _host_mounts(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _image_ref(value: object) -> str:
+    from agent_host.wire import check_image_ref
+
+    text = _expect_str(value)
+    try:
+        return check_image_ref(text, "private_docker_image")
+    except SpecError:
+        raise _Problem(
+            f"invalid image reference {_show(text)}",
+            hint='e.g. "docker:27-dind" (an image with sh, openssl and dockerd)',
+        ) from None
+
+
+def _privilege(value: object) -> str:
+    text = _expect_str(value)
+    if text not in ("privileged", "capabilities"):
+        raise _Problem(f"unknown privilege {_show(text)}", hint='"privileged" or "capabilities"')
+    return text
+
+
 def _backend(value: object) -> str:
     text = _expect_str(value)
     if text not in ("docker", "gvisor"):
@@ -574,6 +596,8 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "root": _root,
     "backend": _backend,
     "host_mounts": _host_mounts,
+    "private_docker_image": _image_ref,
+    "private_docker_privilege": _privilege,
 }
 LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
@@ -595,6 +619,8 @@ _EXAMPLES = {
     "root": 'root = "~/.jackin"',
     "backend": 'backend = "docker"',
     "host_mounts": 'host_mounts = ["/srv/pip-cache", "/opt/toolchains"]',
+    "private_docker_image": 'private_docker_image = "docker:27-dind"',
+    "private_docker_privilege": 'private_docker_privilege = "privileged"',
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",

@@ -11,6 +11,7 @@ Backend = Literal["docker", "gvisor"]
 LOCAL_HOST_NAME = "local"
 DEFAULT_ROOT = "~/.jackin"
 DEFAULT_CAPACITY = 4
+DEFAULT_PRIVATE_DOCKER_IMAGE = "docker:27-dind"  # --docker private: a daemon with sh and openssl
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Host:
     # --network allowlist rules from the inventory: (allow | deny, pattern, file:line)
     egress: tuple[tuple[str, str, str], ...] = ()
     host_mounts: tuple[str, ...] = ()  # host directories sessions may mount, read-only
+    # --docker private: the sidecar's image (sh, openssl, dockerd) and how it gets its privileges
+    private_docker_image: str = DEFAULT_PRIVATE_DOCKER_IMAGE
+    private_docker_privilege: str = "privileged"
     # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
     source_file: str = "<builtin>"
     source_line: int | None = None

@@ -27,7 +27,7 @@ GIT_TIMEOUT = 600.0
 _GIT_PREFIX = "git+"
 _GIT_SCHEMES = ("file", "https", "http", "ssh", "git")
 _BARE_GIT_SCHEMES = ("https://", "ssh://", "git://")  # URLs that are git without a prefix
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}\Z")
 _URL_BAD_RE = re.compile(r"[\x00-\x20\x7f]")
 URL_HINT = "a git role is git+file:///path, git+ssh://..., or https://host/repo.git, then #ref"
 

@@ -102,6 +102,22 @@ def _credentials(items: list[dict[str, Any]]) -> RenderableType:
     return _kv(rows)
 
 
+def _network(data: dict[str, Any]) -> RenderableType:
+    rows: list[tuple[str, str | None]] = [
+        ("policy", data["policy"]),
+        ("chosen", data.get("chosen")),
+        ("enforcement", data["enforcement"]),
+        ("enforced by", data["enforced_by"]),
+        ("reaches", ", ".join(data["reaches"]) or "nothing"),
+    ]
+    rules = data.get("rules") or []
+    rows += [("rules" if index == 0 else "", rule) for index, rule in enumerate(rules)]
+    rows.append(("log", data.get("log")))
+    caveats = data.get("caveats") or []
+    rows += [("caveats" if index == 0 else "", f"- {c}") for index, c in enumerate(caveats)]
+    return _kv(rows)
+
+
 def _section(name: str, data: Any) -> RenderableType:
     if name == "identity":
         return _identity(data)
@@ -110,11 +126,7 @@ def _section(name: str, data: Any) -> RenderableType:
     if name == "credentials":
         return _credentials(data)
     if name == "network":
-        return _kv([("policy", data["policy"]), ("enforcement", data["enforcement"]),
-                    ("enforced by", data["enforced_by"]),
-                    ("reaches", ", ".join(data["reaches"]) or "nothing")])  # fmt: skip
-    if name == "docker_access":
-        return _kv([("access", data["access"]), ("", data["detail"])])
+        return _network(data)
     if name == "service_ports":
         return text("none" if not data else ", ".join(map(str, data)))
     if name == "plan":

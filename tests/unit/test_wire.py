@@ -112,3 +112,31 @@ def test_any_tampering_of_a_spec_is_either_valid_or_a_spec_error(changes: dict[s
 def test_any_json_as_a_record_is_a_record_or_a_spec_error(value: Any) -> None:
     with contextlib.suppress(SpecError):
         SessionRecord.from_wire(value)
+
+
+# A pattern's `$` also matches before a final newline: every check must refuse one.
+@pytest.mark.parametrize(
+    ("check", "good"),
+    [
+        (lambda v: __import__("agent_host.wire").wire.check_session_id(v), "abcd1234"),
+        (lambda v: __import__("agent_host.wire").wire.check_name(v, "workspace"), "app-1"),
+        (lambda v: __import__("agent_host.wire").wire.check_hash(v), "ab" * 32),
+        (lambda v: __import__("agent_host.wire").wire.check_commit(v, "c"), "c0ffee" * 6 + "abcd"),
+        (lambda v: check_role_user(v), "agent:agent"),
+        (lambda v: __import__("agent_host.wire").wire.check_env_name(v), "GIT_TOKEN"),
+        (lambda v: memory_bytes(v), "512m"),
+        (lambda v: __import__("agent_host.wire").wire.check_mount_path(v, "m"), "/srv/cache"),
+        (lambda v: __import__("agent_host.wire").wire.check_image_ref(v, "i"), "docker:27-dind"),
+    ],
+)
+def test_no_check_accepts_a_trailing_newline(check: Any, good: str) -> None:
+    check(good)
+    for bad in (good + "\n", good + "\r\n", "\n" + good):
+        with pytest.raises(SpecError):
+            check(bad)
+
+
+def test_an_egress_pattern_is_normalised_not_taken_verbatim() -> None:
+    from agent_host.egress import parse_pattern
+
+    assert str(parse_pattern(" A.Example.com\n", "p")) == "a.example.com"
