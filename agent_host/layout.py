@@ -8,6 +8,7 @@
     <root>/roles/<role>/<content-hash>/       role build context
     <root>/sessions/<id>/work/                the session's own checkout (clone or copy)
     <root>/sessions/<id>/pull.bundle          work handed back by `pull` (git)
+    <root>/sessions/<id>/mounts/<index>/      a laptop directory synced for mount <index>
 
 Python 3.9 compatible.
 """
@@ -65,3 +66,16 @@ def work_dir(root: str, session_id: str) -> str:
 
 def bundle_file(root: str, session_id: str) -> str:
     return os.path.join(session_dir(root, session_id), "pull.bundle")
+
+
+def synced_mounts_dir(root: str, session_id: str) -> str:
+    """Where a session's synced laptop directories are copied (one per --mount LAPTOP_DIR)."""
+    return os.path.join(session_dir(root, session_id), "mounts")
+
+
+def synced_dir(root: str, session_id: str, index: int) -> str:
+    """The host copy of the laptop directory of the session's mount number `index` (its place
+    in the spec's mounts): derived from the session id, never taken from the wire."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
+        raise ValueError("mount index %r out of range" % (index,))
+    return os.path.join(synced_mounts_dir(root, session_id), str(index))

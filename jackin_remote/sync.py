@@ -6,6 +6,11 @@ get an rsync of exactly the scanned file list, over an OpenSSH ControlMaster tha
 host key our asyncssh connection verified, then `workspace.commit` prunes what is no longer in
 the list and records the new manifest. A host that fails never stops the others.
 
+A laptop directory a session mounts (`--mount LAPTOP_DIR:TARGET`) travels the same way, with the
+same rsync argv: `scan_laptop_dir` lists it at prepare (symlinks as links, never followed; special
+files left behind), `sync_laptop_dir` copies it into `<root>/sessions/<id>/mounts/<index>/` just
+before that session is created.
+
 A git workspace's `.git` never travels as is: a second rsync sends the git payload built in the
 laptop cache (a pack of exactly HEAD's history, see workspace.build_git_payload) into the
 mirror's `.git/`. It is built once per HEAD, the first time a host needs it.
@@ -14,7 +19,9 @@ mirror's `.git/`. It is built once per HEAD, the first time a host needs it.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ from typing import Any, Literal
 
 from agent_host import testhooks
 from jackin_remote.core.hoststate import HostState
-from jackin_remote.errors import AgentProtocolError, HostError
+from jackin_remote.errors import AgentProtocolError, HostError, UsageError
 from jackin_remote.fleet import HostLink, HostResult, Pool, _adhoc_jump_host
 from jackin_remote.inventory.model import Host
 from jackin_remote.transport.openssh import (
@@ -265,3 +272,85 @@ async def _read_output(
                 progress(SyncProgress(host, "progress", tally.fraction, tally.files))
     if pending:
         tally.feed(pending.decode(errors="replace"))
+
+
+# -- synced mounts: a laptop directory copied for one session ------------------------------------
+@dataclass(frozen=True)
+class LaptopDir:
+    """A laptop directory a session mounts (`--mount LAPTOP_DIR:TARGET`), as read at prepare:
+    exactly the entries that travel, relative to `path` (its realpath)."""
+
+    path: str
+    entries: tuple[str, ...]  # directories, regular files and symlinks (sent as links)
+    files: int
+    total_bytes: int  # of the regular files
+    symlinks: int
+    skipped: tuple[str, ...] = ()  # sockets, fifos, devices: never sent
+
+
+def scan_laptop_dir(path: str) -> LaptopDir:
+    """Walk `path` without following any symlink: a symlink travels as a link (rsync -l), so
+    nothing it points to is read; special files stay behind. Reads only."""
+    entries: list[str] = []
+    skipped: list[str] = []
+    files = total = links = 0
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            with os.scandir(os.path.join(path, rel) if rel else path) as listing:
+                found = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            raise UsageError(f"--mount {path}: cannot read {rel or '.'}: "
+                             f"{exc.strerror or exc}") from None  # fmt: skip
+        for entry in found:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_symlink():
+                links += 1
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(name)
+            elif entry.is_file(follow_symlinks=False):
+                files += 1
+                total += entry.stat(follow_symlinks=False).st_size
+            else:
+                skipped.append(name)
+                continue
+            entries.append(name)
+    return LaptopDir(path, tuple(entries), files, total, links, tuple(skipped))
+
+
+async def host_root(link: HostLink) -> str:
+    """The host's root as an absolute path: a leading ~ expanded by the host's shell, exactly as
+    the agent's serve script does it."""
+    from jackin_remote.agent.deploy import root_prelude
+
+    done = await link.transport.run(
+        root_prelude(link.host.root) + "printf '%s\\n' \"$root\"\n", timeout=30
+    )
+    root = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0 or not root.startswith("/") or "\n" in root:
+        raise HostError(link.host.name, HostState.OK,
+                        f"could not resolve the host root {link.host.root}: "
+                        f"{done.stderr_text or root or '(no output)'}")  # fmt: skip
+    return root.rstrip("/") or "/"
+
+
+async def sync_laptop_dir(
+    pool: Pool, link: HostLink, directory: LaptopDir, session_id: str, index: int
+) -> str:
+    """rsync a laptop directory to the session's copy for mount `index`, before the session is
+    created; the copy's host path (from agent_host.layout). The copy must not exist yet: a new
+    session id has none, and nothing is ever merged into a copy that is there."""
+    from agent_host import layout
+
+    root = await host_root(link)
+    dest = layout.synced_dir(root, session_id, index)
+    parent, quoted = shlex.quote(os.path.dirname(dest)), shlex.quote(dest)
+    made = await link.transport.run(
+        f"umask 077 && mkdir -p -- {parent} && mkdir -- {quoted}", timeout=30
+    )
+    if made.returncode != 0:
+        raise HostError(link.host.name, HostState.OK,
+                        f"could not make {dest}: {made.stderr_text or '(no output)'}")  # fmt: skip
+    await _rsync(pool, link, directory.path, directory.entries, dest, RsyncTally(), None)
+    return dest
