@@ -79,8 +79,9 @@ DOCKER = typer.Option(
 MOUNT = typer.Option(
     [],
     "--mount",
-    help="host:DIR:TARGET: a host directory the inventory lists "
-    "in host_mounts, read-only at TARGET (repeatable).",
+    help="host:DIR:TARGET: a host directory the inventory lists in host_mounts, read-only at "
+    "TARGET. LAPTOP_DIR:TARGET[:ro|rw]: a laptop directory copied to the host for this session "
+    "(ro by default; rw writes stay on the host and are deleted by rm). Repeatable.",
 )
 TMPFS = typer.Option([], "--tmpfs", help="TARGET:SIZE: a tmpfs of that size (repeatable).")
 VOLUME = typer.Option(
