@@ -132,6 +132,17 @@ def test_gvisor_with_a_network_its_runsc_cannot_give_is_refused_before_any_work(
     assert reason in warnings and "(backend gvisor chosen by --backend)" in warnings, warnings
     assert not _exists(machine, root)
 
+    # Without --network: the default is allowlist where the host can enforce it; this host's
+    # runsc has no network, so the session gets none, and the contract says why.
+    defaulted = cli.json(*base, "explain", "--backend", "gvisor", *args)
+    (contract,) = defaulted["contracts"]
+    assert contract["network"]["policy"] == "none", contract["network"]
+    assert "runsc --network=none" in contract["network"]["chosen"], contract["network"]
+    assert not any("runs gVisor only without a network" in w for w in contract["warnings"])
+    docker = cli.json(*base, "explain", "--backend", "docker", *args)["contracts"][0]
+    assert docker["network"]["policy"] == "allowlist", docker["network"]
+    assert docker["network"]["chosen"].startswith("default: allowlist"), docker["network"]
+
     # launch, --backend gvisor: refused before the agent, the sync, the build or the create.
     refused = cli.run(*base, "launch", "--backend", "gvisor", "--network", "open", *args)
     said = " ".join(refused.stderr.split())
