@@ -112,6 +112,11 @@ def _network(data: dict[str, Any]) -> RenderableType:
     ]
     rules = data.get("rules") or []
     rows += [("rules" if index == 0 else "", rule) for index, rule in enumerate(rules)]
+    workspace = data.get("workspace_rules")  # .jackin/config.toml [egress]: applied or why not
+    if workspace:
+        rows.append(("workspace rules", f"{workspace['file']}: {workspace['note']}"))
+        if workspace["status"] in ("not approved", "changed since approved"):  # pending
+            rows += [("", f"(not applied) {rule}") for rule in workspace["rules"]]
     rows.append(("log", data.get("log")))
     caveats = data.get("caveats") or []
     rows += [("caveats" if index == 0 else "", f"- {c}") for index, c in enumerate(caveats)]

@@ -3,6 +3,7 @@ inventory (defaults, groups, host), an approved workspace's, the flags; deny win
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -135,3 +136,19 @@ def test_other_networks_say_the_rules_are_irrelevant(network: str) -> None:
     assert "allowlist only" in entry["note"]
     assert not [w for w in data["warnings"] if ".jackin/config.toml" in w]
     assert data["spec"]["egress"] == []
+
+
+def test_the_panel_says_pending_rules_are_not_applied() -> None:
+    from rich.console import Console
+
+    from jackin_remote.ui.contract import contract_panel
+
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(contract_panel(_contract(CHANGED)))
+    shown = " ".join(console.export_text().split())
+    assert (
+        "workspace rules /home/me/app/.jackin/config.toml: NOT applied: the file changed" in shown
+    )
+    assert "(not applied) allow pypi.mirror.local:8443 (workspace .jackin/config.toml:3)" in shown
+    console.print(contract_panel(_contract(APPROVED)))
+    assert "applied: approved with this exact content" in console.export_text()
