@@ -175,3 +175,44 @@ def test_workspace_rules_apply_only_as_approved(
                      "shell", "--network", "allowlist", str(ws))["contracts"][0]  # fmt: skip
     assert again["network"]["workspace_rules"]["applied"] is True
     cli.run("-i", inv, "rm", "--force", sid, check=True)
+
+
+def test_policy_check_takes_the_role_and_the_hosts_groups(cli: CLI, tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(
+        '[hosts.local]\ntransport = "local"\n\n'
+        '[groups.builders]\nmembers = ["local"]\n[groups.builders.egress]\n'
+        'allow = ["artifacts.corp.example.com"]\n'
+    )  # fmt: skip
+    inv, claude_role = str(inventory), str(Path(TEST_ROLE).parent / "claude-test")
+    # The role's only runtime is the one a launch runs: its model API is allowed.
+    by_role = cli.json("policy", "check", "api.anthropic.com", "--role", claude_role)
+    assert by_role["runtime"] == "claude" and by_role["allowed"] is True
+    plain = cli.json("policy", "check", "api.anthropic.com", ok_codes=(1,))  # shell: no model API
+    assert plain["runtime"] == "shell" and plain["allowed"] is False
+    several = cli.run("policy", "check", "api.anthropic.com", "--role", TEST_ROLE)
+    assert several.returncode == 2 and "--runtime is required" in several.stderr
+    foreign = cli.run("policy", "check", "x.com", "--role", TEST_ROLE, "--runtime", "claude")
+    assert foreign.returncode == 2 and "does not support runtime 'claude'" in foreign.stderr
+    grouped = cli.json("-i", inv, "policy", "check", "artifacts.corp.example.com", "--on", "local")
+    assert grouped["allowed"] is True and grouped["rule"] == (
+        f"allow artifacts.corp.example.com (inventory {inventory}:7)"
+    )
+
+
+def test_hostile_text_in_the_file_is_shown_escaped(cli: CLI, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".jackin").mkdir(parents=True)
+    config = ws / ".jackin" / "config.toml"
+    config.write_text(
+        '[egress]\nallow = [\n  "ok.example.com",\n  "\\u001b]52;c;Zm9v\\u0007x.com",\n]\n'
+    )
+    done = cli.run("policy", "approve", str(ws))
+    assert done.returncode == 2 and "\x1b" not in done.stderr and "\x07" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"{config}:4: egress.allow[1]:" in said and "\\x1b" in said, said
+    config.write_text('[egress]\n"\\u202eyek" = ["x.com"]\n')
+    done = cli.run("policy", "approve", str(ws))
+    assert done.returncode == 2 and "\u202e" not in done.stderr and "\\u202e" in done.stderr
+    # Nothing was approved along the way; a revoke says so.
+    assert cli.json("policy", "approve", "--revoke", str(ws))["revoked"] is False
