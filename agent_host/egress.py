@@ -24,8 +24,8 @@ from agent_host.protocol import SpecError
 
 MAX_PATTERN = 260
 MAX_RULES = 512
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_PORT = re.compile(r"^[0-9]{1,5}$")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_PORT = re.compile(r"^[0-9]{1,5}\Z")
 
 # The presets: named sets of allow patterns. A runtime's model API is allowed for its sessions.
 PRESETS: Dict[str, Tuple[str, ...]] = {
@@ -224,6 +224,20 @@ def decide(host: str, port: int, rules: Iterable[Rule]) -> Decision:
     if allowed is not None:
         return Decision(True, str(allowed))
     return Decision(False, DEFAULT_DENY)
+
+
+def rule_port(text: str) -> Optional[int]:
+    """The port the pattern of a rule names, from the rule's text as decide() reports it
+    (`str(Rule)`: `allow PATTERN (SOURCE)`); None when the pattern names none, or when `text` is
+    not a rule's text (the default deny, a proxy's own reason)."""
+    action, _, rest = text.partition(" ")
+    pattern, _, source = rest.partition(" ")
+    if action not in ("allow", "deny") or not (source.startswith("(") and source.endswith(")")):
+        return None
+    try:
+        return parse_pattern(pattern).port
+    except SpecError:
+        return None
 
 
 def preset_rules(names: Iterable[str]) -> List[Rule]:

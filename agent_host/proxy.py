@@ -14,11 +14,20 @@ Everything the sandbox sends is hostile input:
   Numeric forms a resolver would turn into an address (`127.1`, `0x7f000001`) are refused, so the
   policy never sees a "name" that is really an address; an IPv4-mapped IPv6 literal is decided
   (and connected to) as the IPv4 address it is.
-- The proxy resolves names once, itself, and connects to exactly those addresses: nothing later
-  gets the name and a chance to resolve it differently. IP literals are never resolved.
+- The proxy resolves names once, itself, checks every address it got, and connects to exactly
+  those addresses: nothing later gets the name and a chance to resolve it differently (DNS
+  rebinding). IP literals are never resolved, and get the same checks. Loopback, link-local
+  (cloud metadata), unspecified, multicast, reserved and broadcast addresses, any IPv6 form of
+  one, the proxy's own address and its session's network are refused: an allowed name that
+  resolves to one is denied. Private ranges are not refused.
+- CONNECT opens a raw TCP tunnel: to port 443 only, unless the allow rule that matched names
+  the port (`git.example.com:22`).
 - A forwarded plain-HTTP request goes out in origin-form with the proxy's own headers and every
   hop-by-hop header removed, its Host set from the request target (RFC 9112 3.2.2), and
-  `Connection: close`: one request per proxied connection.
+  `Connection: close`. One request per client connection: its body is framed by Content-Length
+  or chunked only (anything two parsers could read differently is a 400), exactly that body is
+  sent upstream, re-framed, and nothing the client sends after it ever is. The response goes
+  back framed, with `Connection: close`, and the connection ends.
 
 Python 3.9 compatible, stdlib only (runs on hosts).
 """
@@ -32,8 +41,9 @@ import re
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Awaitable, Callable, List, Optional, Set, Tuple
+from typing import Awaitable, Callable, List, Optional, Sequence, Set, Tuple, Union
 
+from agent_host.egress import rule_port
 from agent_host.wire import MODEL_PREFIX  # origin-form requests under it: the model API, key added
 
 # -- the interface ---------------------------------------------------------------------------
@@ -86,11 +96,24 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key",
 
 
 class BadRequest(ValueError):
-    """The client's request is malformed: it gets a 400 and is not recorded."""
+    """The client's request is malformed: it gets a 400 and is not recorded (unless it was
+    decided already: a bad body is found while it is sent)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BadResponse(ValueError):
+    """The upstream's response cannot be framed safely: the client gets a 502 (or, when part of
+    the response went already, its connection is cut)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Fail = Callable[[str], Exception]  # BadRequest or BadResponse: whose stream it is
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -256,7 +279,7 @@ def host_port(host: str, port: int) -> str:
 
 
 # Never forwarded: the proxy's own headers and the hop-by-hop ones (RFC 9110 7.6.1). Host is
-# replaced from the target. Transfer-Encoding and Trailer stay: the body is relayed as sent.
+# replaced from the target; the framing (_FRAMING) is written anew, from request_framing.
 _DROPPED = frozenset(
     {
         "connection",
@@ -269,8 +292,7 @@ _DROPPED = frozenset(
         "host",
     }
 )
-# What a Connection header may not get dropped by naming it: the upstream needs them to find the
-# end of the body.
+# The headers that say where a body ends: the proxy reads them strictly and writes its own.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
@@ -310,21 +332,99 @@ def model_head(request: Request, target: Target, route: ModelRoute) -> bytes:
 
 def rewrite_head(request: Request, target: Target) -> bytes:
     """The head a plain-HTTP request goes upstream with: origin-form, Host from the target, the
-    proxy's and hop-by-hop headers (and any the Connection header names) removed, and
-    `Connection: close`."""
+    proxy's and hop-by-hop headers (and any the Connection header names) removed, its framing
+    written anew (one Content-Length, or `Transfer-Encoding: chunked`; no Trailer: trailer
+    fields are not forwarded), and `Connection: close`. Raises BadRequest (request_framing)."""
     assert target.path is not None
-    dropped = set(_DROPPED)
+    framing = request_framing(request)
+    dropped = set(_DROPPED) | _FRAMING | {"trailer"}
     for name, value in request.headers:
         if name.lower() in ("connection", "proxy-connection"):
-            named = {token.strip().lower() for token in value.split(",")}
-            dropped.update(named - _FRAMING)
+            dropped.update(token.strip().lower() for token in value.split(","))
     host = host_port(target.host, target.port)
     if target.port == 80:
         host = host[: host.rindex(":")]
     lines = ["%s %s %s" % (request.method, target.path, request.version), "Host: " + host]
     lines += ["%s: %s" % (n, v) for n, v in request.headers if n.lower() not in dropped]
+    lines += framing_lines(framing)
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# -- message framing (RFC 9112 6) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Framing:
+    """Where a message's body ends: `none` (it has none), `length` (after `length` bytes),
+    `chunked` (at the last chunk), or `close` (a response's: when the upstream closes).
+    `codings` is a response's Transfer-Encoding, as sent on."""
+
+    kind: str
+    length: int = 0
+    codings: str = ""
+
+
+NO_BODY = Framing("none")
+MAX_CHUNK_LINE = 4096  # a chunk-size line (extensions included), or a trailer field line
+MAX_TRAILER = 65536  # a trailer section
+MAX_INTERIM = 16  # 1xx responses before the final one
+_LENGTH_RE = re.compile(r"[0-9]{1,18}")
+_CODING_RE = re.compile(_TOKEN)
+_CHUNK_LINE_RE = re.compile(
+    rb'([0-9A-Fa-f]{1,16})(?:;%s(?:=(?:%s|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"))?)*'
+    % (_TOKEN.encode(), _TOKEN.encode())
+)  # strict: no whitespace around the extensions (they are dropped anyway)
+
+
+def request_framing(request: Request) -> Framing:
+    """How a plain-HTTP request's body ends: Content-Length or chunked only, and nothing two
+    parsers could read differently (RFC 9112 6.1, 6.3; request smuggling): both headers, several
+    differing lengths, a length that is not digits, a Transfer-Encoding other than exactly one
+    `chunked`, Transfer-Encoding in HTTP/1.0, or a header some servers would read as either
+    (`Content_Length`) raise BadRequest. Obs-fold and tabs never get this far (parse_head)."""
+    lengths: List[str] = []
+    codings: List[str] = []
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower == "content-length":
+            lengths.append(value)
+        elif lower == "transfer-encoding":
+            codings.append(value)
+        elif lower.replace("_", "-") in _FRAMING:
+            raise BadRequest("a header named like %s" % lower.replace("_", "-"))
+    if codings and lengths:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if codings:
+        if request.version == "HTTP/1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if len(codings) != 1 or codings[0].lower() != "chunked":
+            raise BadRequest("a Transfer-Encoding other than chunked")
+        return Framing("chunked", codings="chunked")
+    if not lengths:
+        return NO_BODY
+    return Framing("length", content_length(lengths, BadRequest))
+
+
+def content_length(values: Sequence[str], fail: Fail) -> int:
+    """The one length that every Content-Length value (a line, or a list in one) says."""
+    found = set()
+    for value in values:
+        for item in value.split(","):
+            item = item.strip(" \t")
+            if not _LENGTH_RE.fullmatch(item):
+                raise fail("a Content-Length that is not a number")
+            found.add(int(item))
+    if len(found) != 1:
+        raise fail("differing Content-Length values")
+    return found.pop()
+
+
+def framing_lines(framing: Framing) -> List[str]:
+    """The header lines that say `framing`: none for `none`, nor for `close` without codings."""
+    if framing.kind == "length":
+        return ["Content-Length: %d" % framing.length]
+    if framing.kind in ("chunked", "close") and framing.codings:
+        return ["Transfer-Encoding: " + framing.codings]
+    return []
 
 
 async def read_head(reader: asyncio.StreamReader, limit: int) -> Tuple[bytes, bytes]:
@@ -355,6 +455,187 @@ async def read_head(reader: asyncio.StreamReader, limit: int) -> Tuple[bytes, by
         buf += chunk
 
 
+class Source:
+    """A stream read from after `prefix` (what was read past a head already), in framed pieces.
+    Reads past what a piece needs stay buffered here: they are never sent anywhere by it."""
+
+    def __init__(self, reader: asyncio.StreamReader, prefix: bytes = b"") -> None:
+        self._reader = reader
+        self._buf = bytearray(prefix)
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes; b"" at the end of the stream."""
+        if self._buf:
+            data = bytes(self._buf[:limit])
+            del self._buf[:limit]
+            return data
+        return await self._reader.read(limit)
+
+    async def readline(self, limit: int, fail: Fail) -> bytes:
+        """One line ended by CRLF, without it; `fail` when it would pass `limit` bytes or the
+        stream ends first. A bare CR or LF stays inside the line, for the caller to refuse."""
+        start = 0
+        while True:
+            end = self._buf.find(b"\r\n", start)
+            if end >= 0:
+                if end > limit:
+                    break
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 2]
+                return line
+            if len(self._buf) > limit:
+                break
+            start = max(0, len(self._buf) - 1)
+            data = await self._reader.read(_CHUNK)
+            if not data:
+                raise fail("the stream ended inside a line")
+            self._buf += data
+        raise fail("a line over %d bytes" % limit)
+
+
+async def _send(dst: asyncio.StreamWriter, data: bytes, count: Callable[[int], None]) -> None:
+    dst.write(data)
+    count(len(data))
+    await dst.drain()
+
+
+async def _copy(
+    src: Source, dst: asyncio.StreamWriter, size: int, count: Callable[[int], None], fail: Fail
+) -> None:
+    while size > 0:
+        data = await src.read(min(size, _CHUNK))
+        if not data:
+            raise fail("the body ended early")
+        size -= len(data)
+        await _send(dst, data, count)
+
+
+async def copy_body(
+    src: Source,
+    dst: asyncio.StreamWriter,
+    framing: Framing,
+    count: Callable[[int], None],
+    fail: Fail,
+) -> None:
+    """Send the body `framing` says comes next on `src` to `dst`, and not a byte after it. A
+    chunked body goes re-framed: each chunk as `SIZE CRLF DATA CRLF`, without its extensions,
+    then `0 CRLF CRLF`: trailer fields are read, checked and dropped. `count` is told each
+    piece sent; `fail` makes the exception for a malformed or short body."""
+    if framing.kind == "length":
+        await _copy(src, dst, framing.length, count, fail)
+    elif framing.kind == "close":
+        while True:
+            data = await src.read(_CHUNK)
+            if not data:
+                return
+            await _send(dst, data, count)
+    elif framing.kind == "chunked":
+        while True:
+            match = _CHUNK_LINE_RE.fullmatch(await src.readline(MAX_CHUNK_LINE, fail))
+            if match is None:
+                raise fail("a malformed chunk-size line")
+            size = int(match.group(1), 16)
+            if size == 0:
+                break
+            await _send(dst, b"%x\r\n" % size, count)
+            await _copy(src, dst, size, count, fail)
+            if await src.readline(0, fail) != b"":
+                raise fail("a chunk not followed by CRLF")
+            await _send(dst, b"\r\n", count)
+        left = MAX_TRAILER
+        while True:
+            line = await src.readline(min(left, MAX_CHUNK_LINE), fail)
+            if not line:
+                break
+            left -= len(line) + 2
+            text = line.decode("latin-1")
+            if _RESPONSE_CTL_RE.search(text) or not _FIELD_RE.fullmatch(text):
+                raise fail("a malformed trailer field")
+        await _send(dst, b"0\r\n\r\n", count)
+
+
+# -- the response ------------------------------------------------------------------------------
+_STATUS_LINE_RE = re.compile(r"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_FIELD_RE = re.compile(r"(%s):[ \t]*(.*?)[ \t]*" % _TOKEN)  # HTAB is allowed in a value here
+_RESPONSE_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but HTAB
+# Never sent back: hop-by-hop (RFC 9110 7.6.1), and the framing, which the proxy writes itself.
+_DROPPED_BACK = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
+     "upgrade"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Response:
+    """A response head from the upstream: its status line and fields as received."""
+
+    status: int
+    line: str
+    headers: Tuple[Tuple[str, str], ...]
+
+
+async def read_response(src: Source, limit: int) -> Response:
+    """The next response head on `src`, checked (no control character but HTAB, no obs-fold,
+    at most `limit` bytes). Raises BadResponse."""
+    left = limit
+    lines = []
+    while True:
+        line = await src.readline(left, BadResponse)
+        left -= len(line) + 2
+        if not line:
+            break
+        lines.append(line.decode("latin-1"))
+    if not lines or _RESPONSE_CTL_RE.search("".join(lines)):
+        raise BadResponse("a malformed response head")
+    match = _STATUS_LINE_RE.fullmatch(lines[0])
+    if match is None:
+        raise BadResponse("not an HTTP/1.0 or HTTP/1.1 status line")
+    headers = []
+    for text in lines[1:]:
+        field = _FIELD_RE.fullmatch(text)
+        if field is None:
+            raise BadResponse("a malformed header line in the response")
+        headers.append((field.group(1), field.group(2)))
+    return Response(int(match.group(1)), lines[0], tuple(headers))
+
+
+def response_framing(response: Response, method: str) -> Framing:
+    """Where the body of a final response ends (RFC 9112 6.3): none for HEAD, 204 and 304; a
+    Transfer-Encoding ending in chunked is chunked, any other is read to the close; else one
+    Content-Length (several differing ones: BadResponse); else to the close."""
+    if method == "HEAD" or response.status in (204, 304):
+        return NO_BODY
+    values = [v for n, v in response.headers if n.lower() == "transfer-encoding"]
+    if values:
+        codings = [c.strip(" \t").lower() for v in values for c in v.split(",")]
+        if not all(_CODING_RE.fullmatch(c) for c in codings):
+            raise BadResponse("a malformed Transfer-Encoding")
+        kind = "chunked" if codings[-1] == "chunked" else "close"
+        return Framing(kind, codings=", ".join(codings))
+    lengths = [v for n, v in response.headers if n.lower() == "content-length"]
+    if lengths:
+        return Framing("length", content_length(lengths, BadResponse))
+    return Framing("close")
+
+
+def response_head(response: Response, framing: Optional[Framing]) -> bytes:
+    """The head a response goes to the client with: hop-by-hop fields (and those Connection
+    names) dropped; for a final response (`framing` given) its framing written anew and
+    `Connection: close`. A response without a body keeps its Content-Length as sent."""
+    dropped = set(_DROPPED_BACK)
+    for name, value in response.headers:
+        if name.lower() == "connection":
+            dropped.update(token.strip(" \t").lower() for token in value.split(","))
+    if framing is not None and framing.kind != "none":
+        dropped |= _FRAMING
+    lines = [response.line]
+    lines += ["%s: %s" % (n, v) for n, v in response.headers if n.lower() not in dropped]
+    if framing is not None:
+        lines += framing_lines(framing)
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 # -- replies ---------------------------------------------------------------------------------
 def safe_text(text: str, limit: int = MAX_RULE_CHARS) -> str:
     """`text` without control or other unprintable characters (escapes, CR/LF, bidi overrides),
@@ -382,6 +663,94 @@ def denied(host: str, port: int, rule: str) -> bytes:
 def bad_gateway(host: str, port: int, error: str) -> bytes:
     body = "jackin egress: %s unreachable: %s\n" % (host_port(host, port), safe_text(error))
     return reply(502, "Bad Gateway", body, (("X-Jackin-Egress", "unreachable"),))
+
+
+def port_denied(host: str, port: int, rule: str) -> bytes:
+    body = ("jackin egress: %s denied: CONNECT goes to port 443 only, unless the allow rule names "
+            "the port (%s names none): allow it with --allow %s\n"
+            % (host_port(host, port), safe_text(rule), host_port(host, port)))  # fmt: skip
+    return reply(403, "Forbidden", body, (("X-Jackin-Egress", "denied"),))
+
+
+def address_denied(host: str, port: int, why: str) -> bytes:
+    body = ("jackin egress: %s denied: %s (the proxy never connects to loopback, link-local, "
+            "unspecified, multicast or reserved addresses, nor to its own)\n"
+            % (host_port(host, port), safe_text(why)))  # fmt: skip
+    return reply(403, "Forbidden", body, (("X-Jackin-Egress", "denied"),))
+
+
+# -- addresses ---------------------------------------------------------------------------------
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+# Cloud metadata services outside link-local: Alibaba's, and AWS's IPv6 one (in fd00::/8).
+_METADATA = (ipaddress.ip_network("100.100.100.200/32"), ipaddress.ip_network("fd00:ec2::254/128"))
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: IPv4-compatible (::/96),
+# IPv4-translated (::ffff:0:0:0/96) and NAT64's well-known prefix (64:ff9b::/96). The
+# IPv4-mapped form (::ffff:0:0/96) is the IPv4 address itself, to the kernel.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)  # fmt: skip
+
+
+def address_kind(address: IPAddress) -> Optional[str]:
+    """What makes `address` one the proxy never connects to, or None."""
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified or address in _THIS_NETWORK:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if address == _BROADCAST:
+        return "broadcast"
+    if address.is_reserved:
+        return "reserved"
+    if any(address in network for network in _METADATA):
+        return "cloud metadata"
+    return None
+
+
+def _embedded(address: ipaddress.IPv6Address) -> List[ipaddress.IPv4Address]:
+    found = []
+    if int(address) > 1 and any(address in network for network in _EMBEDDING):  # not ::, ::1
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
+def address_refusal(
+    ip: str,
+    own: Sequence[Tuple[IPNetwork, str]] = (),
+    exempt: Sequence[IPNetwork] = (),
+) -> Optional[str]:
+    """Why the proxy never connects to the IP literal `ip` ("127.0.0.1 is loopback"), or None.
+    `own`: networks with what they are (the proxy's own address, its session's network), always
+    refused; `exempt`: networks let through whatever their kind (tests' loopback
+    upstreams). An IPv4-mapped address is the IPv4 address; one that embeds an IPv4 address
+    (compatible, translated, NAT64, 6to4, Teredo) is refused when that address would be."""
+    given: IPAddress = ipaddress.ip_address(ip)
+    address = given
+    if isinstance(given, ipaddress.IPv6Address) and given.ipv4_mapped is not None:
+        address = given.ipv4_mapped  # where a connection to it goes
+    shown = str(address) if address == given else "%s (as %s)" % (address, given)
+    for network, what in own:
+        if address.version == network.version and address in network:
+            return "%s is %s" % (shown, what)
+    if any(address.version == network.version and address in network for network in exempt):
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        for inner in _embedded(address):
+            why = address_refusal(str(inner), own)
+            if why is not None:
+                return "%s (as %s)" % (why, address)
+    kind = address_kind(address)
+    return None if kind is None else "%s is %s" % (shown, kind)
 
 
 # -- the proxy -------------------------------------------------------------------------------
@@ -466,8 +835,11 @@ def _log(message: str) -> None:
 class EgressProxy:
     """An HTTP forward proxy whose every destination is decided by `decide` and reported to
     `record`. `connect_timeout` bounds resolving, each connection attempt, and a graceful close;
-    `head_timeout` bounds reading the request head and, after a refusal, waiting for the client
-    to go (so the reply is read rather than reset)."""
+    `head_timeout` bounds reading the request head and, after a refusal or a response, waiting
+    for the client to go (so the reply is read rather than reset). `peers`: the session's
+    network, the only one served (and never connected to). `exempt`: networks the address
+    checks let through whatever their kind (the unit tests' upstreams on loopback); the proxy's
+    own address and network stay refused."""
 
     def __init__(
         self,
@@ -480,10 +852,15 @@ class EgressProxy:
         connect_timeout: float = 10.0,
         model: Optional[ModelRoute] = None,
         peers: Optional[str] = None,
+        exempt: Sequence[str] = (),
     ) -> None:
         # Only the session's own network may use it (its key, its rules): where the engine lets
         # an internal network reach other host addresses (docker < 25), other sandboxes could.
         self._peers = None if peers is None else ipaddress.ip_network(peers)
+        self._own: List[Tuple[IPNetwork, str]] = []
+        if self._peers is not None:
+            self._own.append((self._peers, "in the session's own network"))
+        self._exempt = [ipaddress.ip_network(network) for network in exempt]
         self._model = model
         self._model_tls = model is not None and model.scheme == "https"
         self._decide = decide
@@ -502,6 +879,10 @@ class EgressProxy:
             raise RuntimeError("the proxy was already started")
         self._server = await asyncio.start_server(self._accept, host, port)
         sockname = self._server.sockets[0].getsockname()
+        for sock in self._server.sockets:
+            bound = ipaddress.ip_address(sock.getsockname()[0])
+            if not bound.is_unspecified:
+                self._own.append((ipaddress.ip_network(bound), "the proxy's own address"))
         return str(sockname[0]), int(sockname[1])
 
     async def close(self) -> None:
@@ -557,6 +938,11 @@ class EgressProxy:
             routed = (None if self._model is None
                       else model_target(self._model, request.target, request.method))  # fmt: skip
             target = routed or parse_target(request.method, request.target)
+            upstream_head = b""
+            if routed is not None and self._model is not None:
+                upstream_head = model_head(request, target, self._model)
+            elif target.path is not None:
+                upstream_head = rewrite_head(request, target)
         except BadRequest as exc:
             await self._refuse(reader, writer, bad_request(exc.reason))
             return
@@ -567,38 +953,96 @@ class EgressProxy:
             return
         outcome = _Outcome(target, *((True, MODEL_RULE) if routed else self._ask(target)))
         try:
-            if not outcome.allowed:
-                await self._refuse(reader, writer, denied(target.host, target.port, outcome.rule))
-                return
             try:
-                tls = (
-                    routed is not None and self._model is not None and self._model.scheme == "https"
-                )
-                up_reader, up_writer = await self._open(target, target.host if tls else None)
-            except _Unreachable as exc:
-                outcome.error = str(exc)
-                await self._refuse(reader, writer, bad_gateway(target.host, target.port, str(exc)))
-                return
+                opened = await self._connect(outcome, routed is not None)
             except asyncio.CancelledError:
                 outcome.error = "the proxy closed"
                 raise
+            if isinstance(opened, bytes):
+                await self._refuse(reader, writer, opened)
+                return
+            up_reader, up_writer = opened
             try:
                 if target.path is None:
                     writer.write(CONNECTED)
-                elif routed is not None and self._model is not None:
-                    up_writer.write(model_head(request, target, self._model))
+                    if rest:
+                        up_writer.write(rest)
+                        outcome.bytes_up += len(rest)
+                    await self._relay(reader, writer, up_reader, up_writer, outcome)
+                    await self._close_gracefully(up_writer)
+                    await self._close_gracefully(writer)
                 else:
-                    up_writer.write(rewrite_head(request, target))
-                if rest:
-                    up_writer.write(rest)
-                    outcome.bytes_up += len(rest)
-                await self._relay(reader, writer, up_reader, up_writer, outcome)
-                await self._close_gracefully(up_writer)
-                await self._close_gracefully(writer)
+                    up_writer.write(upstream_head)
+                    await self._forward(
+                        Source(reader, rest), writer, up_reader, up_writer, outcome, request
+                    )
+                    await self._close_gracefully(up_writer)
+                    await self._finish(reader, writer)
+            except BadRequest as exc:  # the body, found bad while it went
+                outcome.error = "bad request body: %s" % exc.reason
+                up_writer.transport.abort()
+                if outcome.bytes_down == 0:
+                    await self._refuse(reader, writer, bad_request(exc.reason))
+            except BadResponse as exc:
+                outcome.error = "bad response: %s" % exc.reason
+                up_writer.transport.abort()
+                if outcome.bytes_down == 0:
+                    await self._refuse(reader, writer, bad_gateway(target.host, target.port,
+                                                                   outcome.error))  # fmt: skip
             finally:
                 up_writer.transport.abort()
         finally:
             self._emit(outcome)
+
+    async def _connect(self, outcome: _Outcome, routed: bool) -> Union[Streams, bytes]:
+        """The upstream connection of a decided request, or the reply that refuses it: 403 when
+        the rules, the CONNECT port or an address deny it (the outcome then says so), 502 when
+        it cannot be resolved or connected to (the outcome's error). The model route's upstream
+        is the operator's, not the sandbox's choice: its addresses are not checked."""
+        target = outcome.target
+        refusal = self._refusal(outcome)
+        if refusal is not None:
+            return refusal
+        try:
+            addresses = await self._addresses(target)
+            refusal = None if routed else self._address_refusal(outcome, addresses)
+            if refusal is not None:
+                return refusal
+            tls = routed and self._model_tls
+            return await self._open(addresses, target.host if tls else None)
+        except _Unreachable as exc:
+            outcome.error = str(exc)
+            return bad_gateway(target.host, target.port, str(exc))
+
+    def _refusal(self, outcome: _Outcome) -> Optional[bytes]:
+        """The 403 for a destination the rules deny, or for a CONNECT to a port other than 443
+        when the rule that allowed it does not name the port (which makes it a denial)."""
+        target = outcome.target
+        if not outcome.allowed:
+            return denied(target.host, target.port, outcome.rule)
+        if target.path is None and target.port != 443 and rule_port(outcome.rule) != target.port:
+            rule, outcome.allowed = outcome.rule, False
+            outcome.rule = ("CONNECT to port %d needs an allow rule naming that port; %s names "
+                            "none" % (target.port, rule))  # fmt: skip
+            return port_denied(target.host, target.port, rule)
+        return None
+
+    def _address_refusal(
+        self, outcome: _Outcome, addresses: List[Tuple[str, int]]
+    ) -> Optional[bytes]:
+        """The 403 when any of the destination's addresses is one the proxy never connects to
+        (which makes it a denial): all of them are checked, before any is connected to."""
+        for ip, _ in addresses:
+            why = address_refusal(ip, self._own, self._exempt)
+            if why is None:
+                continue
+            target = outcome.target
+            if not is_ip_literal(target.host):
+                why = "%s resolves to %s, and %s" % (target.host, ip, why)
+            outcome.allowed = False
+            outcome.rule = "address refused: %s (the rule %s matched)" % (why, outcome.rule)
+            return address_denied(target.host, target.port, why)
+        return None
 
     def _ask(self, target: Target) -> Tuple[bool, str]:
         """decide(), failing closed: a policy that raises denies."""
@@ -616,6 +1060,8 @@ class EgressProxy:
             _log("record failed: %r" % (exc,))
 
     async def _addresses(self, target: Target) -> List[Tuple[str, int]]:
+        """The addresses to connect to: the IP literal, or every address the name resolves to
+        (once: these are the ones checked and connected to). Raises _Unreachable."""
         if is_ip_literal(target.host):
             return [(target.host, target.port)]
         try:
@@ -632,12 +1078,14 @@ class EgressProxy:
             raise _Unreachable("resolve failed: %s" % _why(exc)) from None
         if not addresses:
             raise _Unreachable("resolve failed: no address")
-        return addresses[:MAX_ADDRESSES]
+        return addresses
 
-    async def _open(self, target: Target, tls_name: Optional[str] = None) -> Streams:
-        """Connect to the target's addresses in order; the first that answers."""
+    async def _open(
+        self, addresses: List[Tuple[str, int]], tls_name: Optional[str] = None
+    ) -> Streams:
+        """Connect to the (checked) addresses in order; the first that answers."""
         failures = []
-        for ip, port in await self._addresses(target):
+        for ip, port in addresses[:MAX_ADDRESSES]:
             try:
                 return await asyncio.wait_for(
                     connect_address(ip, port, tls_name), self._connect_timeout
@@ -683,6 +1131,73 @@ class EgressProxy:
                 up_writer.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer, up), pipe(up_reader, writer, down))
+
+    async def _forward(
+        self,
+        client: Source,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+        outcome: _Outcome,
+        request: Request,
+    ) -> None:
+        """One plain-HTTP exchange, the head sent already: the request's framed body goes up
+        while the response (interim ones first) comes back, both framed; nothing after either is
+        read on. The response may come before the body is all sent (a 413): then the rest of
+        the body is not. Raises BadRequest (the body), BadResponse."""
+
+        def up(count: int) -> None:
+            outcome.bytes_up += count
+
+        def down(count: int) -> None:
+            outcome.bytes_down += count
+
+        loop = asyncio.get_running_loop()
+        framing = request_framing(request)
+        upload = loop.create_task(copy_body(client, up_writer, framing, up, BadRequest))
+        download = loop.create_task(self._respond(Source(up_reader), writer, request.method, down))
+        try:
+            await asyncio.wait((upload, download), return_when=asyncio.FIRST_COMPLETED)
+            if not download.done():
+                failure = upload.exception()
+                if isinstance(failure, BadRequest):
+                    raise failure
+                # The body is sent, or the upstream stopped taking it (an OSError): its answer.
+            await download
+        finally:
+            for task in (upload, download):
+                task.cancel()
+            await asyncio.gather(upload, download, return_exceptions=True)
+
+    async def _respond(
+        self, src: Source, writer: asyncio.StreamWriter, method: str, count: Callable[[int], None]
+    ) -> None:
+        """Send the client the upstream's interim responses and its final one, framed."""
+        for _ in range(MAX_INTERIM + 1):
+            response = await read_response(src, self._head_limit)
+            if response.status == 101:
+                raise BadResponse("a 101 Switching Protocols (no upgrade is forwarded)")
+            if response.status < 200:
+                await _send(writer, response_head(response, None), count)
+                continue
+            framing = response_framing(response, method)
+            await _send(writer, response_head(response, framing), count)
+            await copy_body(src, writer, framing, count, BadResponse)
+            return
+        raise BadResponse("more than %d interim responses" % MAX_INTERIM)
+
+    async def _finish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """End the client's connection after its response: an EOF, then what it still sends is
+        read and dropped until it goes (as in _refuse), so the response is not lost to a
+        reset."""
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            await writer.drain()
+            await asyncio.wait_for(self._discard(reader), self._head_timeout)
+        except (OSError, asyncio.TimeoutError):
+            return
+        await self._close_gracefully(writer)
 
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes

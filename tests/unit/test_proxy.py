@@ -1,5 +1,9 @@
-"""The egress proxy over real sockets on 127.0.0.1: an upstream server and clients in the test's
-own event loop. Nothing waits on time: every step waits on a reply, an EOF or a record."""
+"""The egress proxy over real sockets on loopback: an upstream server and clients in the test's
+own event loop. Nothing waits on time: every step waits on a reply, an EOF or a record.
+
+The proxy listens on 127.0.0.2 and the upstreams on 127.0.0.1: the proxy never connects to its
+own address, nor to loopback, except where a test exempts it (`exempt`, as the `start` fixture
+does by default for 127.0.0.1 and ::1); the address tests run without the exemption."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from agent_host.proxy import (
     EgressProxy,
     Request,
     Target,
+    host_port,
     parse_head,
     parse_target,
     rewrite_head,
@@ -26,6 +31,8 @@ from agent_host.proxy import (
 
 T = TypeVar("T")
 SAFETY = 10.0  # a bound that turns a hang into a failure; no step is expected to come near it
+PROXY_HOST = "127.0.0.2"  # where the proxy under test listens (on Linux all of 127/8 is local)
+LOOPBACK_UPSTREAMS = ("127.0.0.1/32", "::1/128")  # exempted by default: the upstreams live there
 
 
 async def within(awaitable: Awaitable[T]) -> T:
@@ -159,16 +166,22 @@ class Records:
 
 
 class Policy:
-    """Allows the hosts in `allow`, denies the rest; remembers what it was asked."""
+    """Allows the hosts in `allow`, denies the rest; remembers what it was asked. Its rule text
+    is `rule`, or by default a rule's that names the host and port asked (as `str(Rule)` does):
+    a CONNECT to any port goes through it."""
 
-    def __init__(self, *allow: str, rule: str = "test rule") -> None:
+    def __init__(self, *allow: str, rule: str | None = None) -> None:
         self.allow = set(allow)
         self.rule = rule
         self.asked: list[tuple[str, int]] = []
 
     def __call__(self, host: str, port: int) -> tuple[bool, str]:
         self.asked.append((host, port))
-        return host in self.allow, self.rule
+        return host in self.allow, self.rule or rule_for(host, port)
+
+
+def rule_for(host: str, port: int) -> str:
+    return f"allow {host_port(host, port)} (test)"
 
 
 class Running:
@@ -203,9 +216,10 @@ async def start() -> AsyncIterator[Start]:
 
     async def go(decide: Any, record: Any = None, **kw: Any) -> Running:
         records = Records()
+        kw.setdefault("exempt", LOOPBACK_UPSTREAMS)
         proxy = EgressProxy(decide, record if record is not None else records, **kw)
         proxies.append(proxy)
-        address = await proxy.start("127.0.0.1", 0)
+        address = await proxy.start(PROXY_HOST, 0)
         return Running(proxy, address, records)
 
     yield go
@@ -236,7 +250,7 @@ def proxy_tasks() -> list[asyncio.Task[Any]]:
 async def test_an_allowed_connect_reaches_the_upstream_and_is_recorded(
     start: Start, echo: Upstream
 ) -> None:
-    running = await start(Policy("127.0.0.1", rule="allow 127.0.0.1"))
+    running = await start(Policy("127.0.0.1", rule=f"allow 127.0.0.1:{echo.port} (--allow)"))
     reader, writer = await running.open()
     writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo.port)
     assert await within(reader.readuntil(b"\r\n\r\n")) == (
@@ -254,7 +268,7 @@ async def test_an_allowed_connect_reaches_the_upstream_and_is_recorded(
         host="127.0.0.1",
         port=echo.port,
         allowed=True,
-        rule="allow 127.0.0.1",
+        rule=f"allow 127.0.0.1:{echo.port} (--allow)",
         bytes_up=len(payload),
         bytes_down=len(answer),
         error=None,
@@ -274,7 +288,9 @@ async def test_bytes_sent_with_the_connect_head_are_forwarded_and_counted(
 async def test_a_denied_connect_gets_403_and_never_reaches_the_upstream(
     start: Start, echo: Upstream
 ) -> None:
-    policy = Policy("127.0.0.1", rule="default deny")
+    def policy(host: str, port: int) -> tuple[bool, str]:
+        return (True, rule_for(host, port)) if host == "127.0.0.1" else (False, "default deny")
+
     running = await start(policy)
     data = await running.exchange(b"CONNECT localhost:%d HTTP/1.1\r\n\r\nsecret" % echo.port)
     status, headers, body = split_reply(data)
@@ -654,9 +670,11 @@ async def test_close_ends_open_connections_and_leaves_no_task(start: Start, live
     assert await ended(half_reader)
     records = sorted(running.records.all, key=lambda record: record.host)
     assert records == [
-        ConnectionRecord("127.0.0.1", live.port, True, "test rule", 4, 4, None),
-        ConnectionRecord("slow.example", 443, True, "test rule", 0, 0, "the proxy closed"),
-    ]
+        ConnectionRecord("127.0.0.1", live.port, True, rule_for("127.0.0.1", live.port), 4, 4,
+                         None),
+        ConnectionRecord("slow.example", 443, True, rule_for("slow.example", 443), 0, 0,
+                         "the proxy closed"),
+    ]  # fmt: skip
     with pytest.raises(OSError):
         await asyncio.open_connection(*running.address)
     for writer in (tunnel, stuck, half):
@@ -665,11 +683,11 @@ async def test_close_ends_open_connections_and_leaves_no_task(start: Start, live
 
 async def test_run_forever_reports_its_address_then_serves_until_cancelled(echo: Upstream) -> None:
     records = Records()
-    proxy = EgressProxy(Policy("127.0.0.1"), records)
+    proxy = EgressProxy(Policy("127.0.0.1"), records, exempt=LOOPBACK_UPSTREAMS)
     ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(run_forever(proxy, "127.0.0.1", 0, ready.set_result))
+    task = asyncio.ensure_future(run_forever(proxy, PROXY_HOST, 0, ready.set_result))
     host, port = await within(ready)
-    assert host == "127.0.0.1" and port > 0
+    assert host == PROXY_HOST and port > 0
     reader, writer = await within(asyncio.open_connection(host, port))
     writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nx" % echo.port)
     writer.write_eof()
@@ -806,6 +824,588 @@ async def test_only_the_sessions_own_network_may_use_the_proxy(
         answer = b""
     writer.close()
     assert answer == b"" and echo.accepted == 0 and running.records.all == []
-    ours = await start(Policy("127.0.0.1"), peers="127.0.0.0/8")
-    reply = await ours.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port, eof=True)
+    ours = await start(Policy("127.0.0.1"), peers="127.0.0.3/32")
+    reader, writer = await within(asyncio.open_connection(*ours.address,
+                                                          local_addr=("127.0.0.3", 0)))  # fmt: skip
+    writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port)
+    writer.write_eof()
+    reply = await within(reader.read())
+    writer.close()
     assert reply.endswith(b"echo:hi")
+
+
+# -- CONNECT ports -----------------------------------------------------------------------------
+def rules_policy(*patterns: str) -> Callable[[str, int], tuple[bool, str]]:
+    """The proxy's real policy (agent_host.egress.decide) over `--allow` rules, as egressd
+    builds it."""
+    from agent_host.egress import Rule, decide, parse_pattern
+
+    rules = [Rule("allow", parse_pattern(pattern), "--allow") for pattern in patterns]
+
+    def policy(host: str, port: int) -> tuple[bool, str]:
+        decision = decide(host, port, rules)
+        return decision.allowed, decision.rule
+
+    return policy
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_a_connect_off_443_through_a_portless_rule_is_denied_and_says_how_to_allow_it(
+    start: Start, echo: Upstream, host: str
+) -> None:
+    shown = "[::1]" if host == "::1" else host
+    running = await start(rules_policy(shown))
+    target = host_port(host, echo.port).encode()
+    data = await running.exchange(b"CONNECT %s HTTP/1.1\r\n\r\nsecret" % target, True)
+    status, headers, body = split_reply(data)
+    assert (status, headers["x-jackin-egress"]) == ("HTTP/1.1 403 Forbidden", "denied")
+    assert body.decode() == (
+        f"jackin egress: {shown}:{echo.port} denied: CONNECT goes to port 443 only, unless the "
+        f"allow rule names the port (allow {shown} (--allow) names none): allow it with "
+        f"--allow {shown}:{echo.port}\n"
+    )
+    assert await running.records.next() == ConnectionRecord(
+        host, echo.port, False,
+        f"CONNECT to port {echo.port} needs an allow rule naming that port; "
+        f"allow {shown} (--allow) names none", 0, 0, None,
+    )  # fmt: skip
+    assert echo.accepted == 0
+
+
+async def test_a_connect_through_a_rule_naming_the_port_is_opened(
+    start: Start, echo: Upstream
+) -> None:
+    running = await start(rules_policy(f"127.0.0.1:{echo.port}"))
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port, True)
+    assert data == b"HTTP/1.1 200 Connection established\r\n\r\necho:hi"
+    assert (await running.records.next()).rule == f"allow 127.0.0.1:{echo.port} (--allow)"
+
+
+async def test_a_connect_to_443_and_plain_http_to_any_port_need_no_port_in_the_rule(
+    start: Start, echo: Upstream, origin: Upstream
+) -> None:
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        return [("127.0.0.1", echo.port)]  # pkg.example:443 is the echo server
+
+    running = await start(rules_policy("pkg.example", "127.0.0.1"), resolve=resolve)
+    data = await running.exchange(b"CONNECT pkg.example:443 HTTP/1.1\r\n\r\nhi", True)
+    assert data.endswith(b"echo:hi")
+    reply = await running.exchange(b"GET http://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % origin.port)
+    assert reply == HTTP_REPLY
+
+
+def test_rule_port_reads_the_port_from_a_rules_text_only() -> None:
+    from agent_host.egress import DEFAULT_DENY, Rule, parse_pattern, rule_port
+
+    for pattern in ("a.example.com", "*.example.com:22", "**.x.org:8443", "10.0.0.5", "[::1]:80"):
+        parsed = parse_pattern(pattern)
+        for action in ("allow", "deny"):
+            text = str(Rule(action, parsed, "inventory /a (b) c.toml:3"))
+            assert rule_port(text) == parsed.port, text
+    for text in (DEFAULT_DENY, "test rule", "allow", "allow a.com:22", "allow a.com:22 src",
+                 "policy error", "allow a.com:99999 (x)", "permit a.com:22 (x)", ""):  # fmt: skip
+        assert rule_port(text) is None, text
+
+
+# -- one request per connection, strictly framed -------------------------------------------------
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request as the proxy sends it (it always frames with one Content-Length, or chunked
+    ending in `0 CRLF CRLF`)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    try:
+        if b"\r\ntransfer-encoding: chunked\r\n" in lower:
+            return head + await reader.readuntil(b"0\r\n\r\n")
+        for line in lower.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                return head + await reader.readexactly(int(line.split(b":", 1)[1]))
+    except asyncio.IncompleteReadError as exc:
+        raise asyncio.IncompleteReadError(head + exc.partial, None) from None
+    return head
+
+
+async def recorder(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Keeps one request, answers it, then keeps whatever else comes until the proxy closes:
+    `received` is [the request, everything after it]."""
+    try:
+        up.received.append(await read_request(reader))
+    except asyncio.IncompleteReadError as exc:
+        up.received.append(b"INCOMPLETE " + exc.partial)
+        return
+    w.write(HTTP_REPLY)
+    await w.drain()
+    up.received.append(await reader.read())
+
+
+@pytest.fixture
+async def recording() -> AsyncIterator[Upstream]:
+    upstream = await Upstream(recorder).start()
+    yield upstream
+    await upstream.close()
+
+
+async def test_a_pipelined_second_request_is_never_forwarded(
+    start: Start, recording: Upstream
+) -> None:
+    port = recording.port
+    running = await start(Policy("127.0.0.1"))
+    first = b"GET http://127.0.0.1:%d/a HTTP/1.1\r\nConnection: keep-alive\r\n\r\n" % port
+    smuggled = b"GET http://127.0.0.1:%d/admin HTTP/1.1\r\n\r\n" % port
+    data = await running.exchange(first + smuggled)
+    assert data == HTTP_REPLY  # one response, with Connection: close, then the proxy's EOF
+    assert recording.received == [
+        b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port,
+        b"",
+    ]
+    assert recording.accepted == 1
+    await running.proxy.close()
+    assert len(running.records.all) == 1
+
+
+@pytest.mark.parametrize(
+    ("framing", "body", "sent"),
+    [
+        (b"Content-Length: 5", b"helloGET /admin HTTP/1.1\r\n\r\n", b"Content-Length: 5\r\n"
+         b"Connection: close\r\n\r\nhello"),
+        (b"Content-Length: 5\r\ncontent-length: 05", b"hello world", b"Content-Length: 5\r\n"
+         b"Connection: close\r\n\r\nhello"),
+        (b"Content-Length: 5, 5", b"hellohello", b"Content-Length: 5\r\nConnection: close\r\n"
+         b"\r\nhello"),
+        (b"Transfer-Encoding: Chunked", b"5;name=\"v a\";x\r\nhello\r\n1\r\n!\r\n0\r\n"
+         b"X-Trailer: dropped\r\n\r\nGET /admin HTTP/1.1\r\n\r\n",
+         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n1\r\n!\r\n"
+         b"0\r\n\r\n"),
+    ],
+)  # fmt: skip
+async def test_exactly_the_framed_body_goes_upstream_reframed(
+    start: Start, recording: Upstream, framing: bytes, body: bytes, sent: bytes
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    head = b"POST http://127.0.0.1:%d/p HTTP/1.1\r\nTrailer: X-Trailer\r\n%s\r\n\r\n" % (
+        recording.port, framing,
+    )  # fmt: skip
+    assert await running.exchange(head + body) == HTTP_REPLY
+    assert recording.received == [
+        b"POST /p HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s" % (recording.port, sent),
+        b"",
+    ]
+    record = await running.records.next()
+    assert record.bytes_up == len(sent.partition(b"\r\n\r\n")[2])
+
+
+FRAMING_TRICKS = [
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 5",
+    b"Content-Length: 5\r\nContent-Length: 6",
+    b"Content-Length: 5, 6",
+    b"Content-Length: 5,",
+    b"Content-Length: +5",
+    b"Content-Length: -1",
+    b"Content-Length: 0x5",
+    b"Content-Length: 5 5",
+    b"Content-Length: 5.0",
+    b"Content-Length: ",
+    b"Content-Length: 1234567890123456789",
+    b"Content-Length: \xd9\xa5",  # a non-ASCII digit
+    b"Transfer-Encoding: chunked, chunked",
+    b"Transfer-Encoding: gzip, chunked",
+    b"Transfer-Encoding: identity",
+    b"Transfer-Encoding: xchunked",
+    b"Transfer-Encoding: chunked;q=1",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    b'Transfer-Encoding: "chunked"',
+    b"Transfer-Encoding : chunked",
+    b"Transfer-Encoding:\tchunked",
+    b"Transfer-Encoding: chunked\r\n identity",
+    b"Transfer-Encoding:\r\n chunked",
+    b"Transfer-Encoding: \x0bchunked",
+    b"Transfer-Encoding\x00: chunked",
+    b"Transfer_Encoding: chunked",
+    b"Content_Length: 5",
+    b" Transfer-Encoding: chunked",
+]
+
+
+@pytest.mark.parametrize("trick", FRAMING_TRICKS)
+async def test_ambiguous_framing_is_400_before_anything_is_decided(
+    start: Start, recording: Upstream, trick: bytes
+) -> None:
+    policy = Policy("127.0.0.1")
+    running = await start(policy)
+    request = b"POST http://127.0.0.1:%d/ HTTP/1.1\r\n%s\r\n\r\nhello" % (recording.port, trick)
+    status, _, body = split_reply(await running.exchange(request))
+    assert status == "HTTP/1.1 400 Bad Request", body
+    await running.proxy.close()
+    assert (policy.asked, running.records.all, recording.accepted) == ([], [], 0)
+
+
+async def test_transfer_encoding_in_http_1_0_is_400(start: Start, recording: Upstream) -> None:
+    running = await start(Policy("127.0.0.1"))
+    request = b"POST http://127.0.0.1:%d/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    reply = await running.exchange(request % recording.port)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"HTTP/1.0" in reply and recording.accepted == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"5\r\nhelloXX0\r\n\r\n",  # a chunk without its CRLF
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",  # a bare LF
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"5;a b\r\nhello\r\n0\r\n\r\n",
+        b"11111111111111111\r\n",  # 17 hex digits
+        b"5;" + b"x" * 5000 + b"\r\n",
+        b"0\r\nBad Trailer: x\r\n\r\n",
+        b"0\r\nX: a\x00b\r\n\r\n",
+    ],
+)
+async def test_a_malformed_chunked_body_is_400_and_stops_there(
+    start: Start, recording: Upstream, body: bytes
+) -> None:
+    running = await start(Policy("127.0.0.1"))
+    head = b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    reply = await running.exchange(head % recording.port + body, eof=True)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n"), reply
+    record = await running.records.next()
+    assert record.allowed and (record.error or "").startswith("bad request body: "), record
+    (sent,) = recording.received  # the upstream's request ended with the proxy's abort
+    assert sent.startswith(b"INCOMPLETE POST / HTTP/1.1\r\n")
+    assert not sent.endswith(b"0\r\n\r\n")
+
+
+async def test_a_body_cut_short_by_the_client_is_400(start: Start, recording: Upstream) -> None:
+    running = await start(Policy("127.0.0.1"))
+    head = b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nContent-Length: 10\r\n\r\nhello"
+    reply = await running.exchange(head % recording.port, eof=True)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"the body ended early" in reply
+    assert (await running.records.next()).error == "bad request body: the body ended early"
+
+
+def answering(answer: bytes, read_body: bool = True) -> Handler:
+    """An upstream that sends `answer` to one request and then keeps its connection open (a
+    keep-alive server): only the proxy's framing can end the exchange."""
+
+    async def handler(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        up.received.append(await (read_request(reader) if read_body
+                                  else reader.readuntil(b"\r\n\r\n")))  # fmt: skip
+        w.write(answer)
+        await w.drain()
+        up.received.append(await reader.read())
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "expected"),
+    [
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+         b"Keep-Alive: timeout=60\r\n\r\nokEXTRA",
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+        ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+         b"3;x=y\r\nabc\r\n0\r\nX-T: t\r\n\r\nEXTRA",
+         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+         b"\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nEXTRA",
+         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\nEXTRA",
+         b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nConnection: close\r\n\r\n"),
+        ("GET", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"
+         b"Content-Length: 1\r\n\r\nxEXTRA",
+         b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+         b"Connection: close\r\n\r\nx"),
+    ],
+)  # fmt: skip
+async def test_the_response_goes_back_framed_with_connection_close_and_the_proxy_closes(
+    start: Start, method: str, answer: bytes, expected: bytes
+) -> None:
+    upstream = await Upstream(answering(answer)).start()
+    try:
+        running = await start(Policy("127.0.0.1"))
+        request = b"%s http://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % (method.encode(), upstream.port)
+        assert await running.exchange(request) == expected
+        record = await running.records.next()
+        assert (record.bytes_down, record.error) == (len(expected), None)
+    finally:
+        await upstream.close()
+    assert upstream.received[1:] == [b""]  # the proxy closed it: no second request
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX: a\x00\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        b"HTTP/2 200\r\n\r\n",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",  # then the upstream closes
+    ],
+)
+async def test_a_response_that_cannot_be_framed_is_502_or_cut(start: Start, answer: bytes) -> None:
+    async def once(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        w.write(answer)
+        await w.drain()
+
+    upstream = await Upstream(once).start()
+    try:
+        running = await start(Policy("127.0.0.1"))
+        data = await running.exchange(b"GET http://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % upstream.port)
+        record = await running.records.next()
+    finally:
+        await upstream.close()
+    assert (record.error or "").startswith("bad response: "), record
+    if record.bytes_down == 0:
+        assert data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    else:  # the head went: the body is cut short (the proxy never completes it)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"Connection: close")
+        assert body in (b"", b"ok")
+
+
+async def test_a_response_read_to_the_close_is_relayed_whole(start: Start) -> None:
+    async def once(up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.0 200 OK\r\nX: 1\r\n\r\n" + b"body" * 50000)
+        await w.drain()
+
+    upstream = await Upstream(once).start()
+    try:
+        running = await start(Policy("127.0.0.1"))
+        data = await running.exchange(b"GET http://127.0.0.1:%d/ HTTP/1.0\r\n\r\n" % upstream.port)
+    finally:
+        await upstream.close()
+    assert data == b"HTTP/1.0 200 OK\r\nX: 1\r\nConnection: close\r\n\r\n" + b"body" * 50000
+
+
+async def test_expect_100_continue_is_relayed_before_the_body(start: Start) -> None:
+    async def continuing(
+        up: Upstream, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await w.drain()
+        up.received.append(await reader.readexactly(5))
+        w.write(HTTP_REPLY)
+        await w.drain()
+
+    upstream = await Upstream(continuing).start()
+    try:
+        running = await start(Policy("127.0.0.1"))
+        reader, writer = await running.open()
+        writer.write(b"PUT http://127.0.0.1:%d/ HTTP/1.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\n\r\n" % upstream.port)  # fmt: skip
+        assert await within(reader.readuntil(b"\r\n\r\n")) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        assert await within(reader.read()) == HTTP_REPLY
+        writer.close()
+    finally:
+        await upstream.close()
+    assert upstream.received == [b"hello"]
+
+
+async def test_an_answer_before_the_body_ends_ends_the_exchange(start: Start) -> None:
+    """A 413 before the body: the rest of the body is never sent, and the client gets the answer
+    although it is still sending (the proxy drops it until the client goes)."""
+    too_large = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"
+    upstream = await Upstream(answering(too_large, read_body=False)).start()
+    try:
+        running = await start(Policy("127.0.0.1"))
+        reader, writer = await running.open()
+        writer.write(b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n"
+                     % upstream.port + b"x" * 1000)  # fmt: skip
+        answer = await within(reader.read())
+        writer.close()
+        record = await running.records.next()
+    finally:
+        await upstream.close()
+    assert (
+        answer
+        == b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert record.error is None and record.bytes_up <= 1000
+
+
+# -- resolved-address checks -------------------------------------------------------------------
+REFUSED_ADDRESSES = [
+    ("127.0.0.1", "127.0.0.1 is loopback"),
+    ("127.8.9.10", "127.8.9.10 is loopback"),
+    ("::1", "::1 is loopback"),
+    ("169.254.169.254", "169.254.169.254 is link-local"),
+    ("169.254.0.1", "169.254.0.1 is link-local"),
+    ("fe80::1", "fe80::1 is link-local"),
+    ("febf::1", "febf::1 is link-local"),
+    ("0.0.0.0", "0.0.0.0 is unspecified"),
+    ("0.1.2.3", "0.1.2.3 is unspecified"),
+    ("::", ":: is unspecified"),
+    ("224.0.0.1", "224.0.0.1 is multicast"),
+    ("239.255.255.250", "239.255.255.250 is multicast"),
+    ("ff02::1", "ff02::1 is multicast"),
+    ("255.255.255.255", "255.255.255.255 is broadcast"),
+    ("240.0.0.1", "240.0.0.1 is reserved"),
+    ("100.100.100.200", "100.100.100.200 is cloud metadata"),
+    ("fd00:ec2::254", "fd00:ec2::254 is cloud metadata"),
+    ("::ffff:127.0.0.1", "127.0.0.1 (as ::ffff:"),
+    ("::ffff:169.254.169.254", "169.254.169.254 (as ::ffff:"),
+    ("::ffff:0.0.0.0", "0.0.0.0 (as ::ffff:"),
+    ("::ffff:224.0.0.1", "224.0.0.1 (as ::ffff:"),
+    ("::127.0.0.1", "127.0.0.1 is loopback (as ::7f00:1)"),
+    ("::ffff:0:169.254.169.254", "169.254.169.254 is link-local (as ::ffff:0:a9fe:a9fe)"),
+    ("64:ff9b::169.254.169.254", "169.254.169.254 is link-local (as 64:ff9b::a9fe:a9fe)"),
+    ("2002:7f00:1::1", "127.0.0.1 is loopback (as 2002:7f00:1::1)"),
+    ("2001:0:7f00:1::", "127.0.0.1 is loopback (as 2001:0:7f00:1::)"),  # a Teredo server
+    ("100::1", "100::1 is reserved"),
+]
+PASSED_ADDRESSES = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "192.0.2.2", "8.8.8.8",
+                    "100.64.0.1", "2606:4700::1111", "fd12:3456::1", "::ffff:10.0.0.1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ip", "said"), REFUSED_ADDRESSES)
+def test_address_refusal_refuses_every_bad_kind_and_its_ipv6_forms(ip: str, said: str) -> None:
+    from agent_host.proxy import address_refusal
+
+    why = address_refusal(ip)
+    assert why is not None and why.startswith(said), why
+
+
+@pytest.mark.parametrize("ip", PASSED_ADDRESSES)
+def test_address_refusal_lets_private_and_public_addresses_through(ip: str) -> None:
+    from agent_host.proxy import address_refusal
+
+    assert address_refusal(ip) is None
+
+
+def test_address_refusal_own_networks_win_over_an_exemption() -> None:
+    import ipaddress
+
+    from agent_host.proxy import address_refusal
+
+    own = [(ipaddress.ip_network("10.213.0.0/24"), "in the session's own network")]
+    everything = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    assert address_refusal("10.213.0.7", own, everything) == (
+        "10.213.0.7 is in the session's own network"
+    )
+    assert address_refusal("::ffff:10.213.0.1", own) is not None
+    assert address_refusal("10.213.1.7", own) is None
+    assert address_refusal("127.0.0.1", own, everything) is None  # the exemption, for tests
+
+
+def resolving_to(*addresses: tuple[str, int]) -> tuple[Any, list[str]]:
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        asked.append(host)
+        return list(addresses)
+
+    return resolve, asked
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["127.0.0.1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "169.254.169.254", "fe80::1",
+     "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::127.0.0.1"],
+)  # fmt: skip
+async def test_a_name_resolving_to_a_refused_address_is_denied_before_any_connection(
+    start: Start, echo: Upstream, bad: str
+) -> None:
+    """The bad address comes second, after one the upstream answers on (exempted): every
+    address is checked before any is connected to."""
+    resolve, asked = resolving_to(("127.0.0.1", echo.port), (bad, echo.port))
+    exempt = () if bad.endswith("127.0.0.1") else ("127.0.0.1/32",)
+    running = await start(Policy("evil.example"), resolve=resolve, exempt=exempt)
+    data = await running.exchange(b"CONNECT evil.example:443 HTTP/1.1\r\n\r\nsecret", True)
+    status, headers, body = split_reply(data)
+    assert (status, headers["x-jackin-egress"]) == ("HTTP/1.1 403 Forbidden", "denied")
+    record = await running.records.next()
+    assert record.allowed is False and record.error is None
+    why = record.rule.partition(" (the rule ")[0]
+    assert why.startswith("address refused: evil.example resolves to "), record.rule
+    assert record.rule.endswith("(the rule allow evil.example:443 (test) matched)")
+    assert body.decode().startswith(
+        "jackin egress: evil.example:443 denied: " + why[len("address refused: ") :]
+    )
+    assert asked == ["evil.example"] and echo.accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (b"169.254.169.254:443", "169.254.169.254 is link-local"),
+        (b"[::ffff:169.254.169.254]:443", "169.254.169.254 is link-local"),
+        (b"[::ffff:127.0.0.1]:443", "127.0.0.1 is loopback"),
+        (b"[::127.0.0.1]:443", "127.0.0.1 is loopback (as ::7f00:1)"),
+        (b"[fe80::1]:443", "fe80::1 is link-local"),
+        (b"0.0.0.0:443", "0.0.0.0 is unspecified"),
+    ],
+)
+async def test_an_ip_literal_gets_the_same_checks(start: Start, target: bytes, said: str) -> None:
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        raise AssertionError("resolved an IP literal")
+
+    running = await start(lambda h, p: (True, rule_for(h, p)), resolve=resolve, exempt=())
+    data = await running.exchange(b"CONNECT %s HTTP/1.1\r\n\r\n" % target)
+    assert data.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert f"denied: {said} (the proxy never connects".encode() in data
+    record = await running.records.next()
+    assert record.rule.startswith(f"address refused: {said} (the rule ")
+
+
+async def test_a_plain_request_to_loopback_is_denied(start: Start, origin: Upstream) -> None:
+    running = await start(Policy("127.0.0.1"), exempt=())
+    data = await running.exchange(b"GET http://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % origin.port)
+    assert data.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"127.0.0.1 is loopback" in data
+    assert origin.accepted == 0
+
+
+async def test_the_proxys_own_address_and_its_sessions_network_are_never_connected_to(
+    start: Start,
+) -> None:
+    everything = ("0.0.0.0/0", "::/0")
+    running = await start(lambda h, p: (True, rule_for(h, p)), exempt=everything)
+    host, port = running.address
+    data = await running.exchange(b"GET http://%s:%d/ HTTP/1.1\r\n\r\n" % (host.encode(), port))
+    assert b"denied: 127.0.0.2 is the proxy's own address" in data
+    session = await start(lambda h, p: (True, rule_for(h, p)), exempt=everything,
+                          peers="127.0.0.3/32")  # fmt: skip
+    reader, writer = await within(asyncio.open_connection(*session.address,
+                                                          local_addr=("127.0.0.3", 0)))  # fmt: skip
+    writer.write(b"CONNECT 127.0.0.3:443 HTTP/1.1\r\n\r\n")
+    data = await within(reader.read())
+    writer.close()
+    assert b"denied: 127.0.0.3 is in the session's own network" in data
+
+
+async def test_a_name_is_resolved_once_and_only_the_checked_addresses_are_connected_to(
+    start: Start, echo: Upstream
+) -> None:
+    """DNS rebinding: a second resolve would answer the metadata address. There is none."""
+    answers = [[("127.0.0.1", echo.port)], [("169.254.169.254", 80)]]
+
+    async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+        return answers.pop(0)
+
+    running = await start(Policy("rebind.example"), resolve=resolve, exempt=("127.0.0.1/32",))
+    data = await running.exchange(b"CONNECT rebind.example:443 HTTP/1.1\r\n\r\nhi", True)
+    assert data.endswith(b"echo:hi")
+    assert answers == [[("169.254.169.254", 80)]] and echo.received == [b"hi"]
+
+
+async def test_the_model_routes_upstream_is_not_address_checked(
+    start: Start, origin: Upstream
+) -> None:
+    """The operator chose it (a gateway on the host's loopback is theirs to run)."""
+    from agent_host.proxy import ModelRoute
+
+    route = ModelRoute("http", "127.0.0.1", origin.port, "", "x-api-key", "sk-x")
+    running = await start(Policy(), model=route, exempt=())
+    answer = await running.exchange(b"GET /jackin-model/v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer == HTTP_REPLY and origin.accepted == 1
