@@ -149,11 +149,23 @@ def _section(name: str, data: Any) -> RenderableType:
     return text(data)
 
 
+def _publish_hint(contract: dict[str, Any]) -> RenderableType:
+    """Nothing is published at launch: how to publish one, and where active ones are listed."""
+    session = contract["identity"]["session"]
+    if contract["network"]["policy"] == "none":
+        return text("network none: no port of it can be reached", style="dim")
+    return text(f"publish one with `jackin-remote ports {session} --publish [LOCAL:]PORT` (the "
+                "laptop's loopback, through the host); active ones: `jackin-remote ports "
+                f"{session}`, `ls --json`; gone when the session stops", style="dim")  # fmt: skip
+
+
 def contract_panel(contract: dict[str, Any]) -> Panel:
     parts: list[RenderableType] = []
     for name, title in TITLES.items():
         parts.append(Text(title, style="bold magenta"))
         parts.append(_section(name, contract[name]))
+        if name == "service_ports" and not contract[name]:
+            parts.append(_publish_hint(contract))
         parts.append(Text(""))
     identity = contract["identity"]
     return Panel(

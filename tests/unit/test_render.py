@@ -469,3 +469,18 @@ def test_capacity_at_a_glance_counts_live_sessions_and_names_silent_hosts() -> N
         ("a", "ok", 2, 4), ("b", "unreachable", 0, 2), ("c", "auth_failed", 0, 1)]  # fmt: skip
     rendered = capacity_line(summary).plain
     assert rendered == "hosts: a 2/4 running · b unreachable · c auth_failed"
+
+
+def test_the_contract_panel_says_how_a_port_is_published_and_when_none_can_be() -> None:
+    closed = " ".join(render(contract_panel(contract()), 200).split())
+    assert "network none: no port of it can be reached" in closed
+    workspace = WorkspaceRef("/home/me/app", "app-123abc", True, "c0ffee" * 6 + "abcd", "main",
+                             False, 12, 3400)  # fmt: skip
+    request = LaunchRequest("shell", task="x", network="allowlist", docker="private")
+    data = resolve_contract("abcd2345", TARGET, ROLE, workspace, request).to_dict()
+    said = " ".join(render(contract_panel(data), 200).split())
+    assert "jackin-remote ports abcd2345 --publish [LOCAL:]PORT" in said
+    # The allowlist's rules and caveats, and the private daemon, are in the panel, not only --json.
+    assert "allow registry.npmjs.org:443 (preset registries)" in said
+    assert "- an allowed destination is still a way out" in said
+    assert "jk-abcd2345-dockerd" in said and "elevated on the host" in said
