@@ -58,6 +58,16 @@ CREATE TABLE IF NOT EXISTS egress_log (
     last_seen REAL NOT NULL,
     PRIMARY KEY (session, host, port, decision, rule)
 );
+-- Every host-side change jackin made, and what undoes it (agent_host/audit.py). No secrets.
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    session TEXT,                    -- NULL: not one session's (a workspace mirror, a role image)
+    action TEXT NOT NULL,            -- area.verb: container.create, network.remove, ...
+    target TEXT NOT NULL,            -- what it acted on: a name, an id, a path under the root
+    undo TEXT NOT NULL               -- what undoes it (empty: nothing to undo, e.g. a removal)
+);
+CREATE INDEX IF NOT EXISTS audit_session ON audit (session, id);
 """
 
 COLUMNS = (
@@ -92,7 +102,7 @@ COLUMNS = (
 MAX_EGRESS_ROWS = 1000  # destinations recorded one by one per session; more are counted together
 MAX_EGRESS_ANSWER = 5000  # rows in one egress.log answer (the newest)
 EGRESS_OTHERS = "(other destinations)"
-SCHEMA_VERSION = 4  # PRAGMA user_version once the schema and its migrations are in place
+SCHEMA_VERSION = 5  # PRAGMA user_version once the schema and its migrations are in place
 
 
 class Store:
@@ -224,6 +234,21 @@ class Store:
 
     def forget_egress(self, session: str) -> None:
         self._db.execute("DELETE FROM egress_log WHERE session = ?", (session,))
+
+    def add_audit(self, session: Optional[str], action: str, target: str, undo: str) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, session, action, target, undo) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), session, action, target, undo),
+        )
+
+    def audit(self, session: Optional[str] = None, limit: int = 5000) -> List[Dict[str, Any]]:
+        """The newest `limit` audit rows (one session's, or all), oldest first."""
+        query = "SELECT * FROM audit"
+        args: List[Any] = []
+        if session is not None:
+            query, args = query + " WHERE session = ?", [session]
+        newest = query + " ORDER BY id DESC LIMIT %d" % int(limit)
+        return [dict(row) for row in reversed(self._db.execute(newest, args).fetchall())]
 
     def running_count(self) -> int:
         row = self._db.execute(
