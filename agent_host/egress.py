@@ -211,7 +211,9 @@ def normalise_host(host: str) -> str:
 
 
 def decide(host: str, port: int, rules: Iterable[Rule]) -> Decision:
-    """Deny wins; then the first allow that matches; else denied by default."""
+    """Deny wins; then the first allow that matches, one that names the port before any that
+    does not (the proxy opens a CONNECT off port 443 only through a rule naming its port: see
+    rule_port); else denied by default."""
     name = normalise_host(host)
     allowed: Optional[Rule] = None
     for rule in rules:
@@ -219,7 +221,7 @@ def decide(host: str, port: int, rules: Iterable[Rule]) -> Decision:
             continue
         if rule.action == "deny":
             return Decision(False, str(rule))
-        if allowed is None:
+        if allowed is None or (allowed.pattern.port is None and rule.pattern.port is not None):
             allowed = rule
     if allowed is not None:
         return Decision(True, str(allowed))

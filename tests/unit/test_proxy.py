@@ -1409,3 +1409,13 @@ async def test_the_model_routes_upstream_is_not_address_checked(
     running = await start(Policy(), model=route, exempt=())
     answer = await running.exchange(b"GET /jackin-model/v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer == HTTP_REPLY and origin.accepted == 1
+
+
+async def test_a_rule_naming_the_port_opens_the_connect_whatever_the_rules_order(
+    start: Start, echo: Upstream
+) -> None:
+    """decide() reports the allow that names the port when a port-less one matches too."""
+    running = await start(rules_policy("127.0.0.1", f"127.0.0.1:{echo.port}", "**.a.example"))
+    data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port, True)
+    assert data.endswith(b"echo:hi")
+    assert (await running.records.next()).rule == f"allow 127.0.0.1:{echo.port} (--allow)"
