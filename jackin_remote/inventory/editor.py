@@ -164,7 +164,9 @@ def drop_group_member(text: str, name: str) -> str:
     if not isinstance(groups, Mapping):
         return text
     changed = False
-    for members in groups.values():
+    for group in groups.values():
+        # `NAME = [...]`, or a table `[groups.NAME]` with `members = [...]`
+        members = group.get("members") if isinstance(group, Mapping) else group
         while isinstance(members, Array) and name in members:
             members.remove(name)
             changed = True

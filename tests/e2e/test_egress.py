@@ -224,7 +224,14 @@ def test_allowlist_flags_are_checked(cli: CLI, local_inventory: Path, tmp_path: 
     ws = make_workspace(tmp_path / "ws")
     base = ["-i", str(local_inventory), "explain", "--role", TEST_ROLE, "--runtime", "shell"]
     cases = (
-        (["--allow", "x.com"], "--allow and --deny apply to --network allowlist only"),
+        (
+            ["--network", "open", "--allow", "x.com"],
+            "--allow and --deny apply to --network allowlist only",
+        ),
+        (
+            ["--network", "none", "--deny", "x.com"],
+            "--allow and --deny apply to --network allowlist only",
+        ),
         (["--network", "allowlist", "--allow", "a.*.com"], "--allow: 'a.*.com' is not a host"),
         (["--network", "allowlist", "--deny", "x.com:99999"], "--deny: 'x.com:99999': the port"),
         (["--network", "wide"], "--network 'wide': expected one of open, none, allowlist"),
@@ -233,6 +240,10 @@ def test_allowlist_flags_are_checked(cli: CLI, local_inventory: Path, tmp_path: 
         done = cli.run(*base, *args, str(ws))
         assert done.returncode == 2, (args, done.stderr)
         assert said in " ".join(done.stderr.split()), done.stderr
+    # Without --network the session gets allowlist (this host can enforce it): --allow applies.
+    (contract,) = cli.json(*base, "--allow", "x.com", str(ws))["contracts"]
+    assert contract["network"]["policy"] == "allowlist", contract["network"]
+    assert "allow x.com (--allow)" in contract["network"]["rules"], contract["network"]["rules"]
 
 
 def test_inventory_rules_are_edited_in_place_and_reach_the_contract(

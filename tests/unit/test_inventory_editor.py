@@ -285,3 +285,17 @@ def test_egress_rules_go_into_their_tables_keeping_comments_with_their_tables(
     with pytest.raises(InventoryError, match=r"hosts\.db\.egress\.allow: \[0\]"):
         add_egress_rule(file, "allow", "not a host", "db")
     assert file.read_text() == before
+
+
+def test_remove_edits_a_table_form_groups_members_too(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(
+        '[hosts.web]\naddress = "10.0.0.1"\n\n[hosts.db]\naddress = "10.0.0.2"\n\n'
+        '[groups.prod]  # table form\nmembers = ["web", "db"]\n\n'
+        '[groups.prod.egress]\nallow = ["pypi.org"]\n'
+    )
+    remove_host(inv, "web")
+    text = inv.read_text()
+    assert "[hosts.web]" not in text and 'members = ["db"]' in text
+    assert "# table form" in text and 'allow = ["pypi.org"]' in text
+    assert load_inventory(inv).groups["prod"] == ("db",)
