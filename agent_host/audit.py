@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from agent_host.wire import check_session_id
+from agent_host.protocol import SpecError
+from agent_host.wire import check_session_id, is_session_id
 
 MAX_ACTION = 64
 MAX_TARGET = 1024
@@ -78,6 +80,38 @@ def entries(root: str, session_id: Optional[str] = None) -> List[Dict[str, Any]]
         return store.audit(session_id, MAX_ANSWER)
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row as the controller takes it from a host: checked field by field (a host is not
+    trusted; its text still reaches a terminal only through ui/safe.py)."""
+
+    id: int
+    at: float
+    session: Optional[str]
+    action: str
+    target: str
+    undo: str
+
+    @classmethod
+    def from_wire(cls, data: object) -> "AuditEntry":
+        if not isinstance(data, dict):
+            raise SpecError("audit", "must be an object")
+        row_id, at, session = data.get("id"), data.get("at"), data.get("session")
+        if isinstance(row_id, bool) or not isinstance(row_id, int) or row_id < 0:
+            raise SpecError("audit.id", "must be a number >= 0")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not at >= 0:
+            raise SpecError("audit.at", "must be a time")
+        if session is not None and not is_session_id(session):
+            raise SpecError("audit.session", "must be a session id or null")
+        texts = []
+        for key, limit in (("action", MAX_ACTION), ("target", MAX_TARGET), ("undo", MAX_UNDO)):
+            value = data.get(key)
+            if not isinstance(value, str) or len(value) > limit:
+                raise SpecError("audit." + key, "must be text of at most %d characters" % limit)
+            texts.append(value)
+        return cls(row_id, float(at), session, texts[0], texts[1], texts[2])
 
 
 # -- RPC handler (`audit.list`) -----------------------------------------------------------------

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from agent_host import layout
+from agent_host import audit, layout
 from agent_host.egress import Rule, decide, rules_from_wire
 from agent_host.protocol import E_FAILED, E_INVALID_PARAMS, E_NOT_FOUND, RemoteError
 from agent_host.wire import (
@@ -63,7 +63,7 @@ def log_file(root: str, session_id: str) -> str:
 
 
 # -- the network -------------------------------------------------------------------------------
-def ensure_network(client: Any, session_id: str) -> "tuple[str, str]":
+def ensure_network(client: Any, session_id: str, root: Optional[str] = None) -> "tuple[str, str]":
     """The session's internal network (made if missing): its gateway address and subnet. An
     existing network of that name is used only if it is internal and ours."""
     from docker.errors import NotFound
@@ -75,6 +75,8 @@ def ensure_network(client: Any, session_id: str) -> "tuple[str, str]":
         labels = {LABEL_MANAGED: "true", LABEL_SESSION: session_id}
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels)
         network.reload()
+        if root is not None:
+            audit.record(root, session_id, "network.create", name, "docker network rm %s" % name)
     attrs = network.attrs
     labels = attrs.get("Labels") or {}
     if not attrs.get("Internal") or labels.get(LABEL_SESSION) != session_id:
@@ -87,11 +89,13 @@ def ensure_network(client: Any, session_id: str) -> "tuple[str, str]":
     return str(config["Gateway"]), str(config["Subnet"])
 
 
-def remove_network(client: Any, session_id: str) -> None:
+def remove_network(client: Any, session_id: str, root: Optional[str] = None) -> None:
     from docker.errors import NotFound
 
     with contextlib.suppress(NotFound):
         client.networks.get(egress_network(session_id)).remove()
+        if root is not None:
+            audit.record(root, session_id, "network.remove", egress_network(session_id), "")
 
 
 # -- the proxy process -------------------------------------------------------------------------
@@ -102,10 +106,14 @@ def start_proxy(
     stop_proxy(root, spec.session_id)
     path = rules_file(root, spec.session_id)
     _write_private(path, json.dumps([rule.to_wire() for rule in spec.egress]))
+    audit.record(root, spec.session_id, "file.write", path, "rm %s" % path)
     if spec.model_api is not None and model_key is not None:
         api = spec.model_api
         route = {"upstream": api.upstream, "header": api.header, "value": api.prefix + model_key}
         _write_private(model_file(root, spec.session_id), json.dumps(route))
+        audit.record(root, spec.session_id, "file.write", model_file(root, spec.session_id) +
+                     " (the model API key, for the proxy)", "rm %s" % model_file(root,
+                     spec.session_id))  # fmt: skip
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = "import sys; sys.path.insert(0, sys.argv[1]); from agent_host.egressd import main; " \
         "sys.exit(main(sys.argv[2:]))"  # fmt: skip
@@ -127,6 +135,9 @@ def start_proxy(
             % (gateway, PROXY_PORT, line or "it exited", log_file(root, spec.session_id)),
         )  # fmt: skip
     _write_private(pid_file(root, spec.session_id), "%d\n" % proc.pid)
+    audit.record(root, spec.session_id, "egress.start", "proxy pid %d on %s:%d (log %s)" % (
+        proc.pid, gateway, PROXY_PORT, log_file(root, spec.session_id)),
+        "jackin-remote stop %s" % spec.session_id)  # fmt: skip
     return proc.pid
 
 
@@ -168,6 +179,8 @@ def stop_proxy(root: str, session_id: str) -> None:
             time.sleep(0.05)
         if proxy_pid(root, session_id) == pid:
             _signal(pid, signal.SIGKILL)
+        audit.record(root, session_id, "egress.stop", "proxy pid %d" % pid,
+                     "jackin-remote start %s" % session_id)  # fmt: skip
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pid_file(root, session_id))
 

@@ -129,7 +129,7 @@ def _labels(session_id: str) -> Dict[str, str]:
     return {LABEL_SESSION: session_id, LABEL_PART: "private-docker"}
 
 
-def ensure_network(client: Any, session_id: str) -> str:
+def ensure_network(client: Any, session_id: str, root: Optional[str] = None) -> str:
     """The sandbox-and-daemon network (made if missing); an existing one is used only if it is
     this session's, internal, and without a host address."""
     from docker.errors import NotFound
@@ -143,6 +143,7 @@ def ensure_network(client: Any, session_id: str) -> str:
             options={"com.docker.network.bridge.inhibit_ipv4": "true"},
         )  # fmt: skip
         network.reload()
+        _audit(root, session_id, "network.create", name, "docker network rm %s" % name)
     attrs = network.attrs
     options = attrs.get("Options") or {}
     if (
@@ -155,26 +156,30 @@ def ensure_network(client: Any, session_id: str) -> str:
     return name
 
 
-def start(client: Any, spec: LaunchSpec, uid: int, gid: int, proxy: Optional[str]) -> str:
+def start(
+    client: Any, spec: LaunchSpec, uid: int, gid: int, proxy: Optional[str],
+    root: Optional[str] = None,
+) -> str:  # fmt: skip
     """Make (or start again) the session's daemon and wait until it serves TLS; the network the
     sandbox must join. `proxy`: the session's egress proxy URL (allowlist), for dockerd's pulls."""
     from docker.errors import DockerException, NotFound
 
     assert spec.private_docker is not None
     session_id = spec.session_id
-    network = ensure_network(client, session_id)
+    network = ensure_network(client, session_id, root)
     name = sidecar_name(session_id)
     try:
         try:
             sidecar = client.containers.get(name)
         except NotFound:
-            sidecar = _create(client, spec, uid, gid, network, proxy)
+            sidecar = _create(client, spec, uid, gid, network, proxy, root)
         if (sidecar.labels or {}).get(LABEL_SESSION) != session_id:
             raise RemoteError(E_FAILED, "container %s exists but is not this session's daemon: "
                               "remove it (`docker rm -f %s`)" % (name, name))  # fmt: skip
         sidecar.reload()
         if sidecar.status != "running":
             sidecar.start()
+            _audit(root, session_id, "container.start", name, "jackin-remote stop %s" % session_id)
         _wait_ready(sidecar)
     except DockerException as exc:
         raise RemoteError(E_FAILED, "docker could not start the private docker daemon (%s): %s"
@@ -183,8 +188,9 @@ def start(client: Any, spec: LaunchSpec, uid: int, gid: int, proxy: Optional[str
 
 
 def _create(
-    client: Any, spec: LaunchSpec, uid: int, gid: int, network: str, proxy: Optional[str]
-) -> Any:
+    client: Any, spec: LaunchSpec, uid: int, gid: int, network: str, proxy: Optional[str],
+    root: Optional[str] = None,
+) -> Any:  # fmt: skip
     from docker.errors import ImageNotFound
 
     assert spec.private_docker is not None
@@ -200,6 +206,7 @@ def _create(
         ) from None  # fmt: skip
     volume = client_volume(session_id)
     client.volumes.create(name=volume, labels=_labels(session_id))
+    _audit(root, session_id, "volume.create", volume, "docker volume rm %s" % volume)
     env = {"JACKIN_UID": str(uid), "JACKIN_GID": str(gid), "JACKIN_DOCKERD": sidecar_name(
         session_id)}  # fmt: skip
     if proxy is not None:  # dockerd pulls through the session's proxy, by the same rules
@@ -223,6 +230,8 @@ def _create(
         log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
         **kwargs,
     )  # fmt: skip
+    _audit(root, session_id, "container.create", sidecar_name(session_id),
+           "docker rm -f %s" % sidecar_name(session_id))  # fmt: skip
     if spec.network is Network.ALLOWLIST:
         client.networks.get(egress_network(session_id)).connect(sidecar)
     elif spec.network is Network.OPEN:
@@ -253,7 +262,7 @@ def _tail(sidecar: Any) -> str:
     return "no output"
 
 
-def stop(client: Any, session_id: str) -> None:
+def stop(client: Any, session_id: str, root: Optional[str] = None) -> None:
     """Stop the daemon (its images and containers, in memory, are gone with it)."""
     from docker.errors import NotFound
 
@@ -263,9 +272,11 @@ def stop(client: Any, session_id: str) -> None:
             session_id
         ):
             sidecar.stop(timeout=10)
+            _audit(root, session_id, "container.stop", sidecar.name,
+                   "jackin-remote start %s" % session_id)  # fmt: skip
 
 
-def remove(client: Any, session_id: str) -> None:
+def remove(client: Any, session_id: str, root: Optional[str] = None) -> None:
     """The sidecar, its network and the client volume (rm, or a failed create)."""
     from docker.errors import NotFound
 
@@ -273,10 +284,21 @@ def remove(client: Any, session_id: str) -> None:
     for container in client.containers.list(all=True, filters={"label": label}):
         if (container.labels or {}).get(LABEL_PART) == "private-docker":
             container.remove(force=True)
+            _audit(root, session_id, "container.remove", container.name, "")
     with contextlib.suppress(NotFound):
         client.networks.get(network_name(session_id)).remove()
+        _audit(root, session_id, "network.remove", network_name(session_id), "")
     with contextlib.suppress(NotFound):
         client.volumes.get(client_volume(session_id)).remove(force=True)
+        _audit(root, session_id, "volume.remove", client_volume(session_id), "")
+
+
+def _audit(root: Optional[str], session_id: str, action: str, target: str, undo: str) -> None:
+    """Record a change in the host's audit (callers without a root record nothing)."""
+    if root is not None:
+        from agent_host import audit
+
+        audit.record(root, session_id, action, target, undo)
 
 
 def mounts(session_id: str) -> Dict[str, Dict[str, str]]:

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, Iterator, Optional, Tuple
 
-from agent_host import layout
+from agent_host import audit, layout
 from agent_host.protocol import (
     E_DOCKER_UNAVAILABLE,
     E_FAILED,
@@ -328,6 +328,7 @@ def _write_cache(cache_file: str, key: str, ids: Tuple[int, int]) -> None:
     data[key] = list(ids)  # newest last: the oldest go first when the cache is trimmed
     data = dict(list(data.items())[-CACHE_ENTRIES:])
     directory = os.path.dirname(cache_file)
+    new = not os.path.exists(cache_file)
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".ids.", dir=directory)
@@ -335,7 +336,10 @@ def _write_cache(cache_file: str, key: str, ids: Tuple[int, int]) -> None:
             json.dump(data, fh)
         os.replace(tmp, cache_file)
     except OSError:
-        pass  # a cache: the next call asks the image again
+        return  # a cache: the next call asks the image again
+    if new:  # <root>/roles/.user-ids.json
+        root = os.path.dirname(directory)
+        audit.record(root, None, "cache.create", cache_file, "rm %s" % cache_file)
 
 
 # ---- handlers -------------------------------------------------------------------------------
@@ -384,6 +388,8 @@ def role_build(ctx: Context, params: Message) -> Dict[str, Any]:
             image_id = _build_checked(
                 api, ctx, context_dir, dockerfile, tag, (name, content_hash), user, network
             )
+            audit.record(ctx.root, None, "image.build", "%s (build network %s)" % (tag, network),
+                         "docker rmi %s" % tag)  # fmt: skip
         uid, gid = image_user_ids(ctx.root, image_id, user, api)
     except RemoteError:
         raise
@@ -394,6 +400,9 @@ def role_build(ctx: Context, params: Message) -> Dict[str, Any]:
         raise mapped from None
     finally:
         api.close()
+    if os.path.isdir(context_dir):  # the controller uploads it (over the transport) before this
+        audit.record(ctx.root, None, "role.context", context_dir + " (uploaded by the controller)",
+                     "rm -rf %s" % context_dir)  # fmt: skip
     return {
         "image": tag,
         "built": built,

@@ -15,7 +15,7 @@ import time
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent_host import layout, private_docker, testhooks
+from agent_host import audit, layout, private_docker, testhooks
 from agent_host.procs import pid_alive
 from agent_host.protocol import (
     E_CONFLICT,
@@ -115,12 +115,16 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             raise RemoteError(E_CONFLICT, "session %s already exists" % session_id)
         client = _docker()
         store.insert(_record(spec, os.getpid()))
+        audit.record(ctx.root, session_id, "session.record", "%s in %s" % (session_id,
+                     layout.state_db(ctx.root)), "jackin-remote rm %s" % session_id)  # fmt: skip
         testhooks.pause_host("host-create", ctx.root)
         try:
             # Who the agent runs as is checked first (never uid 0 in the image), then the checkout.
             image, uid, gid = sandbox_identity(ctx.root, client, spec)
             store.update(session_id, uid=uid)
             checkout = _checkout(ctx.root, spec)
+            undo = "rm -rf %s" % layout.session_dir(ctx.root, session_id)
+            audit.record(ctx.root, session_id, "checkout.create", checkout["work_dir"], undo)
             store.update(
                 session_id,
                 base_commit=checkout.get("base_commit") or spec.base_commit,
@@ -135,18 +139,21 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             sandbox_secrets = {k: v for k, v in secrets.items() if k != model_env}
             proxy = _start_egress(ctx.root, client, spec, model_key)
             if spec.private_docker is not None:
-                private_docker.start(client, spec, uid, gid, proxy)
+                private_docker.start(client, spec, uid, gid, proxy, root=ctx.root)
             held = write_secret_files(session_id, uid, gid, files) if spec.secret_files else None
+            if held is not None:  # names only, never a value
+                audit.record(ctx.root, session_id, "secrets.write", "%s (%s)" % (held, ", ".join(
+                    sorted(files))), "rm -rf %s" % held)  # fmt: skip
             container = _run_container(
                 client, spec, sandbox_secrets, image, work, uid, gid, proxy, held
             )
         except Exception as exc:
             with contextlib.suppress(Exception):
-                private_docker.remove(client, session_id)
+                private_docker.remove(client, session_id, root=ctx.root)
             _stop_egress(ctx.root, client, session_id)
-            remove_secret_files(session_id)
+            remove_secret_files(session_id, root=ctx.root)
             with contextlib.suppress(Exception):
-                _remove_volumes(client, session_id)
+                _remove_volumes(client, session_id, root=ctx.root)
             message = (
                 exc.message
                 if isinstance(exc, RemoteError)
@@ -185,7 +192,7 @@ def _start_egress(
         return None
     from agent_host import egressd
 
-    gateway, subnet = egressd.ensure_network(client, spec.session_id)
+    gateway, subnet = egressd.ensure_network(client, spec.session_id, root=root)
     egressd.start_proxy(root, spec, gateway, subnet, model_key)
     return "http://%s:%d" % (gateway, PROXY_PORT)
 
@@ -197,7 +204,7 @@ def _stop_egress(root: str, client: Any, session_id: str, network: bool = True) 
     egressd.stop_proxy(root, session_id)
     if network:
         with contextlib.suppress(Exception):
-            egressd.remove_network(client, session_id)
+            egressd.remove_network(client, session_id, root=root)
 
 
 def _record(spec: LaunchSpec, pid: int) -> Dict[str, Any]:
@@ -303,6 +310,7 @@ def sandbox_identity(root: str, client: Any, spec: LaunchSpec) -> Tuple[str, int
         client.images.get(derived)
     except _not_found():
         _build_uid_image(client, image, derived, uid, target_uid, target_gid)
+        audit.record(root, spec.session_id, "image.build", derived, "docker rmi %s" % derived)
     return derived, target_uid, target_gid
 
 
@@ -380,11 +388,12 @@ def _run_container(
                 "bind": mount.target, "mode": "ro"}  # fmt: skip
         elif mount.kind == "synced":
             copy = checked_synced_copy(root_of(work), spec, index)
+            audit.record(root_of(work), spec.session_id, "mount.copy", copy, "rm -rf %s" % copy)
             if os.getuid() == 0:  # the agent's own, like its checkout (ro: the mount says so)
                 _chown_tree(copy, uid, gid)
             volumes[copy] = {"bind": mount.target, "mode": str(mount.mode)}
         else:
-            name = _session_volume(client, spec, index, image, uid, gid)
+            name = _session_volume(client, spec, index, image, uid, gid, root_of(work))
             volumes[name] = {"bind": mount.target, "mode": "rw"}
     kwargs: Dict[str, Any] = {
         "command": list(spec.command)
@@ -429,9 +438,13 @@ def _run_container(
     kwargs.pop("detach")
     try:
         container = client.containers.create(image, **kwargs)
+        audit.record(root_of(work), spec.session_id, "container.create", spec.container,
+                     "docker rm -f %s" % spec.container)  # fmt: skip
         for network in private_docker.extra_networks(spec):
             client.networks.get(network).connect(container)
         container.start()
+        audit.record(root_of(work), spec.session_id, "container.start", spec.container,
+                     "jackin-remote stop %s" % spec.session_id)  # fmt: skip
         return container
     except DockerException as exc:
         if limits.nofile is not None and "rlimit type 7" in str(exc):  # RLIMIT_NOFILE
@@ -508,12 +521,14 @@ def checked_synced_copy(root: str, spec: LaunchSpec, index: int) -> str:
 
 
 def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: int,
-                    gid: int) -> str:  # fmt: skip
+                    gid: int, root: Optional[str] = None) -> str:  # fmt: skip
     """An engine volume of the session's own (removed by rm), owned by the agent's uid: a
     one-shot container of the session's image, with CHOWN alone, gives it to that uid."""
     name = "jk-%s-v%d" % (spec.session_id, index)
     labels = {LABEL_MANAGED: "true", LABEL_SESSION: spec.session_id}
     client.volumes.create(name=name, labels=labels)
+    if root is not None:
+        audit.record(root, spec.session_id, "volume.create", name, "docker volume rm %s" % name)
     client.containers.run(
         image, ["chown", "%d:%d" % (uid, gid), "/v"], user="0", remove=True,
         volumes={name: {"bind": "/v", "mode": "rw"}}, network_mode="none",
@@ -523,10 +538,12 @@ def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: 
     return name
 
 
-def _remove_volumes(client: Any, session_id: str) -> None:
+def _remove_volumes(client: Any, session_id: str, root: Optional[str] = None) -> None:
     label = "%s=%s" % (LABEL_SESSION, session_id)
     for volume in client.volumes.list(filters={"label": label}):
         volume.remove(force=True)
+        if root is not None:
+            audit.record(root, session_id, "volume.remove", volume.name, "")
 
 
 def _secret_volume(secret_dir: Optional[str]) -> Dict[str, Dict[str, str]]:
@@ -557,11 +574,13 @@ def write_secret_files(session_id: str, uid: int, gid: int, values: Dict[str, st
     return path
 
 
-def remove_secret_files(session_id: str) -> None:
+def remove_secret_files(session_id: str, root: Optional[str] = None) -> None:
     path = secret_dir(session_id)
     if os.path.isdir(path):
         os.chmod(path, 0o700)
         shutil.rmtree(path)
+        if root is not None:
+            audit.record(root, session_id, "secrets.remove", path, "")
 
 
 def secret_values(session_id: str) -> List[Tuple[str, str]]:
@@ -700,7 +719,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
 
                 egressd.stop_proxy(ctx.root, record["id"])
             if state not in ACTIVE_STATES and (record.get("spec") or {}).get("private_docker"):
-                private_docker.stop(client, record["id"])  # likewise its daemon
+                private_docker.stop(client, record["id"], root=ctx.root)  # likewise its daemon
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
             out.append(public_record(record))
@@ -860,13 +879,17 @@ def stop(ctx: Context, params: Message) -> Dict[str, Any]:
         client = _docker()
         try:
             container = client.containers.get(record["container"])
+            running = container.status == "running"
             container.stop(timeout=STOP_TIMEOUT)
             container.reload()
             code = (container.attrs.get("State") or {}).get("ExitCode")
+            if running:
+                audit.record(ctx.root, record["id"], "container.stop", record["container"],
+                             "jackin-remote start %s" % record["id"])  # fmt: skip
         except _not_found():
             code = record.get("exit_code")
         _stop_egress(ctx.root, client, record["id"], network=False)
-        private_docker.stop(client, record["id"])
+        private_docker.stop(client, record["id"], root=ctx.root)
         if record["state"] in ("starting", "running"):
             store.update(
                 record["id"],
@@ -912,10 +935,12 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             proxy = _start_egress(ctx.root, client, spec)
             if spec.private_docker is not None:
                 uid = record.get("uid") or 0
-                private_docker.start(client, spec, uid, uid, proxy)
+                private_docker.start(client, spec, uid, uid, proxy, root=ctx.root)
             container.start()
+            audit.record(ctx.root, record["id"], "container.start", record["container"],
+                         "jackin-remote stop %s" % record["id"])  # fmt: skip
         except (DockerException, RemoteError) as exc:
-            private_docker.stop(client, spec.session_id)
+            private_docker.stop(client, spec.session_id, root=ctx.root)
             _stop_egress(ctx.root, client, spec.session_id, network=False)
             if isinstance(exc, RemoteError):
                 raise
@@ -966,7 +991,7 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
         force = bool(params.get("force"))
         client = _docker() if force else None
         if client is not None:
-            _remove_containers(client, record)
+            _remove_containers(client, record, ctx.root)
         try:
             status = work_status(ctx, record)
             uninspectable = None
@@ -989,20 +1014,23 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
             )
         if client is None:
             client = _docker()
-            _remove_containers(client, record)
+            _remove_containers(client, record, ctx.root)
         _stop_egress(ctx.root, client, record["id"])
-        private_docker.remove(client, record["id"])
-        _remove_volumes(client, record["id"])
-        remove_secret_files(record["id"])
+        private_docker.remove(client, record["id"], root=ctx.root)
+        _remove_volumes(client, record["id"], root=ctx.root)
+        remove_secret_files(record["id"], root=ctx.root)
         store.forget_egress(record["id"])
         session_path = layout.session_dir(ctx.root, record["id"])
         if os.path.isdir(session_path):
             _rmtree(session_path)
+            audit.record(ctx.root, record["id"], "checkout.remove", session_path, "")
         store.update(
             record["id"],
             state=SessionState.PURGED.value,
             finished_at=record["finished_at"] or time.time(),
         )
+        audit.record(ctx.root, record["id"], "session.purge", "%s in %s" % (record["id"],
+                     layout.state_db(ctx.root)), "")  # fmt: skip
         return {
             "id": record["id"],
             "removed": True,
@@ -1014,15 +1042,21 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
         store.close()
 
 
-def _remove_containers(client: Any, record: Dict[str, Any]) -> None:
+def _remove_containers(client: Any, record: Dict[str, Any], root: Optional[str] = None) -> None:
     """Every container of the session, found by its label (and by name, for old records)."""
     label = "%s=%s" % (LABEL_SESSION, record["id"])
+    removed = []
     for container in client.containers.list(all=True, filters={"label": label}):
         container.remove(force=True)
+        removed.append(container.name)
     try:
         client.containers.get(record["container"]).remove(force=True)
+        removed.append(record["container"])
     except _not_found():
         pass
+    for name in removed:
+        if root is not None:
+            audit.record(root, record["id"], "container.remove", name, "")
 
 
 def _rmtree(path: str) -> None:

@@ -27,7 +27,7 @@ import subprocess
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from agent_host import layout
+from agent_host import audit, layout
 from agent_host.protocol import (
     E_CONFLICT,
     E_FAILED,
@@ -142,7 +142,10 @@ def status(ctx: Context, params: Message) -> Dict[str, Any]:
         # An rsync follows: from now on the mirror is not known to match any manifest.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.manifest_file(ctx.root, workspace))
-        os.makedirs(mirror, mode=0o700, exist_ok=True)
+        if not os.path.isdir(mirror):
+            os.makedirs(mirror, mode=0o700, exist_ok=True)
+            audit.record(ctx.root, None, "mirror.create", mirror,
+                         "rm -rf %s" % layout.workspace_dir(ctx.root, workspace))  # fmt: skip
     return {"manifest_hash": have, "in_sync": in_sync, "mirror": mirror}
 
 
@@ -169,6 +172,9 @@ def commit(ctx: Context, params: Message) -> Dict[str, Any]:
             {"manifest_hash": wanted, "head": head, "is_git": is_git,
              "synced_at": time.time(), "files": files},
         )  # fmt: skip
+    audit.record(ctx.root, None, "mirror.commit", "%s (%d files, %d pruned, head %s)" % (
+        mirror, len(files), pruned, head or "none"),
+        "rm -rf %s" % layout.workspace_dir(ctx.root, workspace))  # fmt: skip
     return {"files": len(files), "pruned": pruned, "is_git": is_git}
 
 
