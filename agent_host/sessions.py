@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import fields
@@ -625,6 +626,7 @@ def _container_states(client: Any) -> Dict[str, Dict[str, Any]]:
             "container": container,
             "status": info.get("Status"),
             "exit_code": info.get("ExitCode"),
+            "started_at": info.get("StartedAt"),
             "finished_at": info.get("FinishedAt"),
             "oom": info.get("OOMKilled"),
         }
@@ -656,11 +658,56 @@ def derive_state(
     return ("exited" if code == 0 and not container.get("oom") else "crashed"), code
 
 
-def end_reason(state: str, container: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Why a session ended, beyond its exit code; None when the code says it all. Pure."""
-    if state == "crashed" and container is not None and container.get("oom"):
+def end_reason(
+    state: str, container: Optional[Dict[str, Any]], engine_started: Optional[float] = None
+) -> Optional[str]:
+    """Why a session ended, beyond its exit code; None when the code says it all. Pure.
+    `engine_started`: when the host's dockerd started (epoch seconds), if known. A sandbox
+    started by an earlier run of the engine whose end this run recorded (at its restore) ended
+    with the engine: the host stopped or rebooted while it ran."""
+    if state != "crashed" or container is None:
+        return None
+    if container.get("oom"):
         return EndReason.OOM.value
+    started = docker_time(container.get("started_at"))
+    finished = docker_time(container.get("finished_at"))
+    known = engine_started is not None and started is not None and finished is not None
+    if known and started < engine_started <= finished:  # type: ignore[operator]
+        return EndReason.ENGINE_RESTART.value
     return None
+
+
+def docker_time(value: object) -> Optional[float]:
+    """Epoch seconds of an engine timestamp (`2026-11-29T10:45:53.123456789Z`); None for the
+    zero time or anything else."""
+    if not isinstance(value, str) or value.startswith("0001-"):
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\Z", value)
+    if not match:
+        return None
+    stamp, fraction, zone = match.groups()
+    import calendar
+
+    seconds = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds + (float("0." + fraction) if fraction else 0.0)
+
+
+def engine_started_at(pid_file: str = "/var/run/docker.pid") -> Optional[float]:
+    """When the host's dockerd started (epoch seconds), from its pid file and /proc; None where
+    that cannot be read (another pid namespace, a rootless engine)."""
+    try:
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip())
+        with open("/proc/%d/stat" % pid) as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def agent_status(state: str, mode: str) -> str:
@@ -693,6 +740,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
     try:
         client = _docker()
         containers = _container_states(client)
+        engine_started = engine_started_at()
         now = time.time()
         records = store.all(include_purged=bool(params.get("all")))
         known = set()
@@ -704,7 +752,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             container = containers.get(record["id"])
             state, code = derive_state(record, container, now, pid_alive(record["owner_pid"]))
             kept = record["reason"] if state == SessionState.CRASHED.value else None
-            reason = end_reason(state, container) or kept  # the container may be gone since
+            reason = end_reason(state, container, engine_started) or kept  # container may be gone
             if (state, code, reason) != (record["state"], record["exit_code"], record["reason"]):
                 fields: Dict[str, Any] = {"state": state, "exit_code": code, "reason": reason}
                 if state in ("exited", "crashed", "failed_setup") and not record["finished_at"]:

@@ -26,6 +26,9 @@ import time
 from typing import Mapping, Optional
 
 ENV = "JACKIN_TEST_PAUSE_AT"
+# Controller steps: with this set to a path, the paused launch carries on once the file exists
+# (the test disturbed a host meanwhile); unset, it waits for ever (the test kills it).
+RESUME_ENV = "JACKIN_TEST_RESUME_FILE"
 MARKER = "jackin-test-pause: reached "
 PAUSE_DIR = "test-pause"  # under the host root
 
@@ -62,7 +65,11 @@ async def pause(step: str) -> None:
     sys.stdout.flush()  # what was printed so far (the contract) must reach the test
     sys.stderr.write(MARKER + step + "\n")
     sys.stderr.flush()
-    await asyncio.get_running_loop().create_future()  # never set
+    resume = os.environ.get(RESUME_ENV)
+    if not resume:
+        await asyncio.get_running_loop().create_future()  # never set
+    while not os.path.exists(str(resume)):  # a state the test sets (it disturbed a host)
+        await asyncio.sleep(0.05)
 
 
 def agent_env(environ: Optional[Mapping[str, str]] = None) -> str:

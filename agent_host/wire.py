@@ -90,6 +90,7 @@ class EndReason(str, Enum):
     """Why a session ended, when the host knows more than the exit code says."""
 
     OOM = "oom"  # the kernel killed a process of the sandbox: it reached its memory limit
+    ENGINE_RESTART = "engine_restart"  # the host's docker engine stopped (a reboot) while it ran
 
 
 class AgentStatus(str, Enum):

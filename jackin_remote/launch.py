@@ -691,6 +691,7 @@ async def _apply_host(
     build_output: Step,
 ) -> list[dict[str, Any]]:
     from agent_host import testhooks
+    from jackin_remote.agent.client import AgentClosed
     from jackin_remote.roles import ensure_role_image
     from jackin_remote.sessions import checked_records
     from jackin_remote.sync import sync_workspace
@@ -713,6 +714,10 @@ async def _apply_host(
         )
     except JackinError as exc:
         return [_failed(c, str(exc)) for c in items]
+    except AgentClosed as exc:
+        lost = (f"{host.name}: the connection to the host was lost while preparing it ({exc}); "
+                "no session was created there: launch again")  # fmt: skip
+        return [_failed(c, lost) for c in items]
 
     async def create(contract: Contract) -> dict[str, Any]:
         session_id = contract.identity["session"]
@@ -734,6 +739,11 @@ async def _apply_host(
         except AgentCallError as exc:
             # The host recorded it (failed_setup) unless the spec was refused outright.
             return _failed(contract, exc.reason, state="failed_setup")
+        except AgentClosed as exc:
+            # Sent or not, the host may have it: only the host can say.
+            return _failed(contract, f"{host.name}: the connection to the host was lost while "
+                           f"creating {session_id} ({exc}); `jackin-remote ls --on {host.name}` "
+                           "shows whether it started", state="unknown")  # fmt: skip
         await testhooks.pause("create-reply")
         try:
             (entry,) = checked_records(host.name, [entry])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from jackin_remote import __version__
+from jackin_remote.agent.client import AgentClosed
 from jackin_remote.cli import audit, config, hosts, policy, ports, sessions
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
@@ -53,3 +54,7 @@ def main() -> None:
         app(prog_name="jackin-remote")
     except JackinError as error:  # raised outside a command's own handling
         fail(error)
+    except AgentClosed as closed:  # a host's link died under a command that did not expect it
+        fail(JackinError(f"the connection to a host agent was lost ({closed})",
+                         hint="`jackin-remote ls` shows what each host holds; then run the "
+                         "command again"))  # fmt: skip

@@ -123,6 +123,8 @@ def capacity_line(summary: Sequence[dict[str, Any]]) -> Text:
 REASONS = {
     EndReason.OOM.value: "out of memory: the kernel killed a process of the sandbox at its memory "
     "limit (limits.memory in the inventory or config); the checkout is kept",
+    EndReason.ENGINE_RESTART.value: "the host's docker engine stopped while it ran (the host "
+    "stopped or rebooted); the checkout is kept: `jackin-remote start` runs it again",
 }
 NOTE_CHARS = 300  # a failure reason under the table; `logs` prints the whole of it
 

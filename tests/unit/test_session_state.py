@@ -48,3 +48,22 @@ def test_an_oom_kill_is_a_crash_with_its_reason_whatever_the_exit_code() -> None
     # stopped by the operator: never an oom crash, even if the kernel killed something before
     stopped = {**box("exited", 137), "oom": True}
     assert derive_state(rec("stopped"), stopped, NOW, False) == ("stopped", 137)
+
+
+def test_a_sandbox_started_by_an_earlier_engine_and_ended_at_its_restore_ended_with_it() -> None:
+    from agent_host.sessions import docker_time
+
+    # What the engine records at its restore: started under the old run, ended as it came back.
+    ended = {**box("exited", 255), "started_at": "2026-11-29T09:00:00.5Z",
+             "finished_at": "2026-11-29T10:05:00.454891307Z"}  # fmt: skip
+    engine = docker_time("2026-11-29T10:05:00Z")
+    assert engine is not None
+    assert abs(docker_time(ended["finished_at"]) - (engine + 0.454891307)) < 1e-6  # type: ignore[operator]
+    assert end_reason("crashed", ended, engine) == "engine_restart"
+    assert end_reason("crashed", ended, engine - 7200) is None  # started under this engine
+    assert end_reason("crashed", ended, engine + 60) is None  # ended before the engine came up
+    assert end_reason("crashed", ended, None) is None  # the engine's start unknown
+    assert end_reason("exited", ended, engine) is None
+    assert docker_time("2026-11-29T12:00:00+02:00") == docker_time("2026-11-29T10:00:00Z")
+    for junk in ("0001-01-01T00:00:00Z", "yesterday", None, 5, "2026-11-29T10:00:00Z\n"):
+        assert docker_time(junk) is None

@@ -37,3 +37,21 @@ def test_only_host_steps_travel_to_the_agent(monkeypatch: pytest.MonkeyPatch) ->
     assert testhooks.agent_env({testhooks.ENV: host_step}) == f"{testhooks.ENV}={host_step} "
     monkeypatch.setenv(testhooks.ENV, host_step)
     assert f"{testhooks.ENV}={host_step} python3" in serve_script("~/.jackin", artifact)
+
+
+async def test_a_paused_launch_with_a_resume_file_carries_on_once_it_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    resume = tmp_path / "go"
+    monkeypatch.setenv(testhooks.ENV, "sync")
+    monkeypatch.setenv(testhooks.RESUME_ENV, str(resume))
+    paused = asyncio.ensure_future(testhooks.pause("sync"))
+    while testhooks.MARKER + "sync" not in capsys.readouterr().err:
+        await asyncio.sleep(0)  # until it announced the step
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not paused.done()  # still waiting: the file is not there
+    resume.touch()
+    await asyncio.wait_for(paused, 30)
