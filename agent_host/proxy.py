@@ -35,6 +35,7 @@ Python 3.9 compatible, stdlib only (runs on hosts).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import os
 import re
@@ -463,6 +464,12 @@ class Source:
         self._reader = reader
         self._buf = bytearray(prefix)
 
+    def buffered(self, limit: int) -> bytes:
+        """Up to `limit` of the bytes already read, without waiting for more."""
+        data = bytes(self._buf[:limit])
+        del self._buf[:limit]
+        return data
+
     async def read(self, limit: int) -> bytes:
         """Up to `limit` bytes; b"" at the end of the stream."""
         if self._buf:
@@ -839,7 +846,9 @@ class EgressProxy:
     for the client to go (so the reply is read rather than reset). `peers`: the session's
     network, the only one served (and never connected to). `exempt`: networks the address
     checks let through whatever their kind (the unit tests' upstreams on loopback); the proxy's
-    own address and network stay refused."""
+    own address and network stay refused. `record` is called on a thread of its own, one record
+    at a time and in order (a sink that writes a database must not stall every connection);
+    close() returns once every record is in."""
 
     def __init__(
         self,
@@ -872,6 +881,7 @@ class EgressProxy:
         self._server: Optional[asyncio.base_events.Server] = None
         self._tasks: Set[asyncio.Task[None]] = set()
         self._closing = False
+        self._recorder: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     async def start(self, host: str, port: int) -> Tuple[str, int]:
         """Listen on host:port (port 0: any free one); the bound address."""
@@ -896,6 +906,10 @@ class EgressProxy:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:  # one worker, in order: this runs after every record before it
+            await asyncio.wrap_future(recorder.submit(lambda: None))
+            recorder.shutdown(wait=False)
         if server is not None:
             await server.wait_closed()
 
@@ -976,8 +990,7 @@ class EgressProxy:
                     await self._forward(
                         Source(reader, rest), writer, up_reader, up_writer, outcome, request
                     )
-                    await self._close_gracefully(up_writer)
-                    await self._finish(reader, writer)
+                    await self._finish(reader, writer, up_writer)
             except BadRequest as exc:  # the body, found bad while it went
                 outcome.error = "bad request body: %s" % exc.reason
                 up_writer.transport.abort()
@@ -1054,8 +1067,13 @@ class EgressProxy:
         return bool(allowed), str(rule)
 
     def _emit(self, outcome: _Outcome) -> None:
+        if self._recorder is None:
+            self._recorder = concurrent.futures.ThreadPoolExecutor(1, "jackin-egress-record")
+        self._recorder.submit(self._record_one, outcome.record())
+
+    def _record_one(self, record: ConnectionRecord) -> None:
         try:
-            self._record(outcome.record())
+            self._record(record)
         except Exception as exc:
             _log("record failed: %r" % (exc,))
 
@@ -1181,19 +1199,35 @@ class EgressProxy:
                 await _send(writer, response_head(response, None), count)
                 continue
             framing = response_framing(response, method)
-            await _send(writer, response_head(response, framing), count)
+            head = response_head(response, framing)
+            if framing.kind in ("length", "close"):  # one write for the head and what came with it
+                early = src.buffered(framing.length if framing.kind == "length" else _CHUNK)
+                await _send(writer, head + early, count)
+                if framing.kind == "length":
+                    framing = Framing("length", framing.length - len(early))
+            else:
+                await _send(writer, head, count)
             await copy_body(src, writer, framing, count, BadResponse)
             return
         raise BadResponse("more than %d interim responses" % MAX_INTERIM)
 
-    async def _finish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """End the client's connection after its response: an EOF, then what it still sends is
-        read and dropped until it goes (as in _refuse), so the response is not lost to a
-        reset."""
+    async def _finish(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """End both connections after the response: the client's EOF first, then the upstream
+        is closed, then what the client still sends is read and dropped until it goes (as in
+        _refuse), so the response is not lost to a reset."""
         try:
             if writer.can_write_eof():
                 writer.write_eof()
             await writer.drain()
+        except OSError:
+            return
+        await self._close_gracefully(up_writer)
+        try:
             await asyncio.wait_for(self._discard(reader), self._head_timeout)
         except (OSError, asyncio.TimeoutError):
             return

@@ -151,15 +151,17 @@ def refusing_port() -> Any:
 
 # -- the proxy under test --------------------------------------------------------------------
 class Records:
-    """The record sink: a list, and a queue to wait on."""
+    """The record sink: a list, and a queue to wait on. The proxy calls it on a thread of its
+    own: the record reaches the test's loop through call_soon_threadsafe."""
 
     def __init__(self) -> None:
         self.all: list[ConnectionRecord] = []
         self.queue: asyncio.Queue[ConnectionRecord] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
 
     def __call__(self, record: ConnectionRecord) -> None:
         self.all.append(record)
-        self.queue.put_nowait(record)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, record)
 
     async def next(self) -> ConnectionRecord:
         return await within(self.queue.get())
@@ -1419,3 +1421,29 @@ async def test_a_rule_naming_the_port_opens_the_connect_whatever_the_rules_order
     data = await running.exchange(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\nhi" % echo.port, True)
     assert data.endswith(b"echo:hi")
     assert (await running.records.next()).rule == f"allow 127.0.0.1:{echo.port} (--allow)"
+
+
+async def test_a_slow_record_sink_never_holds_up_connections_and_close_waits_for_it(
+    start: Start, echo: Upstream
+) -> None:
+    """egressd's sink writes a database per connection: it runs on a thread of its own, in
+    order, and close() returns once every record is in."""
+    import threading
+
+    release = threading.Event()
+    seen: list[int] = []
+
+    def record(entry: ConnectionRecord) -> None:
+        release.wait(SAFETY)  # the first record blocks until the second exchange is done
+        seen.append(entry.bytes_up)
+
+    running = await start(Policy("127.0.0.1"), record=record)
+    for payload in (b"one", b"three"):
+        data = await running.exchange(
+            b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n%s" % (echo.port, payload), True
+        )
+        assert data.endswith(b"echo:" + payload)
+    assert seen == []  # both served while the sink was stuck on the first
+    release.set()
+    await running.proxy.close()
+    assert seen == [3, 5]
