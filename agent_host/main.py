@@ -51,7 +51,9 @@ def _feature_modules() -> List[Any]:
 
 # Feature modules, each with a HANDLERS dict. They import heavy things (the docker SDK) inside
 # their handlers: `serve` starts on every command and must stay fast.
-FEATURES: Tuple[str, ...] = ("sessions", "workspaces", "roles", "review", "egressd", "audit")
+FEATURES: Tuple[str, ...] = (
+    "sessions", "workspaces", "roles", "review", "egressd", "audit", "janitor",
+)  # fmt: skip
 
 
 def _attach(root: str, session_id: str) -> int:

@@ -176,6 +176,8 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             image=image,
             agent_status=agent_status(SessionState.RUNNING.value, spec.mode.value),
         )
+        if spec.idle_timeout is not None:
+            _ensure_janitor(ctx.root)
         entry = public_record(_existing(store.get(session_id)))
         entry["container_id"] = container.id[:12]
         return entry
@@ -751,7 +753,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             known.add(record["id"])
             container = containers.get(record["id"])
             state, code = derive_state(record, container, now, pid_alive(record["owner_pid"]))
-            kept = record["reason"] if state == SessionState.CRASHED.value else None
+            kept = record["reason"] if state in ("crashed", "stopped") else None  # oom, idle
             reason = end_reason(state, container, engine_started) or kept  # container may be gone
             if (state, code, reason) != (record["state"], record["exit_code"], record["reason"]):
                 fields: Dict[str, Any] = {"state": state, "exit_code": code, "reason": reason}
@@ -778,9 +780,21 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             for sid, info in containers.items()
             if sid not in known
         ]
+        if any(r["state"] in ACTIVE_STATES and (r.get("spec") or {}).get("idle_timeout")
+               for r in records):  # fmt: skip
+            _ensure_janitor(ctx.root)  # it stops idle sessions with no controller connected
         return {"sessions": out, "orphans": orphans, "running": store.running_count()}
     finally:
         store.close()
+
+
+def _ensure_janitor(root: str) -> None:
+    """This root's idle janitor (agent_host/janitor.py), started if missing. Never fails the
+    request: without it, idle sessions are stopped at the next `host.janitor` or `ls`."""
+    from agent_host import janitor
+
+    with contextlib.suppress(OSError):
+        janitor.ensure_running(root)
 
 
 def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str, Any]]) -> None:
@@ -1004,6 +1018,8 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             started_at=time.time(),
             agent_status=agent_status("running", record["mode"]),
         )
+        if spec.idle_timeout is not None:
+            _ensure_janitor(ctx.root)
         return public_record(_existing(store.get(record["id"])))
     finally:
         store.close()

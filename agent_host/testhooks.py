@@ -31,6 +31,9 @@ ENV = "JACKIN_TEST_PAUSE_AT"
 RESUME_ENV = "JACKIN_TEST_RESUME_FILE"
 MARKER = "jackin-test-pause: reached "
 PAUSE_DIR = "test-pause"  # under the host root
+# Seconds a `host.janitor` pass adds to its clock (agent_host/janitor.py): a test sees idle
+# cleanup decide "later" without waiting. Passed to the agent like a host step.
+CLOCK_ENV = "JACKIN_TEST_CLOCK_OFFSET"
 
 # In launch order. Keep this list, the hook calls and docs/ARCHITECTURE.md in step.
 CONTROLLER_STEPS = (
@@ -74,12 +77,27 @@ async def pause(step: str) -> None:
 
 def agent_env(environ: Optional[Mapping[str, str]] = None) -> str:
     """The `NAME=value ` words to add to the agent's `env -i` line: empty unless a test asked
-    for a host step."""
+    for a host step or a clock offset."""
     environ = os.environ if environ is None else environ
+    clock = "" if environ.get(CLOCK_ENV) is None else "%s=%s " % (
+        CLOCK_ENV, shlex.quote(repr(clock_offset(environ))))  # fmt: skip
     if environ.get(ENV) is None:
-        return ""
+        return clock
     step = _wanted(environ)
-    return "%s=%s " % (ENV, shlex.quote(step)) if step in HOST_STEPS else ""
+    return clock + ("%s=%s " % (ENV, shlex.quote(step)) if step in HOST_STEPS else "")
+
+
+def clock_offset(environ: Optional[Mapping[str, str]] = None) -> float:
+    """CLOCK_ENV's seconds (0 unset). A value that is not a number is an error, so a misspelt
+    offset can never let a test pass on the real clock."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(CLOCK_ENV)
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("%s=%r is not a number of seconds" % (CLOCK_ENV, value)) from None
 
 
 def pause_host(step: str, root: str) -> None:

@@ -90,6 +90,7 @@ class EndReason(str, Enum):
     """Why a session ended, when the host knows more than the exit code says."""
 
     OOM = "oom"  # the kernel killed a process of the sandbox: it reached its memory limit
+    IDLE = "idle"  # stopped by the host: idle longer than its idle timeout (agent_host/janitor.py)
     ENGINE_RESTART = "engine_restart"  # the host's docker engine stopped (a reboot) while it ran
 
 
@@ -189,6 +190,35 @@ def check_session_id(value: object, field_name: str = "session_id") -> str:
 def check_hash(value: object, field_name: str = "hash") -> str:
     if not isinstance(value, str) or not HASH_RE.match(value):
         raise SpecError(field_name, "%r is not a content hash (8-64 hex digits)" % (value,))
+    return value
+
+
+# -- idle timeout: how long a session may sit idle before its host stops it -------------------
+MIN_IDLE_TIMEOUT = 60  # seconds
+MAX_IDLE_TIMEOUT = 30 * 86400
+_DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])\Z")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: object, field_name: str = "idle_timeout") -> int:
+    """'90s', '30m', '2h', '1d' -> seconds, within MIN_IDLE_TIMEOUT..MAX_IDLE_TIMEOUT."""
+    match = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise SpecError(field_name, "%r is not a duration like 30m, 2h or 1d" % (value,))
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    check_idle_timeout(seconds, field_name)
+    return seconds
+
+
+def check_idle_timeout(value: object, field_name: str = "idle_timeout") -> Optional[int]:
+    """Seconds (None: no idle timeout): at least a minute, at most 30 days."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field_name, "must be a number of seconds")
+    if not MIN_IDLE_TIMEOUT <= value <= MAX_IDLE_TIMEOUT:
+        raise SpecError(field_name, "must be from 1m to 30d (%d to %d seconds)"
+                        % (MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT))  # fmt: skip
     return value
 
 
@@ -673,6 +703,8 @@ class LaunchSpec:
     backend: Backend = Backend.DOCKER
     model_api: Optional[ModelApi] = None  # allowlist: the proxy adds the runtime's key
     private_docker: Optional[PrivateDocker] = None  # docker private: the session's own daemon
+    # Seconds idle (interactive: no tmux activity) before the host stops it; None: never.
+    idle_timeout: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -734,6 +766,7 @@ class LaunchSpec:
                 raise SpecError("mounts", "%s is sensitive (%s): acknowledge it by name"
                                 % (mount.source, ", ".join(unacknowledged)))  # fmt: skip
         check_commit(self.base_commit, "base_commit")
+        check_idle_timeout(self.idle_timeout, "idle_timeout")
         if self.egress and self.network is not Network.ALLOWLIST:
             raise SpecError("egress", "rules apply only to network allowlist")
         if not all(isinstance(rule, Rule) for rule in self.egress):
@@ -868,6 +901,7 @@ class LaunchSpec:
             private_docker=None
             if data.get("private_docker") is None
             else PrivateDocker.from_wire(data["private_docker"]),
+            idle_timeout=data.get("idle_timeout"),
         )
 
 

@@ -83,6 +83,7 @@ class LaunchOptions:
     # --workspace-rules: apply (the approved [egress] of .jackin/config.toml) | ignore
     workspace_rules: str = "apply"
     explain_only: bool = False  # explain: unapproved workspace rules are shown, not refused
+    idle_timeout: str | None = None  # --idle-timeout: "2h", "off"; None: the inventory's
 
 
 @dataclass
@@ -123,6 +124,19 @@ class Prepared:
             return self
         chosen = {h.name: default_network(h.backend, capacities.get(h.name)) for h in self.hosts}
         return dataclasses.replace(self, networks=chosen)
+
+
+def idle_timeout_option(text: str | None) -> int | None:
+    """--idle-timeout, checked by the inventory's own rule: "30m", "2h", "1d" or "off"."""
+    from jackin_remote.inventory.loader import IDLE_TIMEOUT
+    from jackin_remote.inventory.values import ValueProblem
+
+    if text is None:
+        return None
+    try:
+        return IDLE_TIMEOUT(text)
+    except ValueProblem as problem:
+        raise UsageError(f"--idle-timeout: {problem.message}", hint=problem.hint) from None
 
 
 def check_network_options(network: str, allow: Sequence[str], deny: Sequence[str]) -> None:
@@ -190,10 +204,13 @@ def prepare(
     env = parse_env(list(options.env))
     if options.backend not in (None, "docker", "gvisor"):
         raise UsageError(f"--backend {options.backend!r}: expected docker or gvisor")
+    idle = idle_timeout_option(options.idle_timeout)
     hosts = [
         _with_backend(_with_limits(h, options.limits), options.backend)
         for h in select_hosts(inventory, options.selector)
     ]
+    if options.idle_timeout is not None:  # the flag wins over the inventory, "off" included
+        hosts = [dataclasses.replace(h, idle_timeout=idle) for h in hosts]
     role = load_role(options.role, options.role_cache)
     runtime = choose_runtime(options.runtime, role.name, tuple(role.runtimes))
     scan = scan_workspace(options.workspace, include=options.include)
@@ -226,6 +243,7 @@ def prepare(
         task=options.task,
         network=options.network or "allowlist",
         network_why="--network" if options.network else DEFAULT_NETWORK_WHY,
+        idle_timeout_flag=options.idle_timeout is not None,
         docker=options.docker,
         env=env,
         credential_source=source,
@@ -426,6 +444,7 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         host_mounts=host.host_mounts,
         private_docker_image=host.private_docker_image,
         private_docker_privilege=host.private_docker_privilege,
+        idle_timeout=host.idle_timeout,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )

@@ -27,6 +27,7 @@ app.add_typer(policy.app, name="policy")
 sessions.register(app)
 app.command("ports")(ports.ports)
 app.command("audit")(audit.audit)
+hosts.app.command("janitor")(audit.janitor)
 
 
 def _version(value: bool) -> None:

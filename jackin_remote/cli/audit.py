@@ -117,3 +117,63 @@ def _show(entries: list[dict[str, Any]], failed: list[dict[str, str]]) -> None:
         out.print(table)
     for entry in failed:
         out.print(line((f"{entry['host']}: ", "yellow"), entry["error"]))
+
+
+def janitor(
+    ctx: typer.Context,
+    on: str = typer.Option("all", "--on", help="Host, group, label:X or all.",
+                           autocompletion=complete.hosts),
+    as_json: bool = JSON,
+) -> None:  # fmt: skip
+    """Run the hosts' idle cleanup now: stop the sessions idle longer than their idle timeout
+    (as each host's janitor does every minute), and stop the proxy and daemon of ended ones."""
+    try:
+        done, failed = run(_janitor(ctx, on))
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    if as_json:
+        print_json(hosts=done, failed=failed)
+    else:
+        for entry in done:
+            stopped = ", ".join(item["id"] for item in entry["stopped"]) or "nothing to stop"
+            out.print(line((f"{entry['host']}: ", "bold"), f"idle-stopped: {stopped}"))
+        for entry in failed:
+            out.print(line((f"{entry['host']}: ", "yellow"), entry["error"]))
+    if failed:
+        raise typer.Exit(3)
+
+
+async def _janitor(
+    ctx: typer.Context, on: str
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    from agent_host.wire import is_session_id
+    from jackin_remote.fleet import Pool
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.sessions import call
+
+    inventory = load(ctx)
+    async with Pool(inventory) as pool:
+
+        async def ask(link: Any) -> Any:
+            return await call(pool, link.host, "host.janitor", {})
+
+        results = await pool.map(select_hosts(inventory, on), ask)
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for result in results:
+        value: dict[str, Any] = result.value if result.ok and isinstance(result.value, dict) else {}
+        stopped = value.get("stopped")
+        if not result.ok or not isinstance(stopped, list):
+            reason = str(getattr(result.error, "reason", result.error)) if not result.ok else (
+                "bad answer: stopped must be a list")  # fmt: skip
+            failed.append({"host": result.host.name, "error": reason})
+            continue
+        pid = value.get("janitor")
+        done.append({
+            "host": result.host.name,
+            "stopped": [{"id": item["id"]} for item in stopped
+                        if isinstance(item, dict) and is_session_id(item.get("id"))],
+            "active": value.get("active") is True,
+            "janitor": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        })  # fmt: skip
+    return done, failed

@@ -169,6 +169,13 @@ VERBOSE = typer.Option(
 RAW = typer.Option(
     False, "--raw", help="Pass the text through untouched (escape sequences included)."
 )
+IDLE_TIMEOUT = typer.Option(
+    None,
+    "--idle-timeout",
+    help='Stop the session once idle this long ("30m", "2h", "1d"; interactive: no tmux '
+    "activity; task: exited), even with no controller connected; its checkout stays. "
+    '"off": never. Default: the host\'s idle_timeout in the inventory.',
+)
 
 
 def _options(
@@ -215,6 +222,15 @@ def _options(
         mounts=tuple(mounts[0]), tmpfs=tuple(mounts[1]), volumes=tuple(mounts[2]),
         acknowledged=tuple(mounts[3]), docker=docker,
     )  # fmt: skip
+
+
+def _with_idle_timeout(options: Any, idle_timeout: Any) -> Any:
+    """--idle-timeout (checked by prepare, with the inventory's rule)."""
+    import dataclasses
+
+    if not isinstance(idle_timeout, str):  # not given (or called without typer's parsing)
+        return options
+    return dataclasses.replace(options, idle_timeout=idle_timeout)
 
 
 def _rules_mode(options: Any, mode: str, ignore_workspace: bool) -> Any:
@@ -300,6 +316,7 @@ def explain(
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER,
+    idle_timeout: str | None = IDLE_TIMEOUT,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -320,6 +337,7 @@ def explain(
                 _rules_mode(options, workspace_rules, ignore_workspace_config),
                 role_cache=Path(scratch), explain_only=True,
             )  # fmt: skip
+            options = _with_idle_timeout(options, idle_timeout)
             prepared, items = _resolve(ctx, options)
         except JackinError as error:
             fail(error, as_json=as_json)
@@ -344,6 +362,7 @@ def launch(
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER,
+    idle_timeout: str | None = IDLE_TIMEOUT,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     from jackin_remote.launch import apply
@@ -361,6 +380,7 @@ def launch(
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         options = _rules_mode(options, workspace_rules, ignore_workspace_config)
+        options = _with_idle_timeout(options, idle_timeout)
         prepared, items, pool = _resolve_live(ctx, options, runner)
     except JackinError as error:
         fail(error, as_json=as_json)

@@ -97,6 +97,8 @@ class TargetRef:
     host_mounts: tuple[str, ...] = ()  # host directories the inventory lets sessions mount
     private_docker_image: str = "docker:27-dind"  # --docker private: the sidecar's image
     private_docker_privilege: str = "privileged"  # privileged | capabilities
+    idle_timeout: int | None = None  # seconds idle before the host stops the session; None: never
+    idle_timeout_from: str = "idle_timeout in the inventory"  # or --idle-timeout
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -123,6 +125,7 @@ class LaunchRequest:
     model_api: str | None = None  # --model-api: the upstream the proxy sends model calls to
     docker: str = "none"  # --docker: none | private (a daemon of the session's own)
     network_why: str = "--network"  # who chose the network: the flag, or the default and why
+    idle_timeout_flag: bool = False  # --idle-timeout was given (else: the inventory's idle_timeout)
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,7 @@ def resolve_contract(
             mounts=_allowed_mounts(request.mounts, target),
             acknowledged=request.acknowledged,
             private_docker=daemon,
+            idle_timeout=target.idle_timeout,
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -582,6 +586,7 @@ def resolve_contract(
                 else f" (copies into {workspace.path}/.jackin/pulled/{session_id}/)"
             ),
             "stop": f"jackin-remote stop {session_id} (keeps the checkout)",
+            "idle_timeout": _idle_note(target, request, session_id, mode),
             "out_of_memory": (
                 f"at its memory limit ({target.memory}) the kernel kills a process of the "
                 "sandbox: the session shows `crashed (oom)` in ls, and its checkout is kept"
@@ -609,6 +614,30 @@ def _egress(
         return launch_rules(runtime, request.allow, request.deny, inventory, workspace)
     except SpecError as exc:
         raise ContractError(f"{exc.field}: {exc.problem}") from None
+
+
+def _idle_note(target: TargetRef, request: LaunchRequest, session_id: str, mode: str) -> str:
+    """What the host does with an idle session (agent_host/janitor.py), in the contract."""
+    if target.idle_timeout is None:
+        return "none: the session runs until it ends or is stopped"
+    when = (
+        "after that long without tmux activity (keys or output)"
+        if mode == "interactive"
+        else "once it has exited (its proxy and daemon stop then)"
+    )
+    origin = "--idle-timeout" if request.idle_timeout_flag else "idle_timeout in the inventory"
+    return (
+        f"{_duration(target.idle_timeout)} ({origin}): the host stops the "
+        f"session {when}, even with no controller connected; its checkout, snapshots and record "
+        f"stay (`jackin-remote start {session_id}`); each idle stop is in `jackin-remote audit`"
+    )
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _network_section(spec: LaunchSpec) -> dict[str, Any]:

@@ -74,6 +74,7 @@ HOST_KEYS = (
     "host_mounts",
     "private_docker_image",
     "private_docker_privilege",
+    "idle_timeout",
 )
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
@@ -545,6 +546,26 @@ def _privilege(value: object) -> str:
     return text
 
 
+def _idle_timeout(value: object) -> int | None:
+    """How long a session may sit idle before its host stops it: "30m", "2h", "1d"; "off"."""
+    from agent_host.wire import duration_seconds
+
+    text = _expect_str(value)
+    if text == "off":
+        return None
+    try:
+        return duration_seconds(text)
+    except SpecError as exc:
+        problem = exc.problem if exc.problem.startswith("must") else "not a duration"
+        raise _Problem(
+            f"invalid idle timeout {_show(text)}: {problem}",
+            hint='a duration from 1m to 30d, e.g. "30m", "2h" or "1d"; or "off"',
+        ) from None
+
+
+IDLE_TIMEOUT = _idle_timeout  # --idle-timeout is checked by the same rule
+
+
 def _backend(value: object) -> str:
     text = _expect_str(value)
     if text not in ("docker", "gvisor"):
@@ -598,6 +619,7 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "host_mounts": _host_mounts,
     "private_docker_image": _image_ref,
     "private_docker_privilege": _privilege,
+    "idle_timeout": _idle_timeout,
 }
 LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
@@ -621,6 +643,7 @@ _EXAMPLES = {
     "host_mounts": 'host_mounts = ["/srv/pip-cache", "/opt/toolchains"]',
     "private_docker_image": 'private_docker_image = "docker:27-dind"',
     "private_docker_privilege": 'private_docker_privilege = "privileged"',
+    "idle_timeout": 'idle_timeout = "2h"',
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",

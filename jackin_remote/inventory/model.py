@@ -47,6 +47,9 @@ class Host:
     # --docker private: the sidecar's image (sh, openssl, dockerd) and how it gets its privileges
     private_docker_image: str = DEFAULT_PRIVATE_DOCKER_IMAGE
     private_docker_privilege: str = "privileged"
+    # Seconds a session may sit idle (interactive: no tmux activity; task: exited) before its
+    # host stops it (agent_host/janitor.py); None: never.
+    idle_timeout: int | None = None
     # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
     source_file: str = "<builtin>"
     source_line: int | None = None
