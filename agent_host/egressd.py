@@ -73,6 +73,10 @@ def ensure_network(client: Any, session_id: str, root: Optional[str] = None) -> 
         network = client.networks.get(name)
     except NotFound:
         labels = {LABEL_MANAGED: "true", LABEL_SESSION: session_id}
+        if root is not None:  # whose it is, for gc (agent_host/ownership.py)
+            from agent_host.ownership import root_labels
+
+            labels.update(root_labels(root))
         network = client.networks.create(name, driver="bridge", internal=True, labels=labels)
         network.reload()
         if root is not None:

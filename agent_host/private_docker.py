@@ -125,8 +125,13 @@ def privilege_kwargs(privilege: DockerPrivilege) -> Dict[str, Any]:
     }
 
 
-def _labels(session_id: str) -> Dict[str, str]:
-    return {LABEL_SESSION: session_id, LABEL_PART: "private-docker"}
+def _labels(session_id: str, root: Optional[str] = None) -> Dict[str, str]:
+    labels = {LABEL_SESSION: session_id, LABEL_PART: "private-docker"}
+    if root is not None:  # whose it is, for gc (agent_host/ownership.py)
+        from agent_host.ownership import root_labels
+
+        labels.update(root_labels(root))
+    return labels
 
 
 def ensure_network(client: Any, session_id: str, root: Optional[str] = None) -> str:
@@ -139,7 +144,7 @@ def ensure_network(client: Any, session_id: str, root: Optional[str] = None) -> 
         network = client.networks.get(name)
     except NotFound:
         network = client.networks.create(
-            name, driver="bridge", internal=True, labels=_labels(session_id),
+            name, driver="bridge", internal=True, labels=_labels(session_id, root),
             options={"com.docker.network.bridge.inhibit_ipv4": "true"},
         )  # fmt: skip
         network.reload()
@@ -205,7 +210,7 @@ def _create(
              "set private_docker_image in the inventory" % image},
         ) from None  # fmt: skip
     volume = client_volume(session_id)
-    client.volumes.create(name=volume, labels=_labels(session_id))
+    client.volumes.create(name=volume, labels=_labels(session_id, root))
     _audit(root, session_id, "volume.create", volume, "docker volume rm %s" % volume)
     env = {"JACKIN_UID": str(uid), "JACKIN_GID": str(gid), "JACKIN_DOCKERD": sidecar_name(
         session_id)}  # fmt: skip
@@ -225,7 +230,7 @@ def _create(
         kwargs["pids_limit"] = limits.pids
     sidecar = client.containers.create(
         image, ["-c", SIDECAR_SCRIPT], entrypoint=["/bin/sh"], name=sidecar_name(session_id),
-        user="0", environment=env, labels=_labels(session_id), volumes=volumes,
+        user="0", environment=env, labels=_labels(session_id, root), volumes=volumes,
         tmpfs={"/var/lib/docker": "exec"}, network=network, detach=True,
         log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
         **kwargs,

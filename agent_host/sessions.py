@@ -398,6 +398,8 @@ def _run_container(
         else:
             name = _session_volume(client, spec, index, image, uid, gid, root_of(work))
             volumes[name] = {"bind": mount.target, "mode": "rw"}
+    from agent_host.ownership import root_labels  # whose it is, for gc
+
     kwargs: Dict[str, Any] = {
         "command": list(spec.command)
         if secret_dir is None
@@ -406,7 +408,7 @@ def _run_container(
         "user": "%d:%d" % (uid, gid),
         "working_dir": spec.workdir,
         "environment": env,
-        "labels": spec.labels,
+        "labels": {**spec.labels, **root_labels(root_of(work))},
         # The checkout, the secrets (read-only), the operator's mounts. Never the docker socket.
         "volumes": volumes,
         "tmpfs": tmpfs,
@@ -529,6 +531,10 @@ def _session_volume(client: Any, spec: LaunchSpec, index: int, image: str, uid: 
     one-shot container of the session's image, with CHOWN alone, gives it to that uid."""
     name = "jk-%s-v%d" % (spec.session_id, index)
     labels = {LABEL_MANAGED: "true", LABEL_SESSION: spec.session_id}
+    if root is not None:  # whose it is, for gc (agent_host/ownership.py)
+        from agent_host.ownership import root_labels
+
+        labels.update(root_labels(root))
     client.volumes.create(name=name, labels=labels)
     if root is not None:
         audit.record(root, spec.session_id, "volume.create", name, "docker volume rm %s" % name)

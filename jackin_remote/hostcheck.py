@@ -47,12 +47,23 @@ PROBE_SCRIPT = (
     '  echo "runtimes_error $(engine_info x 2>&1 >/dev/null | tr -s "\\n" " " | cut -c1-200)"; fi\n'
     'if [ -e /dev/kvm ]; then echo "kvm 1"; else echo "kvm 0"; fi\n'
 )
+# Only for a host with a disk_budget: what the root takes (one file system, hard links once).
+USAGE_TIMEOUT = 60
+USAGE_SCRIPT = (
+    'if [ ! -e "$root" ]; then echo "root_usage_kb 0"\n'
+    f'elif u=$(timeout {USAGE_TIMEOUT} du -skx -- "$root" 2>/dev/null | tail -n 1) && '
+    '[ -n "$u" ]; then echo "root_usage_kb ${u%%[[:space:]]*}"\n'
+    f'else echo "root_usage_error du gave no total within {USAGE_TIMEOUT} s"; fi\n'
+)
 
 
 async def read_capacity(link: HostLink) -> Capacity:
     """The host's CPUs, memory, pid_max and free disk, read without starting the agent."""
-    done = await link.transport.run(root_prelude(link.host.root) + PROBE_SCRIPT,
-                                    timeout=PROBE_TIMEOUT)  # fmt: skip
+    usage = bool(link.host.disk_budget)
+    done = await link.transport.run(
+        root_prelude(link.host.root) + PROBE_SCRIPT + (USAGE_SCRIPT if usage else ""),
+        timeout=PROBE_TIMEOUT + (USAGE_TIMEOUT if usage else 0),
+    )
     return parse_probe(done.stdout.decode(errors="replace"))
 
 
@@ -64,6 +75,29 @@ def host_misfits(
 ) -> list[Misfit]:
     """The limits `host` would give a sandbox that its machine cannot meet."""
     return limit_misfits(host.name, limit_settings(host, declared, sources), capacity)
+
+
+def host_disk_misfits(
+    host: Host,
+    capacity: Capacity,
+    needed: int = 0,
+    *,
+    launching: bool = False,
+    ignore_floor: bool = False,
+) -> list[Misfit]:
+    """`host`'s disk_floor and disk_budget against its facts (core/disk.py): a launch writing
+    `needed` bytes is refused below the floor (`launching`, unless `ignore_floor`); the rest
+    are warnings."""
+    from jackin_remote.core.disk import budget_misfits, floor_misfits
+    from jackin_remote.inventory.origins import disk_setting
+
+    floor = disk_setting(host, "disk_floor")
+    budget = disk_setting(host, "disk_budget")
+    return [
+        *floor_misfits(host.name, capacity, floor, needed, launching=launching,
+                       ignored=ignore_floor),
+        *budget_misfits(host.name, capacity, budget, needed),
+    ]  # fmt: skip
 
 
 def backend_origin(host: Host, declared: Host | None = None) -> BackendOrigin:
@@ -127,6 +161,7 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
     identity = await host_identity(link)
     capacity = await read_capacity(link)
     misfits = host_misfits(link.host, capacity) + host_backend_misfits(link.host, capacity)
+    misfits += host_disk_misfits(link.host, capacity)
     assert best is not None
     started = link.started
     assert started is not None

@@ -83,6 +83,7 @@ class LaunchOptions:
     # --workspace-rules: apply (the approved [egress] of .jackin/config.toml) | ignore
     workspace_rules: str = "apply"
     explain_only: bool = False  # explain: unapproved workspace rules are shown, not refused
+    ignore_disk_floor: bool = False  # --ignore-disk-floor: a host's disk_floor does not refuse
     idle_timeout: str | None = None  # --idle-timeout: "2h", "off"; None: the inventory's
 
 
@@ -102,6 +103,7 @@ class Prepared:
     synced_dirs: dict[str, LaptopDir] = field(default_factory=dict)  # --mount LAPTOP_DIR: realpath
     # host -> (network, why) where --network was not given: the default, per host's facts
     networks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ignore_disk_floor: bool = False  # --ignore-disk-floor
 
     def request_for(self, host: str) -> LaunchRequest:
         """The request as `host` gets it: with the default network its facts allow."""
@@ -262,7 +264,8 @@ def prepare(
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,
-                    secret_values, synced_dirs)  # fmt: skip
+                    secret_values, synced_dirs,
+                    ignore_disk_floor=options.ignore_disk_floor)  # fmt: skip
 
 
 def mount_options(
@@ -624,7 +627,12 @@ def judge_fit(
     from jackin_remote.core.capacity import disk_misfits
     from jackin_remote.core.contract import with_warnings
     from jackin_remote.core.tiers import with_origin
-    from jackin_remote.hostcheck import backend_origin, host_backend_misfits, host_misfits
+    from jackin_remote.hostcheck import (
+        backend_origin,
+        host_backend_misfits,
+        host_disk_misfits,
+        host_misfits,
+    )
 
     sessions: dict[str, int] = {}
     for contract in plan:
@@ -648,6 +656,8 @@ def judge_fit(
             prepared.request_for(name).network, prepared.request.docker,
         )  # fmt: skip
         found[name] += disk_misfits(name, capacity, needed, count)
+        found[name] += host_disk_misfits(hosts[name], capacity, needed, launching=True,
+                                         ignore_floor=prepared.ignore_disk_floor)  # fmt: skip
     # Where each host's backend was chosen (--backend, the inventory's file:line, the default).
     origins = {
         name: backend_origin(hosts[name], prepared.inventory.host(name)) for name in sessions

@@ -177,6 +177,12 @@ IDLE_TIMEOUT = typer.Option(
     '"off": never. Default: the host\'s idle_timeout in the inventory.',
 )
 
+IGNORE_FLOOR = typer.Option(
+    False,
+    "--ignore-disk-floor",
+    help="Launch even where free disk space would fall below the host's disk_floor.",
+)
+
 
 def _options(
     on: str | None,
@@ -317,6 +323,7 @@ def explain(
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER,
     idle_timeout: str | None = IDLE_TIMEOUT,
+    ignore_disk_floor: bool = IGNORE_FLOOR,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -336,6 +343,7 @@ def explain(
             options = dataclasses.replace(
                 _rules_mode(options, workspace_rules, ignore_workspace_config),
                 role_cache=Path(scratch), explain_only=True,
+                ignore_disk_floor=ignore_disk_floor,
             )  # fmt: skip
             options = _with_idle_timeout(options, idle_timeout)
             prepared, items = _resolve(ctx, options)
@@ -363,8 +371,11 @@ def launch(
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER,
     idle_timeout: str | None = IDLE_TIMEOUT,
+    ignore_disk_floor: bool = IGNORE_FLOOR,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
+    import dataclasses
+
     from jackin_remote.launch import apply
     from jackin_remote.store import Store
 
@@ -380,6 +391,7 @@ def launch(
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         options = _rules_mode(options, workspace_rules, ignore_workspace_config)
+        options = dataclasses.replace(options, ignore_disk_floor=ignore_disk_floor)
         options = _with_idle_timeout(options, idle_timeout)
         prepared, items, pool = _resolve_live(ctx, options, runner)
     except JackinError as error:

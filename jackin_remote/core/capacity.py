@@ -40,6 +40,8 @@ class Capacity:
     runtimes: tuple[EngineRuntime, ...] | None = None  # the engine's runtimes; None: not read
     runtimes_error: str | None = None  # why they could not be read
     kvm: bool | None = None  # /dev/kvm exists (a later microVM backend needs it)
+    root_usage: int | None = None  # bytes under the host root (`du -s`), read for disk_budget
+    root_usage_error: str | None = None  # why it was not read
 
     def runtime(self, name: str) -> EngineRuntime | None:
         return next((r for r in self.runtimes or () if r.name == name), None)
@@ -83,6 +85,7 @@ def parse_probe(output: str) -> Capacity:
         found.setdefault(key, value)
     memory_kb = _int(found.get("memory_kb", ""))
     free_kb = _int(found.get("disk_free_kb", ""))
+    usage_kb = _int(found.get("root_usage_kb", ""))
     runtimes, runtimes_error = None, found.get("runtimes_error", "").strip() or None
     if "runtimes" in found:
         try:
@@ -101,6 +104,8 @@ def parse_probe(output: str) -> Capacity:
         runtimes=runtimes,
         runtimes_error=None if runtimes is not None else runtimes_error,
         kvm={"1": True, "0": False}.get(kvm),
+        root_usage=None if usage_kb is None else usage_kb * 1024,
+        root_usage_error=found.get("root_usage_error", "").strip() or None,
     )
 
 

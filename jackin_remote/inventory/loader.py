@@ -69,6 +69,8 @@ HOST_KEYS = (
     "capacity",
     "root",
     "backend",
+    "disk_budget",
+    "disk_floor",
     "limits",
     "egress",
     "host_mounts",
@@ -573,6 +575,21 @@ def _backend(value: object) -> str:
     return text
 
 
+def _disk_size(value: object) -> str:
+    """disk_budget / disk_floor: a size with a binary unit, like the memory limit's."""
+    from jackin_remote.core.disk import SizeError, parse_size
+
+    text = _expect_str(value)
+    try:
+        parse_size(text)
+    except SizeError:
+        raise _Problem(
+            f"invalid size {_show(text)}",
+            hint='a number with an optional unit k, m, g or t, more than 0, e.g. "50g" or "500m"',
+        ) from None
+    return text
+
+
 def _memory(value: object) -> str:
     text = _expect_str(value)
     try:
@@ -616,6 +633,8 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "capacity": _capacity,
     "root": _root,
     "backend": _backend,
+    "disk_budget": _disk_size,
+    "disk_floor": _disk_size,
     "host_mounts": _host_mounts,
     "private_docker_image": _image_ref,
     "private_docker_privilege": _privilege,
@@ -640,6 +659,8 @@ _EXAMPLES = {
     "capacity": "capacity = 4",
     "root": 'root = "~/.jackin"',
     "backend": 'backend = "docker"',
+    "disk_budget": 'disk_budget = "50g"',
+    "disk_floor": 'disk_floor = "5g"',
     "host_mounts": 'host_mounts = ["/srv/pip-cache", "/opt/toolchains"]',
     "private_docker_image": 'private_docker_image = "docker:27-dind"',
     "private_docker_privilege": 'private_docker_privilege = "privileged"',

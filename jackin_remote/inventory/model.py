@@ -40,6 +40,10 @@ class Host:
     capacity: int = DEFAULT_CAPACITY
     root: str = DEFAULT_ROOT
     backend: Backend = "docker"
+    # Disk (core/disk.py): what jackin's files under the root may take ("50g": over it, a
+    # warning) and the free space a launch must leave ("5g": below it, launch refuses).
+    disk_budget: str | None = None
+    disk_floor: str | None = None
     limits: Limits = field(default_factory=Limits)
     # --network allowlist rules from the inventory: (allow | deny, pattern, file:line)
     egress: tuple[tuple[str, str, str], ...] = ()

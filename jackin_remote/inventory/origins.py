@@ -16,6 +16,7 @@ from typing import Any
 
 from agent_host.wire import LIMIT_NAMES
 from jackin_remote.core.capacity import Setting
+from jackin_remote.core.disk import DiskSetting
 from jackin_remote.inventory.model import Host
 from jackin_remote.inventory.toml_lines import KeyPath, index_source
 
@@ -74,3 +75,20 @@ def _path_of(document: dict[str, Any], name: str, key: str) -> KeyPath | None:
     if key in _table(_table(document.get("defaults")).get("limits")):
         return ("defaults", "limits", key)
     return None
+
+
+def disk_setting(host: Host, key: str) -> DiskSetting | None:
+    """`disk_budget` or `disk_floor` of `host` with where it was set (its own table, else its
+    file's [defaults]); None when it has none."""
+    value = getattr(host, key)
+    if value is None:
+        return None
+    document, index = _read(host.source_file)
+    path: KeyPath = (
+        ("hosts", host.name, key)
+        if key in _table(_table(document.get("hosts")).get(host.name))
+        else ("defaults", key)
+    )
+    line = index.line_of(path) if index is not None else None
+    where = host.source_file if line is None else f"{host.source_file}:{line}"
+    return DiskSetting(key, str(value), f"{where} {'.'.join(path)}")
