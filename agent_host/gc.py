@@ -726,14 +726,14 @@ def _remove_one(root: str, api: Any, found: Dict[str, Any]) -> None:
     if kind in ("container", "network", "volume", "image") and api is None:
         raise RemoteError(E_FAILED, "the docker engine is not reachable")
     if kind == "container":
-        _engine_call(lambda: api.remove_container(found["id"], force=True))
+        _engine_call(lambda: api.sdk.remove_container(found["id"], force=True))
     elif kind == "network":
-        _engine_call(lambda: api.remove_network(found["id"]))
+        _engine_call(lambda: api.sdk.remove_network(found["id"]))
     elif kind == "volume":
-        _engine_call(lambda: api.remove_volume(found["id"], force=True))
+        _engine_call(lambda: api.sdk.remove_volume(found["id"], force=True))
     elif kind == "image":
         for ref in found.get("tags") or [found["id"]]:
-            _engine_call(functools.partial(api.remove_image, ref))
+            _engine_call(functools.partial(api.sdk.remove_image, ref))
     elif kind == "process":
         stop_proxy_pid(root, int(found["pid"]), str(found["session"]))
     elif kind == "file":

@@ -189,3 +189,15 @@ def test_git_freshening_its_objects_is_no_sign_of_a_writer(tmp_path: Path) -> No
     os.utime(old, (6000, 6000))
     walk, _ = walked(root)
     assert walk.figures["checkout:" + SID].newest == 6000
+
+
+def test_log_output_is_counted_without_the_engines_frame_headers() -> None:
+    def frame(stream: int, payload: bytes) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+    raw = frame(1, b"hello\n") + frame(2, b"oops\n") + frame(1, b"x" * 100)
+    for size in (1, 3, 7, 8, 9, len(raw)):  # frames split anywhere across chunks
+        chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
+        assert disk.output_bytes(chunks, tty=False) == (111, False)
+    assert disk.output_bytes([b"abc", b"de"], tty=True) == (5, False)
+    assert disk.output_bytes([frame(1, b"y" * 50)], tty=False, cap=10) == (50, True)
