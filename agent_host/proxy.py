@@ -1170,8 +1170,12 @@ class EgressProxy:
         def down(count: int) -> None:
             outcome.bytes_down += count
 
-        loop = asyncio.get_running_loop()
         framing = request_framing(request)
+        if framing.kind == "none":  # nothing to send: the answer alone (what the client sent on
+            # after the head stays unread, in `client`)
+            await self._respond(Source(up_reader), writer, request.method, down)
+            return
+        loop = asyncio.get_running_loop()
         upload = loop.create_task(copy_body(client, up_writer, framing, up, BadRequest))
         download = loop.create_task(self._respond(Source(up_reader), writer, request.method, down))
         try:
