@@ -9,6 +9,9 @@
     <root>/sessions/<id>/work/                the session's own checkout (clone or copy)
     <root>/sessions/<id>/pull.bundle          work handed back by `pull` (git)
     <root>/sessions/<id>/mounts/<index>/      a laptop directory synced for mount <index>
+    <root>/snapshots/<id>/<snap>/             a snapshot of the session's checkout (s1, s2...):
+                                              outside the session dir, never mounted; kept by
+                                              rm, removed by rm --purge (agent_host/snapshots.py)
 
 Python 3.9 compatible.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 
 from agent_host.wire import check_hash as _check_hash
-from agent_host.wire import check_name, check_session_id
+from agent_host.wire import check_name, check_session_id, check_snapshot_id
 
 __all__ = ["check_hash", "check_name", "check_session_id"]
 
@@ -79,3 +82,13 @@ def synced_dir(root: str, session_id: str, index: int) -> str:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
         raise ValueError("mount index %r out of range" % (index,))
     return os.path.join(synced_mounts_dir(root, session_id), str(index))
+
+
+def snapshots_dir(root: str, session_id: str) -> str:
+    """A session's snapshots: outside its session directory (which rm deletes) and never
+    mounted into any container, so the agent can neither read, change nor delete them."""
+    return os.path.join(root, "snapshots", check_session_id(session_id))
+
+
+def snapshot_dir(root: str, session_id: str, snapshot_id: str) -> str:
+    return os.path.join(snapshots_dir(root, session_id), check_snapshot_id(snapshot_id))

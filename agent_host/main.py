@@ -52,7 +52,8 @@ def _feature_modules() -> List[Any]:
 # Feature modules, each with a HANDLERS dict. They import heavy things (the docker SDK) inside
 # their handlers: `serve` starts on every command and must stay fast.
 FEATURES: Tuple[str, ...] = (
-    "sessions", "workspaces", "roles", "review", "egressd", "audit", "janitor", "disk", "gc",
+    "sessions", "workspaces", "roles", "review", "egressd", "audit", "janitor", "snapshots",
+    "disk", "gc",
 )  # fmt: skip
 
 

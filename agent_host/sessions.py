@@ -134,6 +134,10 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             work = layout.work_dir(ctx.root, session_id)
             if os.getuid() == 0:
                 _chown_tree(work, uid, gid)
+            if spec.snapshots.before_start:  # before the agent can touch it (snapshots.py)
+                from agent_host import snapshots
+
+                snapshots.take(ctx.root, session_id, "before-start", spec.snapshots)
             # The model API key goes to the proxy only, never into the sandbox.
             model_env = spec.model_api.key_env if spec.model_api else None
             model_key = secrets.get(model_env) if model_env else None
@@ -778,6 +782,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 private_docker.stop(client, record["id"], root=ctx.root)  # likewise its daemon
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
+            record["snapshots"] = _snapshot_count(ctx.root, record["id"])
             out.append(public_record(record))
         if running:
             _attach_stats(running, out)
@@ -801,6 +806,12 @@ def _ensure_janitor(root: str) -> None:
 
     with contextlib.suppress(OSError):
         janitor.ensure_running(root)
+
+
+def _snapshot_count(root: str, session_id: str) -> int:
+    from agent_host import snapshots
+
+    return snapshots.count(root, session_id)
 
 
 def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str, Any]]) -> None:
@@ -1048,7 +1059,8 @@ def work_status(ctx: Context, record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def remove(ctx: Context, params: Message) -> Dict[str, Any]:
-    """Remove a session's sandbox and checkout.
+    """Remove a session's sandbox and checkout. Its snapshots stay (a removed session's record
+    with them), unless `purge`: then they and the record go too.
 
     Without force, work that was never pulled (or that cannot be inspected: the agent owns its
     checkout and may have wrecked it) makes rm refuse. With force, the sandbox is stopped and
@@ -1094,6 +1106,11 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
         if os.path.isdir(session_path):
             _rmtree(session_path)
             audit.record(ctx.root, record["id"], "checkout.remove", session_path, "")
+        kept, purged = _snapshot_count(ctx.root, record["id"]), 0
+        if params.get("purge"):
+            from agent_host import snapshots
+
+            purged, kept = snapshots.purge(ctx.root, record["id"]), 0
         store.update(
             record["id"],
             state=SessionState.PURGED.value,
@@ -1101,12 +1118,16 @@ def remove(ctx: Context, params: Message) -> Dict[str, Any]:
         )
         audit.record(ctx.root, record["id"], "session.purge", "%s in %s" % (record["id"],
                      layout.state_db(ctx.root)), "")  # fmt: skip
+        if params.get("purge"):
+            store.delete(record["id"])
         return {
             "id": record["id"],
             "removed": True,
             "discarded_unpulled": bool(status["unpulled"]),
             "discarded_commit": status["commit"] if status["unpulled"] else None,
             "not_inspected": uninspectable,
+            "snapshots_kept": kept,
+            "snapshots_removed": purged,
         }
     finally:
         store.close()

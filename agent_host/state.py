@@ -191,6 +191,10 @@ class Store:
         row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return _record(row) if row else None
 
+    def delete(self, session_id: str) -> None:
+        """Forget a session entirely (rm --purge); its audit rows stay."""
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
     def all(self, include_purged: bool = False) -> List[Dict[str, Any]]:
         query = "SELECT * FROM sessions"
         if not include_purged:

@@ -644,6 +644,173 @@ def split_upstream(url: object) -> Tuple[str, str, int, str]:
     return parts.scheme, normalise_host(pattern.host), port or default, parts.path.rstrip("/")
 
 
+# -- snapshots of a session's checkout (agent_host/snapshots.py) -----------------------------
+SNAPSHOT_REASONS = ("before-start", "manual", "before-restore")
+SNAPSHOT_ID_RE = re.compile(r"^s[1-9][0-9]{0,8}\Z")
+DEFAULT_SNAPSHOT_KEEP = 20
+MAX_SNAPSHOT_KEEP = 1000
+# Rebuildable trees a snapshot leaves out, at any depth (never inside the top-level .git). An
+# operator adds names or paths (`snapshot_excludes`), or keeps one of these with "!name".
+DEFAULT_SNAPSHOT_EXCLUDES = (
+    "node_modules", ".venv", "venv", "target", "build", "dist", "__pycache__", ".tox", ".nox",
+    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".gradle", ".next",
+)  # fmt: skip
+MAX_SNAPSHOT_EXCLUDES = 64
+MAX_SKIPPED_SAMPLE = 20  # paths a snapshot names among those it could not take
+_AGE_RE = re.compile(r"^([1-9][0-9]{0,5})([mhdw])\Z")
+_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def check_snapshot_id(value: object, field_name: str = "snapshot") -> str:
+    if not isinstance(value, str) or not SNAPSHOT_ID_RE.match(value):
+        raise SpecError(field_name, "%r is not a snapshot id (s1, s2, ...)" % (value,))
+    return value
+
+
+def age_seconds(value: object, field_name: str = "snapshot_max_age") -> int:
+    """'7d' -> seconds. Units m(inutes), h(ours), d(ays), w(eeks)."""
+    match = _AGE_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise SpecError(field_name, "%r is not an age like 30m, 12h, 7d or 2w" % (value,))
+    return int(match.group(1)) * _AGE_UNITS[match.group(2)]
+
+
+def check_snapshot_keep(value: object, field_name: str = "snapshot_keep") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SNAPSHOT_KEEP:
+        raise SpecError(field_name, "%r must be a whole number from 1 to %d"
+                        % (value, MAX_SNAPSHOT_KEEP))  # fmt: skip
+    return value
+
+
+def check_exclude(value: object, field_name: str = "snapshot_excludes") -> str:
+    """An exclude: a name (matched at any depth: `node_modules`, `*.log`) or a path from the
+    checkout's top (`data/cache`), with `*` and `?` as the only wildcards (never across '/');
+    `!name` keeps one of the defaults. Never '.', '..', '**', a leading or trailing '/'."""
+    if not isinstance(value, str) or not 0 < len(value) <= 256:
+        raise SpecError(field_name, "%r must be a name or a relative path" % (value,))
+    if any(ord(char) < 0x20 or ord(char) == 0x7F or char in "\\[]" for char in value):
+        raise SpecError(field_name, "%r: no control characters, '\\', '[' or ']'" % (value,))
+    body = value[1:] if value.startswith("!") else value
+    if value.startswith("!") and body not in DEFAULT_SNAPSHOT_EXCLUDES:
+        raise SpecError(field_name, "%r: '!' keeps one of the defaults (%s)"
+                        % (value, ", ".join(DEFAULT_SNAPSHOT_EXCLUDES)))  # fmt: skip
+    parts = body.split("/")
+    if not all(parts) or any(p in (".", "..") or "**" in p for p in parts):
+        raise SpecError(field_name, "%r must be a name or a relative path (no '.', '..', '**', "
+                        "empty, leading or trailing '/')" % (value,))  # fmt: skip
+    return value
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When a session's checkout is snapshotted and what is kept: before the agent starts
+    (`before_start`, launch --no-snapshot turns it off), the newest `keep`, none older than
+    `max_age` ("7d"), leaving out the default rebuildable trees and `excludes`."""
+
+    before_start: bool = True
+    keep: int = DEFAULT_SNAPSHOT_KEEP
+    max_age: Optional[str] = None
+    excludes: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.before_start, bool):
+            raise SpecError("snapshots.before_start", "must be true or false")
+        check_snapshot_keep(self.keep, "snapshots.keep")
+        if self.max_age is not None:
+            age_seconds(self.max_age, "snapshots.max_age")
+        if not isinstance(self.excludes, tuple) or len(self.excludes) > MAX_SNAPSHOT_EXCLUDES:
+            raise SpecError("snapshots.excludes", "at most %d patterns" % MAX_SNAPSHOT_EXCLUDES)
+        for pattern in self.excludes:
+            check_exclude(pattern, "snapshots.excludes")
+
+    @property
+    def max_age_seconds(self) -> Optional[int]:
+        return None if self.max_age is None else age_seconds(self.max_age)
+
+    @property
+    def patterns(self) -> Tuple[str, ...]:
+        """What is left out: the defaults, less those kept with "!name", plus the operator's."""
+        kept = {p[1:] for p in self.excludes if p.startswith("!")}
+        own = [p for p in self.excludes if not p.startswith("!")]
+        merged = [p for p in DEFAULT_SNAPSHOT_EXCLUDES if p not in kept] + own
+        return tuple(dict.fromkeys(merged))
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"before_start": self.before_start, "keep": self.keep, "max_age": self.max_age,
+                "excludes": list(self.excludes)}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, data: object) -> "SnapshotPolicy":
+        data = _check_keys(data, ("before_start", "keep", "max_age", "excludes"), "snapshots")
+        return cls(
+            before_start=data.get("before_start", True),
+            keep=data.get("keep", DEFAULT_SNAPSHOT_KEEP),
+            max_age=data.get("max_age"),
+            excludes=tuple(_string_list(data.get("excludes") or [], "snapshots.excludes")),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot as a host reports it (`snapshot.list`, `snapshot.take`); `files_linked`
+    files are hard links to the previous snapshot's, `bytes_new` is what it added on disk."""
+
+    id: str
+    session: str
+    taken_at: float
+    reason: str
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    bytes: int = 0
+    files_new: int = 0
+    files_linked: int = 0
+    bytes_new: int = 0
+    bytes_linked: int = 0
+    excluded: int = 0  # entries left out by the excludes (a tree counts once)
+    skipped: int = 0  # entries it could not take: special files, too deep, too many, too large
+    skipped_sample: Tuple[str, ...] = ()
+    excludes: Tuple[str, ...] = ()
+
+    COUNTS = ("files", "dirs", "links", "bytes", "files_new", "files_linked", "bytes_new",
+              "bytes_linked", "excluded", "skipped")  # fmt: skip
+
+    def to_wire(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["skipped_sample"] = list(self.skipped_sample)
+        data["excludes"] = list(self.excludes)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: object) -> "SnapshotInfo":
+        """A host's answer, checked field by field (the host is not trusted)."""
+        if not isinstance(data, dict):
+            raise SpecError("snapshot", "must be an object")
+        if data.get("reason") not in SNAPSHOT_REASONS:
+            raise SpecError("snapshot.reason", "must be one of %s" % ", ".join(SNAPSHOT_REASONS))
+        counts = {}
+        for name in cls.COUNTS:
+            value = _integer(data.get(name, 0), "snapshot." + name)
+            if value is None or value < 0:
+                raise SpecError("snapshot." + name, "must be a number >= 0")
+            counts[name] = value
+        sample = _string_list(data.get("skipped_sample") or [], "snapshot.skipped_sample")
+        excludes = _string_list(data.get("excludes") or [], "snapshot.excludes")
+        if len(sample) > MAX_SKIPPED_SAMPLE or any(len(s) > 4096 for s in sample):
+            raise SpecError("snapshot.skipped_sample", "too long")
+        if len(excludes) > len(DEFAULT_SNAPSHOT_EXCLUDES) + MAX_SNAPSHOT_EXCLUDES:
+            raise SpecError("snapshot.excludes", "too many")
+        return cls(
+            id=check_snapshot_id(data.get("id"), "snapshot.id"),
+            session=check_session_id(data.get("session"), "snapshot.session"),
+            taken_at=_number(data.get("taken_at"), "snapshot.taken_at", optional=False),
+            reason=str(data["reason"]),
+            skipped_sample=tuple(sample),
+            excludes=tuple(_check_str(p, "snapshot.excludes", limit=256) for p in excludes),
+            **counts,
+        )
+
+
 # -- the launch spec -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Limits:
@@ -705,6 +872,8 @@ class LaunchSpec:
     private_docker: Optional[PrivateDocker] = None  # docker private: the session's own daemon
     # Seconds idle (interactive: no tmux activity) before the host stops it; None: never.
     idle_timeout: Optional[int] = None
+    # Snapshots of the checkout: before the agent starts (or not), retention, excludes.
+    snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -788,6 +957,8 @@ class LaunchSpec:
                                                                             + "/")
                    for m in self.mounts):  # fmt: skip
                 raise SpecError("mounts", "%s is the private docker's" % PRIVATE_DOCKER_CERTS)
+        if not isinstance(self.snapshots, SnapshotPolicy):
+            raise SpecError("snapshots", "must be a snapshot policy")
 
     # Derived, identical on both sides.
     @property
@@ -841,7 +1012,7 @@ class LaunchSpec:
                 value = value.to_wire()
             elif item.name == "egress":
                 value = [rule.to_wire() for rule in value]
-            elif isinstance(value, (ModelApi, PrivateDocker)):
+            elif isinstance(value, (ModelApi, PrivateDocker, SnapshotPolicy)):
                 value = value.to_wire()
             elif item.name == "mounts":
                 value = [mount.to_wire() for mount in value]
@@ -902,6 +1073,7 @@ class LaunchSpec:
             if data.get("private_docker") is None
             else PrivateDocker.from_wire(data["private_docker"]),
             idle_timeout=data.get("idle_timeout"),
+            snapshots=SnapshotPolicy.from_wire(data.get("snapshots") or {}),
         )
 
 
@@ -979,6 +1151,7 @@ class SessionRecord:
     updated_at: Optional[float] = None
     cpu_percent: Optional[float] = None
     memory_bytes: Optional[int] = None
+    snapshots: Optional[int] = None  # how many snapshots of its checkout the host keeps
 
     def to_wire(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {}
@@ -1029,6 +1202,7 @@ class SessionRecord:
                 updated_at=_number(known.get("updated_at"), "updated_at"),
                 cpu_percent=_number(known.get("cpu_percent"), "cpu_percent"),
                 memory_bytes=_integer(known.get("memory_bytes"), "memory_bytes"),
+                snapshots=_integer(known.get("snapshots"), "snapshots"),
             )
         except SpecError as exc:
             raise SpecError("session." + exc.field, exc.problem) from None

@@ -85,6 +85,7 @@ class LaunchOptions:
     explain_only: bool = False  # explain: unapproved workspace rules are shown, not refused
     ignore_disk_floor: bool = False  # --ignore-disk-floor: a host's disk_floor does not refuse
     idle_timeout: str | None = None  # --idle-timeout: "2h", "off"; None: the inventory's
+    snapshot: bool = True  # snapshot the checkout before the agent starts (--no-snapshot: no)
 
 
 @dataclass
@@ -261,6 +262,7 @@ def prepare(
         deny=options.deny,
         model_api=options.model_api,
         workspace_rules=workspace_rules,
+        snapshot=options.snapshot,
     )
     sources = {key: where for key, _, where in options.limits}
     return Prepared(inventory, hosts, role, scan, request, credential, options.count, sources,
@@ -448,6 +450,9 @@ def _target_ref(host: Host, slots: Sequence[Slot], placed_by: str | None) -> Tar
         private_docker_image=host.private_docker_image,
         private_docker_privilege=host.private_docker_privilege,
         idle_timeout=host.idle_timeout,
+        snapshot_keep=host.snapshot_keep,
+        snapshot_max_age=host.snapshot_max_age,
+        snapshot_excludes=host.snapshot_excludes,
         candidates=tuple(slots) if len(slots) > 1 else (),
         placed_by=placed_by if len(slots) > 1 else None,
     )

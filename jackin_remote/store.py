@@ -31,7 +31,7 @@ SESSION_COLUMNS = {
     "launch_commit": str, "pulled_commit": str, "exit_code": int, "error": str, "task": str,
     "network": str, "created_at": float, "started_at": float, "finished_at": float,
     "cpu_percent": float, "memory_bytes": int, "last_seen": float, "workspace_path": str,
-    "uid": int, "reason": str,
+    "uid": int, "reason": str, "snapshots": int,
 }  # fmt: skip
 HOST_COLUMNS = {
     "name": str, "state": str, "last_contact": float, "error": str, "checked": float,

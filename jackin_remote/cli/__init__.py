@@ -9,7 +9,7 @@ import typer
 
 from jackin_remote import __version__
 from jackin_remote.agent.client import AgentClosed
-from jackin_remote.cli import audit, config, disk, hosts, policy, ports, sessions
+from jackin_remote.cli import audit, config, disk, hosts, policy, ports, sessions, snapshots
 from jackin_remote.cli.common import Options, fail
 from jackin_remote.errors import JackinError
 
@@ -26,6 +26,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(policy.app, name="policy")
 sessions.register(app)
 disk.register(app)
+snapshots.register(app)
 app.command("ports")(ports.ports)
 app.command("audit")(audit.audit)
 hosts.app.command("janitor")(audit.janitor)

@@ -176,6 +176,11 @@ IDLE_TIMEOUT = typer.Option(
     "activity; task: exited), even with no controller connected; its checkout stays. "
     '"off": never. Default: the host\'s idle_timeout in the inventory.',
 )
+NO_SNAPSHOT = typer.Option(
+    False, "--no-snapshot",
+    help="Do not snapshot the checkout before the agent starts (snapshot, restore and "
+    "diff --since still work, from the first manual snapshot).",
+)  # fmt: skip
 
 IGNORE_FLOOR = typer.Option(
     False,
@@ -211,6 +216,7 @@ def _options(
     resolve_commands: bool = False,
     mounts: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], []),
     docker: str = "none",
+    snapshot: bool = True,
 ) -> Any:
     from jackin_remote.cli.config import interactive, launch_defaults
     from jackin_remote.launch import LaunchOptions, read_task
@@ -226,7 +232,7 @@ def _options(
         deny=tuple(deny or ()), backend=backend, model_api=model_api,
         secrets=tuple(secrets or ()), resolve_commands=resolve_commands,
         mounts=tuple(mounts[0]), tmpfs=tuple(mounts[1]), volumes=tuple(mounts[2]),
-        acknowledged=tuple(mounts[3]), docker=docker,
+        acknowledged=tuple(mounts[3]), docker=docker, snapshot=snapshot,
     )  # fmt: skip
 
 
@@ -321,7 +327,7 @@ def explain(
     backend: str | None = BACKEND, model_api: str | None = MODEL_API,
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
-    docker: str = DOCKER,
+    docker: str = DOCKER, no_snapshot: bool = NO_SNAPSHOT,
     idle_timeout: str | None = IDLE_TIMEOUT,
     ignore_disk_floor: bool = IGNORE_FLOOR,
 ) -> None:  # fmt: skip
@@ -339,7 +345,7 @@ def explain(
                                allow=allow, deny=deny, backend=backend, model_api=model_api,
                                secrets=secret,
                                mounts=(mount, tmpfs, volume, ack_sensitive),
-                               docker=docker)  # fmt: skip
+                               docker=docker, snapshot=not no_snapshot)  # fmt: skip
             options = dataclasses.replace(
                 _rules_mode(options, workspace_rules, ignore_workspace_config),
                 role_cache=Path(scratch), explain_only=True,
@@ -369,7 +375,7 @@ def launch(
     deny: list[str] = DENY, backend: str | None = BACKEND, model_api: str | None = MODEL_API,
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
-    docker: str = DOCKER,
+    docker: str = DOCKER, no_snapshot: bool = NO_SNAPSHOT,
     idle_timeout: str | None = IDLE_TIMEOUT,
     ignore_disk_floor: bool = IGNORE_FLOOR,
 ) -> None:  # fmt: skip
@@ -387,7 +393,7 @@ def launch(
                            allow=allow, deny=deny, backend=backend, model_api=model_api,
                            secrets=secret, resolve_commands=True,
                            mounts=(mount, tmpfs, volume, ack_sensitive),
-                           docker=docker)  # fmt: skip
+                           docker=docker, snapshot=not no_snapshot)  # fmt: skip
         # One event loop and pool for placement and apply: the agents asked stay in use.
         runner = asyncio.Runner()
         options = _rules_mode(options, workspace_rules, ignore_workspace_config)
@@ -662,9 +668,16 @@ def rm(
         autocompletion=complete.hosts,
     ),
     force: bool = typer.Option(False, "--force", help="Discard work that was not pulled."),
+    purge: bool = typer.Option(
+        False, "--purge",
+        help="Also remove the session's snapshots and its record on the host (a session rm "
+        "already removed can be purged).",
+    ),
     as_json: bool = JSON,
 ) -> None:  # fmt: skip
-    """Remove sessions: their containers and checkouts. Refuses while work is unpulled."""
+    """Remove sessions: their containers and checkouts (snapshots stay until --purge).
+    Refuses while work is unpulled."""
+    from jackin_remote import snapshots as snap
     from jackin_remote.fleet import Pool
     from jackin_remote.inventory import select_hosts
     from jackin_remote.sessions import call, find_session, host_of, refresh
@@ -688,7 +701,8 @@ def rm(
             rows: dict[str, tuple[dict[str, Any], Any]] = {}
             for ref in sessions or []:
                 try:
-                    row, host = await find_session(pool, inventory, store, ref)
+                    find = snap.find if purge else find_session  # a removed one, to purge
+                    row, host = await find(pool, inventory, store, ref)
                     rows.setdefault(row["key"], (row, host))
                 except JackinError as error:
                     failed.append({"session": ref, "host": None, "error": error.message,
@@ -704,7 +718,8 @@ def rm(
                         rows.setdefault(row["key"], (row, host_of(inventory, row)))
             for row, host in rows.values():
                 try:
-                    result = await call(pool, host, "session.rm", {"id": row["id"], "force": force})
+                    asked = {"id": row["id"], "force": force, "purge": purge}
+                    result = await call(pool, host, "session.rm", asked)
                 except JackinError as error:
                     failed.append({"session": row["id"], "host": row["host"],
                                    "error": error.message, "hint": error.hint})  # fmt: skip
@@ -714,7 +729,10 @@ def rm(
                              "discarded_unpulled": result["discarded_unpulled"],
                              "discarded_commit": result.get("discarded_commit")
                              if result["discarded_unpulled"] else None,
-                             "not_inspected": result.get("not_inspected")})  # fmt: skip
+                             "not_inspected": result.get("not_inspected"),
+                             "snapshots_kept": _count(result.get("snapshots_kept")),
+                             "snapshots_removed": _count(
+                                 result.get("snapshots_removed"))})  # fmt: skip
 
     try:
         run(go())
@@ -723,6 +741,11 @@ def rm(
     _report_rm(done, failed, single=len(sessions or []) == 1 and not all_exited, as_json=as_json)
     if failed:
         raise typer.Exit(1 if not done and len(failed) == 1 else EXIT_SOME_HOSTS_FAILED)
+
+
+def _count(value: Any) -> int:
+    """A count from a host's answer: a number >= 0, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _report_rm(done: list[dict[str, Any]], failed: list[dict[str, Any]], *, single: bool,
@@ -741,6 +764,11 @@ def _report_rm(done: list[dict[str, Any]], failed: list[dict[str, Any]], *, sing
         if entry["not_inspected"]:
             out.print(line(f"  the sandbox was removed first; its checkout could not be "
                            f"inspected: {entry['not_inspected']}"))  # fmt: skip
+        if entry["snapshots_removed"]:
+            out.print(line(f"  removed its {entry['snapshots_removed']} snapshot(s)"))
+        if entry["snapshots_kept"]:
+            out.print(line(f"  kept its {entry['snapshots_kept']} snapshot(s): `jackin-remote "
+                           f"rm --purge {entry['session']}` removes them"))  # fmt: skip
     if not done and not failed:
         out.print(line("nothing to remove: no session has ended"))
     for entry in failed:
@@ -861,10 +889,23 @@ def pull(
                            multiline=False))  # fmt: skip
 
 
-def diff(ctx: typer.Context, session: str = SESSION, raw: bool = RAW, as_json: bool = JSON) -> None:
-    """Show what a session changed, against where it started."""
+SINCE = typer.Option(
+    None, "--since", metavar="SNAPSHOT",
+    help="Against a snapshot of its checkout (s1, s2...: `jackin-remote snapshots SESSION`).",
+)  # fmt: skip
+
+
+def diff(ctx: typer.Context, session: str = SESSION, raw: bool = RAW, as_json: bool = JSON,
+         since: str | None = SINCE) -> None:  # fmt: skip
+    """Show what a session changed, against where it started (or a snapshot: --since)."""
+    from jackin_remote.snapshots import snapshot_ref
+
     try:
-        row, result = _session_call(ctx, session, "session.diff", {})
+        if not isinstance(since, str):  # not given (or called without typer's parsing)
+            row, result = _session_call(ctx, session, "session.diff", {})
+        else:
+            snapshot = snapshot_ref(since, "--since")
+            row, result = _session_call(ctx, session, "snapshot.diff", {"snapshot": snapshot})
     except JackinError as error:
         fail(error, as_json=as_json)
     # Only the fields a diff has: a host's answer never chooses the envelope's keys.

@@ -18,6 +18,7 @@ from agent_host.wire import (
     BUILD_NETWORKS,
     CONTAINER_WORKDIR,
     DEFAULT_BUILD_NETWORK,
+    DEFAULT_SNAPSHOT_KEEP,
     ENV_NAME_RE,
     LOG_MAX_FILES,
     LOG_MAX_SIZE,
@@ -35,6 +36,7 @@ from agent_host.wire import (
     ModelApi,
     Mount,
     Network,
+    SnapshotPolicy,
     SpecError,
     container_name,
     egress_network,
@@ -99,6 +101,9 @@ class TargetRef:
     private_docker_privilege: str = "privileged"  # privileged | capabilities
     idle_timeout: int | None = None  # seconds idle before the host stops the session; None: never
     idle_timeout_from: str = "idle_timeout in the inventory"  # or --idle-timeout
+    snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots: the newest N are kept
+    snapshot_max_age: str | None = None  # and none older than this ("7d")
+    snapshot_excludes: tuple[str, ...] = ()  # left out besides the defaults ("!name" keeps one)
     candidates: tuple[Slot, ...] = ()  # when a selector matched several hosts
     placed_by: str | None = None  # what the candidates' counts are (live, last-known)
 
@@ -126,6 +131,7 @@ class LaunchRequest:
     docker: str = "none"  # --docker: none | private (a daemon of the session's own)
     network_why: str = "--network"  # who chose the network: the flag, or the default and why
     idle_timeout_flag: bool = False  # --idle-timeout was given (else: the inventory's idle_timeout)
+    snapshot: bool = True  # snapshot the checkout before the agent starts (--no-snapshot)
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,7 @@ def resolve_contract(
     # Host paths come from the host's own layout module, so the plan names what the host makes.
     root = target.root.rstrip("/")
     work = layout.work_dir(root, session_id)
+    snapshots = layout.snapshots_dir(root, session_id)
     mirror = layout.mirror_dir(root, workspace.name)
 
     env = {
@@ -311,6 +318,12 @@ def resolve_contract(
             acknowledged=request.acknowledged,
             private_docker=daemon,
             idle_timeout=target.idle_timeout,
+            snapshots=SnapshotPolicy(
+                request.snapshot,
+                target.snapshot_keep,
+                target.snapshot_max_age,
+                target.snapshot_excludes,
+            ),
         )
     except SpecError as exc:
         raise ContractError(f"cannot launch: {exc.message}") from None
@@ -455,6 +468,11 @@ def resolve_contract(
             + (f", branch {branch})" if branch else ")"),
             work,
         ),
+        *(
+            [Effect("snapshot the checkout before the agent starts", snapshots + "/s1")]
+            if spec.snapshots.before_start
+            else []
+        ),
         *(_egress_effects(spec, target.host, root) if request.network == "allowlist" else ()),
         *(Effect(action, where) for action, where in docker_access.effects(spec, target.host)),
         Effect(f"create and start container {name}", f"docker engine on {target.host}"),
@@ -577,7 +595,8 @@ def resolve_contract(
         },
         plan=plan,
         recovery={
-            "snapshot_before_start": False,
+            "snapshot_before_start": spec.snapshots.before_start,
+            **_snapshot_recovery(spec, snapshots),
             "laptop_repo": "untouched: the agent works in its own checkout on the host",
             "get_the_work": f"jackin-remote pull {session_id}"
             + (
@@ -594,12 +613,33 @@ def resolve_contract(
                 else "no memory limit: the host's own OOM killer may end any process on it"
             ),
             "rm": f"jackin-remote rm {session_id}: deletes the container and {work}; refuses "
-            "while the work has not been pulled, unless --force",
+            "while the work has not been pulled, unless --force; the snapshots stay until "
+            "rm --purge",
         },
         warnings=warnings,
         spec=spec,
         build=build,
     )
+
+
+def _snapshot_recovery(spec: LaunchSpec, where: str) -> dict[str, Any]:
+    """The recovery section's snapshot entries: when, where, what is kept and left out."""
+    policy, session = spec.snapshots, spec.session_id
+    taken = "before the agent starts, " if policy.before_start else "not at start (--no-snapshot); "
+    retention = f"the newest {policy.keep} (snapshot_keep)" + (
+        f", none older than {policy.max_age} (snapshot_max_age)" if policy.max_age else ""
+    )
+    return {
+        "snapshots": f"{where}/ on the host, outside the session directory and never mounted "
+        f"into the sandbox; taken {taken}on `jackin-remote snapshot {session}` and before every "
+        "restore; the whole checkout, .git included; unchanged files are hard links to the "
+        "previous snapshot's",
+        "snapshot_retention": retention + "; pruned after each new snapshot",
+        "snapshot_excludes": list(policy.patterns),
+        "restore": f"jackin-remote restore {session} [SNAPSHOT] [--stop]: the whole checkout "
+        "back as it was (a snapshot of it is taken first, so a restore can be undone); "
+        f"jackin-remote diff {session} --since SNAPSHOT shows what changed",
+    }
 
 
 def _egress(

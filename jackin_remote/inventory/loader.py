@@ -77,6 +77,9 @@ HOST_KEYS = (
     "private_docker_image",
     "private_docker_privilege",
     "idle_timeout",
+    "snapshot_keep",
+    "snapshot_max_age",
+    "snapshot_excludes",
 )
 EGRESS_KEYS = ("allow", "deny")  # [hosts.<name>.egress] / [defaults.egress]: rule patterns
 GROUP_KEYS = ("members", "egress")  # [groups.<name>]: the table form of a group
@@ -548,6 +551,42 @@ def _privilege(value: object) -> str:
     return text
 
 
+def _snapshot_keep(value: object) -> int:
+    from agent_host.wire import MAX_SNAPSHOT_KEEP
+
+    return _int_in_range(value, 1, MAX_SNAPSHOT_KEEP, unit=" snapshots per session")
+
+
+def _snapshot_max_age(value: object) -> str:
+    from agent_host.wire import age_seconds
+
+    text = _expect_str(value)
+    try:
+        age_seconds(text)
+    except SpecError:
+        raise _Problem(
+            f"invalid age {_show(text)}", hint='e.g. "30m", "12h", "7d" or "2w"'
+        ) from None
+    return text
+
+
+def _snapshot_excludes(value: object) -> tuple[str, ...]:
+    """Names (any depth) or paths from the checkout's top that snapshots leave out, besides
+    the rebuildable defaults; "!name" keeps a default."""
+    from agent_host.wire import MAX_SNAPSHOT_EXCLUDES, check_exclude
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Problem(f"expected a list of names or paths, got {toml_type_name(value)}")
+    if len(value) > MAX_SNAPSHOT_EXCLUDES:
+        raise _Problem(f"at most {MAX_SNAPSHOT_EXCLUDES} patterns")
+    for pattern in value:
+        try:
+            check_exclude(pattern, "snapshot_excludes")
+        except SpecError as exc:
+            raise _Problem(exc.problem) from None
+    return tuple(value)
+
+
 def _idle_timeout(value: object) -> int | None:
     """How long a session may sit idle before its host stops it: "30m", "2h", "1d"; "off"."""
     from agent_host.wire import duration_seconds
@@ -639,6 +678,9 @@ _HOST_VALIDATORS: dict[str, Callable[[object], object]] = {
     "private_docker_image": _image_ref,
     "private_docker_privilege": _privilege,
     "idle_timeout": _idle_timeout,
+    "snapshot_keep": _snapshot_keep,
+    "snapshot_max_age": _snapshot_max_age,
+    "snapshot_excludes": _snapshot_excludes,
 }
 LIMIT_VALIDATORS: dict[str, Callable[[object], object]] = {
     "memory": _memory,
@@ -665,6 +707,9 @@ _EXAMPLES = {
     "private_docker_image": 'private_docker_image = "docker:27-dind"',
     "private_docker_privilege": 'private_docker_privilege = "privileged"',
     "idle_timeout": 'idle_timeout = "2h"',
+    "snapshot_keep": "snapshot_keep = 20",
+    "snapshot_max_age": 'snapshot_max_age = "7d"',
+    "snapshot_excludes": 'snapshot_excludes = ["*.log", "data/cache", "!build"]',
     "memory": 'memory = "4g"',
     "cpus": "cpus = 2.0",
     "pids": "pids = 512",

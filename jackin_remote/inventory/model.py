@@ -54,6 +54,11 @@ class Host:
     # Seconds a session may sit idle (interactive: no tmux activity; task: exited) before its
     # host stops it (agent_host/janitor.py); None: never.
     idle_timeout: int | None = None
+    # Snapshots of session checkouts (agent_host/snapshots.py): the newest N, none older than
+    # an age ("7d"), and what they leave out besides the rebuildable defaults.
+    snapshot_keep: int = 20  # wire.DEFAULT_SNAPSHOT_KEEP
+    snapshot_max_age: str | None = None
+    snapshot_excludes: tuple[str, ...] = ()
     # Where the host was declared, for error messages ("<builtin>" for the implicit local host).
     source_file: str = "<builtin>"
     source_line: int | None = None

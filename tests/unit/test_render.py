@@ -439,7 +439,7 @@ def test_contract_panel_says_yes_and_no_never_true_or_false(width: int) -> None:
     output = render(contract_panel(contract()), width)
     assert "True" not in output and "False" not in output
     assert re.search(r"no new privileges\s+yes", output), output
-    assert re.search(r"snapshot before start\s+no", output), output
+    assert re.search(r"snapshot before start\s+yes", output), output
 
 
 def test_openssh_logs_errors_only() -> None:
