@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent_host import audit, layout, private_docker, testhooks
+from agent_host import audit, layout, private_docker, snapshots, testhooks
 from agent_host.procs import pid_alive
 from agent_host.protocol import (
     E_CONFLICT,
@@ -1011,11 +1011,12 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             # Gone with a host reboot (they live in memory): the agent starts without them.
             os.mkdir(secret_dir(spec.session_id), 0o500)
         try:
-            proxy = _start_egress(ctx.root, client, spec)
-            if spec.private_docker is not None:
-                uid = record.get("uid") or 0
-                private_docker.start(client, spec, uid, uid, proxy, root=ctx.root)
-            container.start()
+            with snapshots.held_for_start(ctx.root, spec.session_id):  # not mid-restore
+                proxy = _start_egress(ctx.root, client, spec)
+                if spec.private_docker is not None:
+                    uid = record.get("uid") or 0
+                    private_docker.start(client, spec, uid, uid, proxy, root=ctx.root)
+                container.start()
             audit.record(ctx.root, record["id"], "container.start", record["container"],
                          "jackin-remote stop %s" % record["id"])  # fmt: skip
         except (DockerException, RemoteError) as exc:

@@ -413,6 +413,18 @@ def _locked(base: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def held_for_start(root: str, session_id: str) -> Iterator[None]:
+    """Held by `session.start` while it starts a sandbox: never in the middle of a restore's
+    swap (a session without snapshots has no restore to wait for)."""
+    base = layout.snapshots_dir(root, session_id)
+    if not os.path.isdir(base) or os.path.islink(base):
+        yield
+        return
+    with _locked(base):
+        yield
+
+
 def _ids(base: str) -> List[str]:
     """Snapshot ids under `base`, complete (meta written) or not, oldest first."""
     try:
@@ -768,6 +780,9 @@ def restore_handler(ctx: Context, params: Message) -> Dict[str, Any]:
         sessions.stop(ctx, {"id": session_id})
         stopped = True
     with _locked(base):
+        if _sandbox_running(_record(ctx.root, params)):  # started again meanwhile
+            raise RemoteError(E_CONFLICT, "session %s was started again during the restore: "
+                              "nothing was restored" % session_id)  # fmt: skip
         snap = restore_choice([(i.id, i.reason) for i in infos(ctx.root, session_id)], wanted)
         before, excluded = _take(ctx.root, session_id, "before-restore", policy)
         made = _restore_checkout(ctx.root, record, snap, excluded)

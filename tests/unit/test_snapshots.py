@@ -346,3 +346,25 @@ def test_purge_removes_every_snapshot_and_the_empty_parent(root: Path) -> None:
     assert snapshots.purge(str(root), SID) == 2
     assert not (root / "snapshots").exists()
     assert snapshots.purge(str(root), SID) == 0
+
+
+def test_a_start_holds_the_lock_a_restore_swaps_under(tmp_path: Path) -> None:
+    import fcntl
+
+    root, sid = str(tmp_path), "abcd2345"
+    with snapshots.held_for_start(root, sid):  # no snapshots yet: nothing to wait for
+        pass
+    base = layout.snapshots_dir(root, sid)
+    os.makedirs(base)
+    with snapshots.held_for_start(root, sid):
+        fd = os.open(os.path.join(base, snapshots.LOCK), os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # a restore would wait here
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(os.path.join(base, snapshots.LOCK), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once started
+    finally:
+        os.close(fd)
