@@ -1,6 +1,8 @@
 """`--network allowlist`: each claim of the contract's network section, probed from inside the
-sandbox, local and over SSH. The destinations are HTTP servers on the host itself, bound to its
-loopback only and reached by the name `localhost`, which only the host's proxy can resolve."""
+sandbox, local and over SSH. The destinations are HTTP servers on the host itself, bound to the
+address of its docker engine's default bridge (private, and not the session's network: the proxy
+refuses loopback); `localhost`, which only the host's proxy resolves, is allowed but refused for
+its address."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ PROBE = r"""
 import os, socket, sys, time
 proxy = os.environ["HTTP_PROXY"][len("http://"):]
 phost, pport = proxy.split(":")
-allowed, denied = sys.argv[1], sys.argv[2]
+server, allowed, denied = sys.argv[1], sys.argv[2], sys.argv[3]
 
 def ask(head):
     try:
@@ -43,10 +45,15 @@ def ask(head):
     return data.split(b"\r\n")[0].decode() + " " + data[-60:].decode("utf-8", "replace").strip()
 
 def probe(tag):
-    print(tag, "GET_ALLOWED", ask("GET http://localhost:%s/ HTTP/1.1\r\nHost: x\r\n\r\n" % allowed))
-    print(tag, "CONNECT_ALLOWED", ask("CONNECT localhost:%s HTTP/1.1\r\n\r\n"
-                                      "GET / HTTP/1.0\r\n\r\n" % allowed))
-    print(tag, "GET_DENIED", ask("GET http://localhost:%s/ HTTP/1.1\r\nHost: x\r\n\r\n" % denied))
+    print(tag, "GET_ALLOWED", ask("GET http://%s:%s/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  % (server, allowed)))
+    print(tag, "CONNECT_ALLOWED", ask("CONNECT %s:%s HTTP/1.1\r\n\r\n"
+                                      "GET / HTTP/1.0\r\n\r\n" % (server, allowed)))
+    print(tag, "CONNECT_PORTLESS", ask("CONNECT %s:1 HTTP/1.1\r\n\r\n" % server))
+    print(tag, "GET_DENIED", ask("GET http://%s:%s/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 % (server, denied)))
+    print(tag, "GET_LOOPBACK", ask("GET http://localhost:%s/ HTTP/1.1\r\nHost: x\r\n\r\n"
+                                   % allowed))
     print(tag, "GET_UNLISTED", ask("GET http://unlisted.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n"))
     for where in ((phost, int(allowed)), ("1.1.1.1", 80)):
         try:
@@ -76,46 +83,59 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def _bridge_address(on_host: list[str]) -> str:
+    """The host's address on its docker engine's default bridge: private, not loopback (which
+    the proxy refuses), and not a session's network."""
+    done = subprocess.run([*on_host, "docker", "network", "inspect", "bridge", "-f",
+                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
 @pytest.fixture
-def local_servers() -> Iterator[tuple[int, int]]:
-    """Two HTTP servers on this machine's loopback: (allowed port, denied port)."""
-    servers = [socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Quiet) for _ in range(2)]
+def local_servers() -> Iterator[tuple[str, int, int]]:
+    """Two HTTP servers on this machine's bridge address: (address, allowed port, denied port)."""
+    address = _bridge_address([])
+    servers = [socketserver.ThreadingTCPServer((address, 0), _Quiet) for _ in range(2)]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
-    yield servers[0].server_address[1], servers[1].server_address[1]
+    yield address, servers[0].server_address[1], servers[1].server_address[1]
     for server in servers:
         server.shutdown()
         server.server_close()
 
 
-def _fleet_servers(container: str) -> tuple[int, int]:
-    """Two HTTP servers on a fleet host's loopback, started with docker exec; their ports."""
+def _fleet_servers(container: str) -> tuple[str, int, int]:
+    """Two HTTP servers on a fleet host's bridge address, started with docker exec: (address,
+    allowed port, denied port)."""
+    address = _bridge_address(["docker", "exec", container])
     ports = []
     for _ in range(2):
         port = 20000 + secrets.randbelow(20000)
         subprocess.run(["docker", "exec", "-d", container, "python3", "-m", "http.server",
-                        str(port), "--bind", "127.0.0.1", "--directory", "/tmp"],
+                        str(port), "--bind", address, "--directory", "/tmp"],
                        check=True)  # fmt: skip
         ports.append(port)
-    check = "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"
+    check = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
     for port in ports:
         for _ in range(300):  # a bound on the server starting, never an expectation of time
             done = subprocess.run(["docker", "exec", container, "python3", "-c", check,
-                                   str(port)], capture_output=True)  # fmt: skip
+                                   address, str(port)], capture_output=True)  # fmt: skip
             if done.returncode == 0:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"http server on {container}:{port} never listened")
-    return ports[0], ports[1]
+    return address, ports[0], ports[1]
 
 
 @pytest.fixture(params=["local", "fleet-1"])
 def egress_host(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, Path, list[str], tuple[int, int], str]]:
-    """(host name, inventory, docker-exec prefix, (allowed, denied) ports, host root)."""
+) -> Iterator[tuple[str, Path, list[str], tuple[str, int, int], str]]:
+    """(host name, inventory, docker-exec prefix, (server address, allowed port, denied port),
+    host root)."""
     if request.param == "local":
         inventory = request.getfixturevalue("local_inventory")
         ports = request.getfixturevalue("local_servers")
@@ -129,7 +149,7 @@ def egress_host(
     try:
         yield "egress", inventory, ["docker", "exec", container], ports, root
     finally:
-        for port in ports:
+        for port in ports[1:]:
             subprocess.run(["docker", "exec", container, "pkill", "-f", f"http.server {port}"],
                            capture_output=True)  # fmt: skip
 
@@ -158,9 +178,9 @@ def _lines(out: str, tag: str) -> dict[str, str]:
 
 
 def test_allowlist_lets_through_only_what_the_rules_allow_and_fails_closed(
-    cli: CLI, egress_host: tuple[str, Path, list[str], tuple[int, int], str], tmp_path: Path
+    cli: CLI, egress_host: tuple[str, Path, list[str], tuple[str, int, int], str], tmp_path: Path
 ) -> None:
-    host, inventory, on_host, (allowed, denied), root = egress_host
+    host, inventory, on_host, (server, allowed, denied), root = egress_host
     ws = make_workspace(tmp_path / "ws")
     (ws / "probe.py").write_text(PROBE)
     subprocess.run(["git", "-C", str(ws), "add", "probe.py"], check=True)
@@ -168,38 +188,47 @@ def test_allowlist_lets_through_only_what_the_rules_allow_and_fails_closed(
                     "-qm", "probe"], check=True)  # fmt: skip
     inv = str(inventory)
     data = cli.json("-i", inv, "launch", "--role", TEST_ROLE, "--on", host, "--runtime", "shell",
-                    "--network", "allowlist", "--allow", "localhost", "--deny",
-                    f"localhost:{denied}", "--task", f"python3 probe.py {allowed} {denied}",
+                    "--network", "allowlist", "--allow", server, "--allow",
+                    f"{server}:{allowed}", "--allow", "localhost", "--deny", f"{server}:{denied}",
+                    "--task", f"python3 probe.py {server} {allowed} {denied}",
                     str(ws))  # fmt: skip
     (session,) = data["sessions"]
     assert session["error"] is None, session
     sid, network = session["id"], session["contract"]["network"]
     assert network["policy"] == "allowlist" and network["enforcement"] == "host-enforced"
-    assert f"deny localhost:{denied} (--deny)" in network["rules"]
-    assert "allow localhost (--allow)" in network["rules"]
+    assert f"deny {server}:{denied} (--deny)" in network["rules"]
+    assert f"allow {server} (--allow)" in network["rules"]
     assert any("not a firewall for the host" in c for c in network["caveats"])
 
     out = _wait_logs(cli, inventory, sid, "PHASE1-DONE")
     first = _lines(out, "P1")
     assert first["GET_ALLOWED"].startswith("HTTP/1.0 200"), out
     assert "200 Connection established" in first["CONNECT_ALLOWED"], out
+    # A CONNECT off 443 through a rule without the port is denied, and says how to allow it.
+    assert first["CONNECT_PORTLESS"].startswith("HTTP/1.1 403"), out
+    assert f"--allow {server}:1" in first["CONNECT_PORTLESS"], out
     # Both rules match the denied port: the deny wins.
     assert first["GET_DENIED"].startswith("HTTP/1.1 403"), out
-    assert f"deny localhost:{denied} (--deny)" in first["GET_DENIED"], out
+    assert f"deny {server}:{denied} (--deny)" in first["GET_DENIED"], out
+    # An allowed name resolving to loopback is refused for its address.
+    assert first["GET_LOOPBACK"].startswith("HTTP/1.1 403"), out
     assert first["GET_UNLISTED"].startswith("HTTP/1.1 403"), out
     assert all("blocked" in value for key, value in first.items() if key.startswith("RAW")), out
     assert first["DNS"] == "blocked", out
 
     logged = cli.json("-i", inv, "policy", "log", sid)["entries"]
     decided = {(e["host"], e["port"], e["decision"]): e for e in logged}
-    assert decided[("localhost", allowed, "allowed")]["rule"] == "allow localhost (--allow)"
-    assert decided[("localhost", allowed, "allowed")]["bytes_down"] > 0
-    assert decided[("localhost", denied, "denied")]["rule"] == f"deny localhost:{denied} (--deny)"
+    assert decided[(server, allowed, "allowed")]["rule"] == f"allow {server}:{allowed} (--allow)"
+    assert decided[(server, allowed, "allowed")]["bytes_down"] > 0
+    assert decided[(server, denied, "denied")]["rule"] == f"deny {server}:{denied} (--deny)"
+    assert decided[("localhost", allowed, "denied")]["rule"].startswith(
+        "address refused: localhost resolves to "
+    )
     unlisted = decided[("unlisted.invalid", 80, "denied")]
     assert unlisted["rule"] == "no rule allows it (deny by default)"
-    checked = cli.run("-i", inv, "policy", "check", "--session", sid, f"localhost:{denied}")
+    checked = cli.run("-i", inv, "policy", "check", "--session", sid, f"{server}:{denied}")
     assert checked.returncode == 1 and "deny wins" not in checked.stdout
-    assert f"denied by deny localhost:{denied} (--deny)" in " ".join(checked.stdout.split())
+    assert f"denied by deny {server}:{denied} (--deny)" in " ".join(checked.stdout.split())
 
     # The proxy dies: nothing gets out any more (no other route exists).
     killed = subprocess.run([*on_host, "pkill", "-f", f"jackin-egress-proxy.*{sid}"])
@@ -208,7 +237,7 @@ def test_allowlist_lets_through_only_what_the_rules_allow_and_fails_closed(
     row = wait_for(cli, inventory, sid, on=host)
     assert row["state"] == "exited", row
     second = _lines(_logs(cli, inventory, sid), "P2")
-    for key in ("GET_ALLOWED", "CONNECT_ALLOWED", "GET_DENIED", "GET_UNLISTED"):
+    for key in ("GET_ALLOWED", "CONNECT_ALLOWED", "GET_DENIED", "GET_UNLISTED", "GET_LOOPBACK"):
         assert second[key].startswith("unreachable"), second
     # --follow of an ended session: every entry once, then it returns by itself.
     followed = cli.run("-i", inv, "policy", "log", sid, "--follow", "--json", check=True)
