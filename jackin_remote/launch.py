@@ -83,8 +83,8 @@ class LaunchOptions:
     # --workspace-rules: apply (the approved [egress] of .jackin/config.toml) | ignore
     workspace_rules: str = "apply"
     explain_only: bool = False  # explain: unapproved workspace rules are shown, not refused
-    ignore_disk_floor: bool = False  # --ignore-disk-floor: a host's disk_floor does not refuse
     idle_timeout: str | None = None  # --idle-timeout: "2h", "off"; None: the inventory's
+    ignore_disk_floor: bool = False  # --ignore-disk-floor: a host's disk_floor does not refuse
     snapshot: bool = True  # snapshot the checkout before the agent starts (--no-snapshot: no)
 
 

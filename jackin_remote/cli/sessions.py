@@ -328,8 +328,8 @@ def explain(
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER, no_snapshot: bool = NO_SNAPSHOT,
-    idle_timeout: str | None = IDLE_TIMEOUT,
     ignore_disk_floor: bool = IGNORE_FLOOR,
+    idle_timeout: str | None = IDLE_TIMEOUT,
 ) -> None:  # fmt: skip
     """Show the session contract a launch would apply. No side effects anywhere."""
     import dataclasses
@@ -376,8 +376,8 @@ def launch(
     secret: list[str] = SECRET, mount: list[str] = MOUNT, tmpfs: list[str] = TMPFS,
     volume: list[str] = VOLUME, ack_sensitive: list[str] = ACK_SENSITIVE,
     docker: str = DOCKER, no_snapshot: bool = NO_SNAPSHOT,
-    idle_timeout: str | None = IDLE_TIMEOUT,
     ignore_disk_floor: bool = IGNORE_FLOOR,
+    idle_timeout: str | None = IDLE_TIMEOUT,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
     import dataclasses

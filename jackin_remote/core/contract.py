@@ -100,7 +100,6 @@ class TargetRef:
     private_docker_image: str = "docker:27-dind"  # --docker private: the sidecar's image
     private_docker_privilege: str = "privileged"  # privileged | capabilities
     idle_timeout: int | None = None  # seconds idle before the host stops the session; None: never
-    idle_timeout_from: str = "idle_timeout in the inventory"  # or --idle-timeout
     snapshot_keep: int = DEFAULT_SNAPSHOT_KEEP  # snapshots: the newest N are kept
     snapshot_max_age: str | None = None  # and none older than this ("7d")
     snapshot_excludes: tuple[str, ...] = ()  # left out besides the defaults ("!name" keeps one)
