@@ -614,6 +614,14 @@ def resolve_contract(
             "rm": f"jackin-remote rm {session_id}: deletes the container and {work}; refuses "
             "while the work has not been pulled, unless --force; the snapshots stay until "
             "rm --purge",
+            # Three kinds, kept apart: what each is, and what removes it.
+            "session_metadata": "the host's record (its state db: the source of truth) and this "
+            "laptop's view (a cache: `ls` rebuilds it from the hosts); rm marks the record "
+            "purged, rm --purge forgets it",
+            "project_snapshots": f"{snapshots}/ (see snapshots): kept by rm, removed by rm --purge",
+            "sandbox_state": "the container, its volumes, its networks, its egress proxy and "
+            "private-docker sidecar: removed by rm; `jackin-remote gc` finds what a crash left "
+            "(`audit` lists each with its undo)",
         },
         warnings=warnings,
         spec=spec,

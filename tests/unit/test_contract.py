@@ -197,3 +197,12 @@ def test_dev_shm_and_log_rotation_are_in_the_contract() -> None:
     mounts = {m["container"]: m for m in contract.filesystem["mounts"]}
     assert mounts["/dev/shm"]["mode"] == "tmpfs"
     assert "rotated" in contract.limits["logs"]
+
+
+def test_recovery_keeps_the_three_kinds_apart_and_says_what_removes_each() -> None:
+    recovery = resolve(LaunchRequest("shell", task="make")).recovery
+    assert "rm --purge forgets it" in recovery["session_metadata"]
+    assert "`ls` rebuilds it from the hosts" in recovery["session_metadata"]
+    assert "kept by rm, removed by rm --purge" in recovery["project_snapshots"]
+    assert "removed by rm" in recovery["sandbox_state"]
+    assert "gc" in recovery["sandbox_state"] and "audit" in recovery["sandbox_state"]
