@@ -161,14 +161,19 @@ class Server:
             return
         except RemoteError as exc:
             message = protocol.error(request_id, exc)
-        except Exception as exc:  # a bug: report it typed, keep serving
-            message = protocol.error(
-                request_id,
-                RemoteError(
-                    protocol.E_INTERNAL,
-                    "%s: %s" % (type(exc).__name__, exc),
-                    {"traceback": traceback.format_exc(limit=8)},
-                ),
+        except Exception as exc:  # a bug (or a full disk): report it typed, keep serving
+            full = disk_full(exc)
+            message = (
+                protocol.error(request_id, full)
+                if full
+                else protocol.error(
+                    request_id,
+                    RemoteError(
+                        protocol.E_INTERNAL,
+                        "%s: %s" % (type(exc).__name__, exc),
+                        {"traceback": traceback.format_exc(limit=8)},
+                    ),
+                )
             )
         else:
             message = protocol.result(request_id, value)
@@ -193,3 +198,27 @@ class Server:
             "pid": os.getpid(),
             "methods": sorted(self.handlers),
         }
+
+
+def disk_full(exc: BaseException) -> Optional[RemoteError]:
+    """A full disk (or quota) under the host root, however it surfaced (an OSError, or sqlite's
+    "disk I/O error" / "database or disk is full"), as one clear error; None for anything else."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        detail = exc.strerror or str(exc)
+    elif isinstance(exc, sqlite3.OperationalError) and (
+        "disk I/O error" in str(exc) or "database or disk is full" in str(exc)
+    ):
+        detail = "the state database cannot write: %s" % exc
+    else:
+        return None
+    return RemoteError(
+        protocol.E_FAILED,
+        "the host's disk is full (%s): the request did not complete" % detail,
+        {
+            "hint": "free space on the host (`jackin-remote du` shows what jackin holds there, "
+            "`jackin-remote gc` what it left behind), then try again"
+        },
+    )

@@ -770,7 +770,8 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 if state in ("exited", "crashed", "failed_setup") and not record["finished_at"]:
                     fields["finished_at"] = now
                 fields["agent_status"] = agent_status(state, record["mode"])
-                store.update(record["id"], **fields)
+                if not store.read_only:  # a full disk: shown now, recorded once there is room
+                    store.update(record["id"], **fields)
                 record.update(fields)
             if state not in ACTIVE_STATES and (record.get("spec") or {}).get("network") == (
                 Network.ALLOWLIST.value

@@ -177,10 +177,14 @@ def shown_name(path: str) -> str:
 class _Taker:
     """Copies one checkout into a snapshot tree, linking what the previous one already holds."""
 
-    def __init__(self, patterns: Sequence[str], previous: Dict[str, Row], free_bytes: int) -> None:
+    def __init__(self, patterns: Sequence[str], previous: Dict[str, Row], free_bytes: int,
+                 strict_space: bool = True) -> None:  # fmt: skip
         self.excluded = Excluder(patterns)
         self.previous = previous
         self.budget = free_bytes
+        # A file that does not fit fails the snapshot (loudly, nothing kept); only the snapshot
+        # before a restore skips it and names it, so an agent cannot block its own restore.
+        self.strict_space = strict_space
         self.rows: List[Row] = []
         self.counts = dict.fromkeys(SnapshotInfo.COUNTS, 0)
         self.sample: List[str] = []
@@ -295,6 +299,9 @@ class _Taker:
                 self._linked(path, info)
                 return
             if info.st_size > self.budget:
+                if self.strict_space:
+                    raise OSError(errno.ENOSPC, "%s needs %d bytes" % (shown_name(path),
+                                                                      info.st_size))  # fmt: skip
                 self.skip(path, "%d bytes: more than the free space" % info.st_size)
                 return
             self.counts["files"] += 1
@@ -494,7 +501,7 @@ def _take(
     try:
         os.mkdir(os.path.join(staging, TREE), 0o700)
         taker = _Taker(policy.patterns, _manifest(previous) if previous else {},
-                       _free_bytes(base))  # fmt: skip
+                       _free_bytes(base), strict_space=reason != "before-restore")  # fmt: skip
         src = os.open(layout.work_dir(root, session_id), _DIR_FLAGS)
         dst = os.open(os.path.join(staging, TREE), _DIR_FLAGS)
         prev = None if previous is None else _open_dir_path(os.path.join(previous, TREE))
@@ -516,8 +523,16 @@ def _take(
         _write_json(os.path.join(staging, META), info.to_wire())
         os.chmod(os.path.join(staging, MANIFEST), FILE_MODE)
         os.rename(staging, os.path.join(base, snap))
-    except BaseException:
+    except BaseException as exc:
         remove_tree(staging)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RemoteError(
+                E_FAILED, "snapshot of %s failed: the host's disk is full (%s); "
+                "nothing was kept, the earlier snapshots are as they were" % (
+                    session_id, exc.strerror or exc),
+                {"hint": "free space (`jackin-remote du`, `jackin-remote gc`), then take it "
+                 "again; a snapshot keeps %d MiB of the disk free" % (RESERVE_BYTES >> 20)},
+            ) from None  # fmt: skip
         raise
     path = layout.snapshot_dir(root, session_id, snap)
     os.chmod(path, DIR_MODE)

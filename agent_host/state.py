@@ -6,12 +6,14 @@ Python 3.9 compatible.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sqlite3
 import time
 from typing import Any, Dict, List, Optional
+from urllib.parse import quote
 
 from agent_host import layout
 
@@ -108,12 +110,30 @@ SCHEMA_VERSION = 5  # PRAGMA user_version once the schema and its migrations are
 class Store:
     def __init__(self, root: str) -> None:
         os.makedirs(root, mode=0o700, exist_ok=True)
-        self._db = sqlite3.connect(
-            layout.state_db(root), timeout=30, isolation_level=None, check_same_thread=False
-        )
+        path = layout.state_db(root)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        if self._first_version() != SCHEMA_VERSION:
+        self.read_only = False  # the disk is full: read as it is, write nothing
+        try:
+            version = self._first_version()
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc) or not os.path.exists(path):
+                raise
+            # WAL needs a -shm file a full disk cannot hold: read the database as it stands.
+            self._db.close()
+            self._db = sqlite3.connect("file:%s?mode=ro&immutable=1" % quote(path), uri=True,
+                                       isolation_level=None, check_same_thread=False)  # fmt: skip
+            self._db.row_factory = sqlite3.Row
+            self.read_only = True
+            version = self._version()
+        if version != SCHEMA_VERSION:
+            self._writable()
             self._prepare(root)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.ENOSPC, "no space left: the state database is read-only until "
+                          "there is")  # fmt: skip
 
     def _first_version(self) -> int:
         """The schema version, read as this connection's first statement.
@@ -164,6 +184,7 @@ class Store:
         self._db.close()
 
     def insert(self, record: Dict[str, Any]) -> None:
+        self._writable()
         now = time.time()
         row = {key: record.get(key) for key in COLUMNS}
         row["created_at"] = row["created_at"] or now
@@ -176,6 +197,7 @@ class Store:
         )
 
     def update(self, session_id: str, **fields: Any) -> None:
+        self._writable()
         unknown = set(fields) - set(COLUMNS)
         if unknown:
             raise ValueError("unknown session fields: %s" % sorted(unknown))
@@ -193,6 +215,7 @@ class Store:
 
     def delete(self, session_id: str) -> None:
         """Forget a session entirely (rm --purge); its audit rows stay."""
+        self._writable()
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     def all(self, include_purged: bool = False) -> List[Dict[str, Any]]:
@@ -207,6 +230,7 @@ class Store:
         """Count one connection. A session has at most MAX_EGRESS_ROWS destinations of its own:
         past that, new ones are counted together (host OTHERS, port 0), so a sandbox that asks
         for endless names cannot fill the host's database."""
+        self._writable()
         now = time.time()
         key = (session, host, port, decision, rule)
         known = self._db.execute(
@@ -237,9 +261,11 @@ class Store:
         return [dict(row) for row in reversed(self._db.execute(newest, args).fetchall())]
 
     def forget_egress(self, session: str) -> None:
+        self._writable()
         self._db.execute("DELETE FROM egress_log WHERE session = ?", (session,))
 
     def add_audit(self, session: Optional[str], action: str, target: str, undo: str) -> None:
+        self._writable()
         self._db.execute(
             "INSERT INTO audit (at, session, action, target, undo) VALUES (?, ?, ?, ?, ?)",
             (time.time(), session, action, target, undo),
@@ -265,3 +291,8 @@ def _record(row: sqlite3.Row) -> Dict[str, Any]:
     record = dict(row)
     record["spec"] = json.loads(record["spec"] or "{}")
     return record
+
+
+def disk_trouble(exc: sqlite3.OperationalError) -> bool:
+    """sqlite's words for a disk it cannot write (full, or a quota)."""
+    return "disk I/O error" in str(exc) or "database or disk is full" in str(exc)

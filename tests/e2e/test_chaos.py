@@ -22,7 +22,7 @@ import pytest
 from agent_host import testhooks
 from tests import fleet as fleet_mod
 from tests.conftest import CLI, DISRUPTIVE_HOST, add_host_copy
-from tests.e2e.helpers import launch, make_workspace, managed_containers, wait_for
+from tests.e2e.helpers import TEST_ROLE, launch, make_workspace, managed_containers, wait_for
 
 pytestmark = pytest.mark.disruptive
 
@@ -167,3 +167,55 @@ def test_a_host_stopped_and_started_shows_its_session_crashed_and_start_brings_i
     answer = _on(box, "docker", "exec", row["container"], "python3", "-c", ask).stdout
     assert answer.startswith("HTTP/1.1 403"), answer
     cli.run("-i", str(fleet_inventory), "rm", "--force", sid, check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs as the host root (root only)")
+def test_a_full_disk_refuses_a_launch_fails_a_snapshot_loudly_and_corrupts_nothing(
+    cli: CLI, tmp_path: Path
+) -> None:
+    root = tmp_path / "small-root"
+    root.mkdir()
+    # Bigger than a snapshot's reserve (256 MiB kept free), so the first snapshots fit.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(root)], check=True)
+    inv = tmp_path / "inventory"
+    inv.mkdir()
+    (inv / "local.toml").write_text(f'[hosts.local]\ntransport = "local"\nroot = "{root}"\n')
+    ws = make_workspace(tmp_path / "ws")
+    base = ["-i", str(inv)]
+    sid = None
+    try:
+        (session,) = launch(cli, inv, ws, "--runtime", "shell", "--network", "none",
+                            "--task", "sleep infinity")  # fmt: skip
+        sid = session["id"]
+        wait_for(cli, inv, sid, {"running"})
+        # The agent's new work, then the disk fills up.
+        (root / "sessions" / sid / "work" / "new.txt").write_text("x" * 20_000)
+        filler = root / "filler"
+        with filler.open("wb", buffering=0) as out, pytest.raises(OSError, match="No space left"):
+            while True:
+                out.write(b"\0" * (1 << 20))
+
+        failed = cli.run(*base, "snapshot", sid)
+        said = " ".join(failed.stderr.split())
+        assert failed.returncode == 1, (failed.stdout, failed.stderr)
+        assert "the host's disk is full" in said and "gc" in said, said
+        listed = cli.json(*base, "snapshots", sid)
+        assert [s["reason"] for s in listed["snapshots"]] == ["before-start"], listed
+
+        refused = cli.run(*base, "launch", "--role", TEST_ROLE, "--runtime", "shell",
+                          "--network", "none", "--task", "true", str(ws))  # fmt: skip
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode not in (0, 3), (refused.stdout, refused.stderr)
+        assert "cannot launch, nothing was started" in said and "free" in said, said
+
+        # Nothing is corrupted: the session is still there and running, the state db reads.
+        row = cli.json(*base, "ls")["sessions"]
+        assert [(r["id"], r["state"]) for r in row] == [(sid, "running")], row
+
+        filler.unlink()  # space again: the same snapshot works
+        taken = cli.json(*base, "snapshot", sid)
+        assert taken["snapshot"]["files_new"] >= 1, taken
+    finally:
+        if sid is not None:
+            cli.run(*base, "rm", "--force", "--purge", sid)
+        subprocess.run(["umount", "--lazy", str(root)], check=False)

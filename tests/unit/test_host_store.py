@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from agent_host import state
 from agent_host.state import Store
@@ -82,3 +86,38 @@ def test_a_session_cannot_fill_the_database_with_destinations(tmp_path: Path) ->
     others = [r for r in rows if r["host"] == state.EGRESS_OTHERS]
     assert len(others) == 1 and others[0]["count"] == 50 and others[0]["port"] == 0
     assert [r["count"] for r in rows if r["host"] == "h1.example"] == [2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root only)")
+def test_a_full_disk_leaves_the_database_readable_and_refuses_writes_clearly(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        root = str(small / "root")
+        store = Store(root)
+        store.insert({"id": "abcd2345", "workspace": "w", "role": "r", "runtime": "x",
+                      "container": "c", "mode": "task", "isolation": "clone",
+                      "state": "running", "agent_status": "working", "spec": {}})  # fmt: skip
+        store.close()
+        with (small / "filler").open("wb", buffering=0) as out, pytest.raises(OSError):
+            while True:
+                out.write(b"\0" * (1 << 20))
+        full = Store(root)  # WAL cannot make its -shm file: read as it stands
+        assert full.read_only and [r["id"] for r in full.all()] == ["abcd2345"]
+        with pytest.raises(OSError, match="read-only until there is") as raised:
+            full.update("abcd2345", state="stopped")
+        assert raised.value.errno == errno.ENOSPC
+        full.close()
+        (small / "filler").unlink()
+        again = Store(root)
+        assert not again.read_only
+        again.update("abcd2345", state="stopped")
+        assert (again.get("abcd2345") or {})["state"] == "stopped"
+        again.close()
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)

@@ -331,13 +331,30 @@ def test_too_deep_too_many_and_too_large_are_skipped_and_named_never_fatal(
     (work / "big.bin").write_bytes(b"\0" * 5000)
     monkeypatch.setattr(snapshots, "MAX_DEPTH", 2)
     monkeypatch.setattr(snapshots, "_free_bytes", lambda _path: 100)
-    info = _take(root)
+    # Before a restore, what does not fit is skipped and named: the agent cannot block it.
+    info = snapshots.take(str(root), SID, "before-restore", SnapshotPolicy())
     sample = "\n".join(info.skipped_sample)
     assert "x/y/z (deeper than 2 directories)" in sample, sample
     assert "big.bin (5000 bytes: more than the free space)" in sample, sample
     assert not (_tree(root, "s1") / "big.bin").exists() and info.skipped == 2
     monkeypatch.setattr(snapshots, "MAX_ENTRIES", 1)
-    assert _take(root).skipped > 2
+    assert snapshots.take(str(root), SID, "before-restore", SnapshotPolicy()).skipped > 2
+
+
+def test_any_other_snapshot_that_does_not_fit_fails_loudly_and_keeps_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = _work(root)
+    first = _take(root)
+    (work / "big.bin").write_bytes(b"\0" * 5000)
+    monkeypatch.setattr(snapshots, "_free_bytes", lambda _path: 100)
+    for reason in ("manual", "before-start"):
+        with pytest.raises(RemoteError, match="the host's disk is full") as raised:
+            snapshots.take(str(root), SID, reason, SnapshotPolicy())
+        assert "gc" in str(raised.value.data)
+    assert [i.id for i in snapshots.infos(str(root), SID)] == [first.id]  # nothing half-kept
+    left = sorted(os.listdir(layout.snapshots_dir(str(root), SID)))
+    assert left == sorted([first.id, snapshots.LOCK]), left  # no staging tree either
 
 
 def test_purge_removes_every_snapshot_and_the_empty_parent(root: Path) -> None:
