@@ -76,20 +76,35 @@ def decide(
     return stops
 
 
-def tmux_activity(client: Any, container: str) -> Optional[float]:
-    """The session's last activity as tmux tells it (epoch seconds), or None."""
+ACTIVITY_BYTES = 128  # what is read of tmux's answer: two timestamps fit many times over
+ACTIVITY_SECONDS = 10  # how long the sandbox's tmux may take to answer
+
+
+def tmux_activity(client: Any, container: str, now: Optional[float] = None) -> Optional[float]:
+    """The session's last activity as tmux tells it (epoch seconds), or None. The sandbox owns
+    its tmux server, so the answer is bounded in time and size and never later than now (an
+    agent can still keep itself "active" by printing: an idle timeout is for forgotten
+    sessions, not a containment)."""
     fmt = "#{session_activity} #{window_activity}"
+    argv = ["timeout", str(ACTIVITY_SECONDS), "tmux", "display-message", "-p", "-t",
+            TMUX_SESSION, fmt]  # fmt: skip
     try:
-        result = client.containers.get(container).exec_run(
-            ["tmux", "display-message", "-p", "-t", TMUX_SESSION, fmt]
-        )
+        _, stream = client.containers.get(container).exec_run(argv, stream=True)
+        answer = b""
+        for chunk in stream:
+            answer += chunk
+            if len(answer) >= ACTIVITY_BYTES:
+                break
     except Exception:
         return None
-    if result.exit_code != 0:
-        return None
-    numbers = [int(word) for word in result.output.decode(errors="replace").split()
-               if word.isdigit()]  # fmt: skip
-    return float(max(numbers)) if numbers else None
+    return activity_from(answer[:ACTIVITY_BYTES], time.time() if now is None else now)
+
+
+def activity_from(answer: bytes, now: float) -> Optional[float]:
+    """The latest timestamp in tmux's answer, at most `now`; None if it holds none. Pure."""
+    numbers = [int(word) for word in answer.decode(errors="replace").split()
+               if word.isdigit() and len(word) <= 12]  # fmt: skip
+    return float(min(max(numbers), now)) if numbers else None
 
 
 class _Context:
@@ -126,7 +141,9 @@ def run_pass(root: str, now: Optional[float] = None) -> Dict[str, Any]:
             activity = {r["id"]: tmux_activity(client, r["container"]) for r in watched}
         finally:
             client.close()
-    stopped = []
+    stopped: List[Dict[str, Any]] = []
+    if _read_only(root):  # a full disk: its view may be stale, and nothing could be recorded
+        return {"stopped": stopped, "active": _any_active(root)}
     for idle in decide(records, now, activity):
         try:
             sessions.stop(ctx, {"id": idle.session})
@@ -144,6 +161,16 @@ def run_pass(root: str, now: Optional[float] = None) -> Dict[str, Any]:
         stopped.append({"id": idle.session, "idle_for": round(idle.idle_for, 1),
                         "timeout": idle.timeout})  # fmt: skip
     return {"stopped": stopped, "active": _any_active(root)}
+
+
+def _read_only(root: str) -> bool:
+    from agent_host.state import Store
+
+    store = Store(root)
+    try:
+        return store.read_only
+    finally:
+        store.close()
 
 
 def _any_active(root: str) -> bool:
@@ -182,7 +209,24 @@ def running_pid(root: str) -> Optional[int]:
             argv = handle.read().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if MARK.encode() in argv and root.encode() in argv else None
+    if MARK.encode() not in argv or root.encode() not in argv:
+        return None
+    return pid if _lock_held(root) else None  # argv can be copied by any process; the lock not
+
+
+def _lock_held(root: str) -> bool:
+    """Whether a janitor holds this root's lock (it does for its whole life)."""
+    try:
+        fd = os.open(lock_file(root), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we got
+    return False
 
 
 def ensure_running(root: str) -> Optional[int]:

@@ -588,12 +588,30 @@ def write_secret_files(session_id: str, uid: int, gid: int, values: Dict[str, st
 
 
 def remove_secret_files(session_id: str, root: Optional[str] = None) -> None:
+    """The session's secrets directory and its files, never following a link: /dev/shm is
+    world-writable, so its entry may be anyone's (a symlink swapped in is refused, not chmodded
+    or emptied)."""
     path = secret_dir(session_id)
-    if os.path.isdir(path):
-        os.chmod(path, 0o700)
-        shutil.rmtree(path)
-        if root is not None:
-            audit.record(root, session_id, "secrets.remove", path, "")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # none, or not a plain directory: nothing of ours to remove
+    try:
+        owner = os.fstat(fd).st_uid
+        if os.getuid() not in (0, owner):  # another account's: left alone
+            return
+        os.fchmod(fd, 0o700)
+        for name in os.listdir(fd):
+            with contextlib.suppress(OSError):  # only files are ours; anything else stays
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        return
+    if root is not None:
+        audit.record(root, session_id, "secrets.remove", path, "")
 
 
 def secret_values(session_id: str) -> List[Tuple[str, str]]:

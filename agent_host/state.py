@@ -117,8 +117,8 @@ class Store:
         try:
             version = self._first_version()
         except sqlite3.OperationalError as exc:
-            if not disk_trouble(exc) or not os.path.exists(path):
-                raise
+            if not disk_trouble(exc) or not os.path.exists(path) or _wal_holds(path):
+                raise  # a WAL with content holds records an immutable read would not see
             # WAL needs a -shm file a full disk cannot hold: read the database as it stands.
             self._db.close()
             self._db = sqlite3.connect("file:%s?mode=ro&immutable=1" % quote(path), uri=True,
@@ -296,3 +296,11 @@ def _record(row: sqlite3.Row) -> Dict[str, Any]:
 def disk_trouble(exc: sqlite3.OperationalError) -> bool:
     """sqlite's words for a disk it cannot write (full, or a quota)."""
     return "disk I/O error" in str(exc) or "database or disk is full" in str(exc)
+
+
+def _wal_holds(path: str) -> bool:
+    """Whether the database's write-ahead log holds frames (records not in the main file)."""
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False

@@ -121,3 +121,16 @@ def test_a_full_disk_leaves_the_database_readable_and_refuses_writes_clearly(
         again.close()
     finally:
         subprocess.run(["umount", "--lazy", str(small)], check=False)
+
+
+def test_a_wal_holding_records_is_never_read_around(tmp_path: Path) -> None:
+    """The read-only fallback reads the main file only: not while the WAL holds records."""
+    root = str(tmp_path / "root")
+    writer = Store(root)
+    writer.insert({"id": "abcd2345", "workspace": "w", "role": "r", "runtime": "x",
+                   "container": "c", "mode": "task", "isolation": "clone", "state": "running",
+                   "agent_status": "working", "spec": {}})  # fmt: skip
+    path = str(tmp_path / "root" / "state.db")
+    assert state._wal_holds(path)  # the insert is in the WAL while the writer is open
+    writer.close()
+    assert not state._wal_holds(path)  # checkpointed and gone with the last connection

@@ -153,3 +153,44 @@ def test_the_clock_offset_reaches_the_agent_only_when_a_test_sets_it() -> None:
     )
     with pytest.raises(ValueError, match="not a number"):
         testhooks.agent_env({testhooks.CLOCK_ENV: "2h"})
+
+
+def test_tmuxs_answer_is_bounded_and_never_later_than_now() -> None:
+    from agent_host.janitor import activity_from
+
+    assert activity_from(b"1000 1200\n", 5000.0) == 1200.0
+    assert activity_from(b"1000 99999999999\n", 5000.0) == 5000.0  # a future claim: now
+    assert activity_from(b"garbage", 5000.0) is None
+    assert activity_from(b"9" * 40, 5000.0) is None  # no number that long is a time
+
+
+def test_a_copied_command_line_is_not_a_running_janitor(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from agent_host import janitor
+
+    root = str(tmp_path)
+    os.makedirs(janitor.janitor_dir(root))
+    with open(janitor.pid_file(root), "w") as handle:
+        handle.write(f"{os.getpid()}\n")  # this test's own process
+    assert janitor.running_pid(root) is None  # its argv lacks the mark
+    # A process whose argv copies the janitor's, at the pid file's pid: not it (no lock held).
+    import subprocess
+    import sys
+
+    fake = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", janitor.MARK,
+                             "--root", root], stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        with open(janitor.pid_file(root), "w") as handle:
+            handle.write(f"{fake.pid}\n")
+        assert janitor.running_pid(root) is None
+    finally:
+        assert fake.stdin is not None
+        fake.stdin.close()
+        fake.wait()
+    with open(janitor.lock_file(root), "a") as lock:
+        assert not janitor._lock_held(root)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert janitor._lock_held(root)
+    assert not janitor._lock_held(root)

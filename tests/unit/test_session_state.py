@@ -1,6 +1,9 @@
 """How a host derives a session's lifecycle state from its record and docker. Pure."""
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent_host.sessions import SETUP_GRACE, derive_state, end_reason
 
@@ -67,3 +70,25 @@ def test_a_sandbox_started_by_an_earlier_engine_and_ended_at_its_restore_ended_w
     assert docker_time("2026-11-29T12:00:00+02:00") == docker_time("2026-11-29T10:00:00Z")
     for junk in ("0001-01-01T00:00:00Z", "yesterday", None, 5, "2026-11-29T10:00:00Z\n"):
         assert docker_time(junk) is None
+
+
+def test_removing_secrets_never_follows_a_link_swapped_into_dev_shm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_host import sessions
+
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    (victim / "keep").write_text("x")
+    entry = tmp_path / "jackin-secrets-abcd2345"
+    entry.symlink_to(victim)
+    monkeypatch.setattr(sessions, "secret_dir", lambda _sid: str(entry))
+    sessions.remove_secret_files("abcd2345")
+    assert (victim / "keep").exists() and oct(victim.stat().st_mode & 0o777) == "0o755"
+    assert entry.is_symlink()
+    entry.unlink()
+    entry.mkdir(mode=0o500)
+    (entry / "TOKEN").write_text("s")
+    entry.chmod(0o500)
+    sessions.remove_secret_files("abcd2345")
+    assert not entry.exists()
