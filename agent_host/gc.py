@@ -22,11 +22,20 @@ Found, each with its kind, size and why it is an orphan:
   with no record and no container on this engine.
 
 Never removed: a checkout (or snapshot) holding work the laptop never pulled. With a record,
-what `rm` checks decides (agent_host/review.py); without one, any commit its mirror does not
-hold, uncommitted changes, and a copy checkout (whose pull cannot be told) count as unpulled.
-Such an item is kept and reported as recoverable, with its path and commit. Directories and
-/dev/shm entries changed less than `min_age` seconds ago are kept too: a launch in progress
-writes the mirror, the role context and the synced mounts before its record exists.
+what `rm` checks decides (agent_host/review.py); without one (clone and copy cannot be told
+apart: a copy of a git workspace has a .git too) it counts as pulled only if its whole tree,
+ignored files included, is its HEAD's and HEAD is in a workspace mirror here; anything else,
+or a check that cannot run (a full disk), is unpulled. Such an item is kept and reported as
+recoverable, with its path and commit. Directories and /dev/shm entries changed less than
+`min_age` seconds ago are kept too: a launch in progress writes the mirror, the role context
+and the synced mounts before its record exists. Also kept: a running container, or a volume or
+network a running container uses, whose only fault is a root that looks gone (its path may be
+another user's unmounted home, or in another mount namespace); a session's directories while
+any of its containers stays; every /dev/shm secrets directory when the engine's containers
+cannot be listed.
+
+On a full disk the state database opens read-only and may miss recent records: `apply` is
+refused, and a dry run keeps (saying why) whatever only a missing record condemns.
 
 Dry run by default: nothing is changed. `apply` removes the items marked `remove`, each
 recorded in the audit (agent_host/audit.py). Everything is listed before the records are read,
@@ -39,7 +48,6 @@ import contextlib
 import functools
 import os
 import re
-import shutil
 import signal
 import stat
 import tempfile
@@ -69,6 +77,15 @@ _BASE_TAG = re.compile(r"^%s([a-z0-9][a-z0-9-]*):([0-9a-f]{12})\Z" % re.escape(R
 
 REMOVE = "remove"
 KEEP = "keep"
+
+RUNNING_STATES = ("running", "restarting", "paused")
+RUNNING_BECAUSE = "running (a root whose path cannot be seen from here may still be alive)"
+IN_USE_BECAUSE = ("running: a running container uses it (a root whose path cannot be seen from "
+                  "here may still be alive)")  # fmt: skip
+READ_ONLY_BECAUSE = (
+    "the host's disk is full: the state database opened read-only and may miss recent records, "
+    "so a missing record proves nothing (free space, then run gc again)"
+)
 
 
 # -- decisions (pure) ----------------------------------------------------------------------------
@@ -130,8 +147,13 @@ def classify_engine(
         else:
             reason = record_reason(session, records)
         if reason is not None:
-            orphans.append(item(obj["kind"], obj["name"], session, reason, obj.get("bytes"),
-                                id=obj.get("id"), what=obj.get("what")))  # fmt: skip
+            orphan = item(obj["kind"], obj["name"], session, reason, obj.get("bytes"),
+                          id=obj.get("id"), what=obj.get("what"))  # fmt: skip
+            if whose == ownership.GONE_ROOT and (obj.get("running") or obj.get("in_use")):
+                # A root that looks gone may be another user's unmounted home or live in
+                # another mount namespace: what runs is never stopped on that ground alone.
+                keep(orphan, RUNNING_BECAUSE if obj.get("running") else IN_USE_BECAUSE)
+            orphans.append(orphan)
     return orphans, others, unattributed
 
 
@@ -283,21 +305,28 @@ def classify_proxies(
 def classify_secrets(
     entries: Iterable[Dict[str, Any]],
     records: Dict[str, str],
-    engine_sessions: Set[str],
+    engine_sessions: Optional[Set[str]],
     now: float,
     min_age: float,
+    engine_error: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """/dev/shm/jackin-secrets-<id> with no live record here and no container of that session
-    on this engine (then no root can start it again: they serve nobody)."""
+    on this engine (then no root can start it again: they serve nobody). `engine_sessions` None:
+    the engine's containers could not be listed, so every one is kept."""
     found = []
     for entry in entries:
         session = entry["session"]
         reason = record_reason(session, records)
-        if reason is None or session in engine_sessions:
+        if reason is None or (engine_sessions is not None and session in engine_sessions):
             continue
-        orphan = item("secrets", entry["path"], session, reason + "; no container of it on "
-                      "this engine", entry["bytes"])  # fmt: skip
-        if is_recent(entry["newest"], now, min_age):
+        orphan = item("secrets", entry["path"], session, reason + (
+            "; no container of it on this engine" if engine_sessions is not None else ""),
+            entry["bytes"], uid=entry.get("uid"), dev=entry.get("dev"),
+            ino=entry.get("ino"))  # fmt: skip
+        if engine_sessions is None:
+            keep(orphan, "the engine's containers could not be listed (%s): a container of "
+                 "another root may still use it" % (engine_error or "unknown error"))  # fmt: skip
+        elif is_recent(entry["newest"], now, min_age):
             keep(orphan, recent_because(entry["newest"], now))
         found.append(orphan)
     return found
@@ -309,8 +338,17 @@ def engine_objects(api: Any) -> Tuple[List[Dict[str, Any]], Set[str], Set[str]]:
     ids any container uses; the sessions any container belongs to (whatever its root)."""
     objects: List[Dict[str, Any]] = []
     used_images: Set[str] = set()
+    running_uses: Set[str] = set()  # volume names, network names and ids running containers use
     for entry in api.containers(all=True):
         used_images.add(str(entry.get("ImageID") or ""))
+        if entry.get("State") in RUNNING_STATES:
+            running_uses.update(str(m.get("Name")) for m in entry.get("Mounts") or []
+                                if m.get("Type") == "volume" and m.get("Name"))  # fmt: skip
+            networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+            for name, net in networks.items():
+                running_uses.add(str(name))
+                if (net or {}).get("NetworkID"):
+                    running_uses.add(str(net["NetworkID"]))
     engine_sessions: Set[str] = set()
     for entry in api.containers(all=True, filters={"label": LABEL_SESSION}):
         labels = entry.get("Labels") or {}
@@ -323,7 +361,7 @@ def engine_objects(api: Any) -> Tuple[List[Dict[str, Any]], Set[str], Set[str]]:
             str(part), "sandbox")  # fmt: skip
         objects.append({"kind": "container", "name": disk.container_name(entry),
                         "id": str(entry["Id"]), "session": session, "labels": labels,
-                        "what": what})  # fmt: skip
+                        "what": what, "running": entry.get("State") in RUNNING_STATES})  # fmt: skip
     for entry in api.networks():
         labels = entry.get("Labels") or {}
         match = _NETWORK_NAME.match(str(entry.get("Name") or ""))
@@ -332,8 +370,9 @@ def engine_objects(api: Any) -> Tuple[List[Dict[str, Any]], Set[str], Set[str]]:
             continue
         if not is_session_id(session):
             continue
+        in_use = bool({str(entry["Name"]), str(entry["Id"])} & running_uses)
         objects.append({"kind": "network", "name": str(entry["Name"]), "id": str(entry["Id"]),
-                        "session": session, "labels": labels})  # fmt: skip
+                        "session": session, "labels": labels, "in_use": in_use})  # fmt: skip
     for entry in (api.volumes() or {}).get("Volumes") or []:
         labels = entry.get("Labels") or {}
         match = _VOLUME_NAME.match(str(entry.get("Name") or ""))
@@ -344,7 +383,8 @@ def engine_objects(api: Any) -> Tuple[List[Dict[str, Any]], Set[str], Set[str]]:
             continue
         objects.append({"kind": "volume", "name": str(entry["Name"]), "id": str(entry["Name"]),
                         "session": session, "labels": labels,
-                        "mountpoint": entry.get("Mountpoint")})  # fmt: skip
+                        "mountpoint": entry.get("Mountpoint"),
+                        "in_use": str(entry["Name"]) in running_uses})  # fmt: skip
     return objects, used_images, engine_sessions
 
 
@@ -464,7 +504,8 @@ def secret_dirs(parent: str = SECRETS_PARENT) -> List[Dict[str, Any]]:
             continue  # another account's: not ours to judge
         size, newest, _ = _measure(path)
         found.append({"session": session, "path": path, "bytes": size,
-                      "newest": max(newest, st.st_mtime)})  # fmt: skip
+                      "newest": max(newest, st.st_mtime), "uid": st.st_uid, "dev": st.st_dev,
+                      "ino": st.st_ino})  # fmt: skip
     return found
 
 
@@ -494,8 +535,6 @@ def work_verdict(
     """Whether a checkout (or a snapshot of one) holds work the laptop never pulled:
     {state: none | empty | pulled | unpulled | unknown, commit, why}. Never runs git in the
     agent's repository (review.Scratch borrows its objects)."""
-    from agent_host import review
-
     if not os.path.isdir(work) or os.path.islink(work):
         return {"state": "none", "commit": None, "why": None}
     try:
@@ -503,32 +542,61 @@ def work_verdict(
             return {"state": "empty", "commit": None, "why": None}
     except OSError as exc:
         return {"state": "unknown", "commit": None, "why": "cannot list it: %s" % exc.strerror}
-    clone = os.path.isdir(os.path.join(work, ".git"))
     try:
-        with _scratch(root) as scratch:
-            if clone:
-                commit = review._snapshot(scratch, work)[0]
-            else:
-                commit = scratch.tree_of(work, None, force=True)
+        if record is not None:
+            return _recorded_verdict(root, work, record)
+        return _unrecorded_verdict(root, work, mirror_objects)
     except RemoteError as exc:
         return {"state": "unknown", "commit": None, "why": exc.message}
-    if record is not None:
-        launch = record.get("launch_commit") or (record.get("spec") or {}).get("launch_commit")
-        pulled = commit == record.get("pulled_commit") or (clone and commit == launch)
-        return {"state": "pulled" if pulled else "unpulled", "commit": commit,
-                "why": None if pulled else "it was never pulled"}  # fmt: skip
-    if not clone:
-        return {"state": "unknown", "commit": commit, "why": "a copy checkout with no record"}
+    except OSError as exc:  # a full disk cannot hold the scratch repository: keep, go on
+        return {"state": "unknown", "commit": None,
+                "why": "cannot check it: %s" % (exc.strerror or exc)}  # fmt: skip
+
+
+def _recorded_verdict(root: str, work: str, record: Dict[str, Any]) -> Dict[str, Any]:
+    """What `rm` checks (agent_host/review.py): the record's pulled (or launch) commit."""
+    from agent_host import review
+
+    clone = os.path.isdir(os.path.join(work, ".git"))
+    with _scratch(root) as scratch:
+        if clone:
+            commit = review._snapshot(scratch, work)[0]
+        else:
+            commit = scratch.tree_of(work, None, force=True)
+    launch = record.get("launch_commit") or (record.get("spec") or {}).get("launch_commit")
+    pulled = commit == record.get("pulled_commit") or (clone and commit == launch)
+    return {"state": "pulled" if pulled else "unpulled", "commit": commit,
+            "why": None if pulled else "it was never pulled"}  # fmt: skip
+
+
+def _unrecorded_verdict(root: str, work: str, mirror_objects: List[str]) -> Dict[str, Any]:
+    """Without a record, clone and copy cannot be told apart (a copy of a git workspace has a
+    .git too): pulled only if the whole tree, ignored files included, is HEAD's and HEAD is in a
+    workspace mirror here. Anything else is unpulled."""
+    from agent_host import review
+
+    if not os.path.isdir(os.path.join(work, ".git")):
+        with _scratch(root) as scratch:
+            tree = scratch.tree_of(work, None, force=True)
+        return {"state": "unknown", "commit": tree, "why": "a copy checkout with no record"}
+    with _scratch(root) as scratch:
+        scratch.borrow_objects(work)
+        head = review._agent_head(scratch, work)
+        head_tree = scratch.git(["rev-parse", head + "^{tree}"])
+        tree = scratch.tree_of(work, head_tree, force=True)
+    if tree != head_tree:
+        return {"state": "unpulled", "commit": head, "why": "its files (ignored ones included) "
+                "differ from its HEAD %s: treated as unpulled" % head[:12]}  # fmt: skip
     if mirror_objects:
         with _scratch(root) as scratch:
             with open(os.path.join(scratch.git_dir, "objects", "info", "alternates"), "w") as fh:
                 fh.write("".join(path + "\n" for path in mirror_objects))
-            if scratch.has_commit(commit):
-                return {"state": "pulled", "commit": commit, "why": None}
+            if scratch.has_commit(head):
+                return {"state": "pulled", "commit": head, "why": None}
     return {
         "state": "unpulled",
-        "commit": commit,
-        "why": "commit %s is in no workspace mirror here: treated as unpulled" % commit[:12],
+        "commit": head,
+        "why": "commit %s is in no workspace mirror here: treated as unpulled" % head[:12],
     }
 
 
@@ -593,7 +661,7 @@ def collect(ctx: Context, params: Message) -> Dict[str, Any]:
     engine_error = None
     objects: List[Dict[str, Any]] = []
     used_images: Set[str] = set()
-    engine_sessions: Set[str] = set()
+    engine_sessions: Optional[Set[str]] = None  # None: the engine's containers are not known
     images: List[Dict[str, Any]] = []
     api = None
     try:
@@ -611,9 +679,16 @@ def collect(ctx: Context, params: Message) -> Dict[str, Any]:
     now = time.time()
     store = Store(root)
     try:
+        read_only = store.read_only  # a full disk: its view may miss recent records
         full = {r["id"]: r for r in store.all(include_purged=True)}
     finally:
         store.close()
+    if read_only and apply:
+        raise RemoteError(E_FAILED, "the host's disk is full: the state database opened "
+                          "read-only and may miss recent records, so gc cannot tell what no "
+                          "record owns; free space on the host first, then run gc --apply",
+                          {"hint": "`jackin-remote du` shows what jackin holds there, "
+                           "`jackin-remote gc` (a dry run) what may be left over"})  # fmt: skip
     records = {sid: str(r["state"]) for sid, r in full.items()}
     live = [r for r in full.values() if r["state"] != "purged"]
     rid = ownership.this_root_id(root)
@@ -644,11 +719,46 @@ def collect(ctx: Context, params: Message) -> Dict[str, Any]:
         if not entry["alive"] and entry["session"] not in removed_dirs:
             items.append(item("file", entry["path"], entry["session"],
                               "pid file of an egress proxy that is not running", 0))  # fmt: skip
-    items += classify_secrets(secrets, records, engine_sessions, now, min_age)
+    items += classify_secrets(secrets, records, engine_sessions, now, min_age, engine_error)
+    hold_session_dirs(items)
+    if read_only:
+        for found in items:
+            if found["action"] == REMOVE and rests_on_missing_records(found):
+                keep(found, READ_ONLY_BECAUSE)
     if apply:
         remove_all(root, api, items)
     return {"applied": apply, "min_age": min_age, "items": items, "other_roots": others,
             "unattributed": unattributed, "engine_error": engine_error}  # fmt: skip
+
+
+def rests_on_missing_records(found: Dict[str, Any]) -> bool:
+    """Whether an orphan was judged so because no (live) record names it: what a stale view of
+    the records cannot tell. A purged record, a gone root or a dead proxy's pid file can."""
+    if found["kind"] in ("image", "process"):
+        return True  # no live record names it / its session may have a newer record
+    if found["what"] in ("role-context", "workspace-mirror"):
+        return True
+    return "no record of session" in str(found["reason"])
+
+
+def hold_session_dirs(items: List[Dict[str, Any]]) -> None:
+    """Keep the directories of a session any of whose containers stays (kept, or its removal
+    failed): it may still use them."""
+    held: Dict[str, str] = {}
+    for found in items:
+        if found["kind"] != "container" or not found["session"]:
+            continue
+        if found["action"] == KEEP:
+            held.setdefault(str(found["session"]), "%s is kept: %s" % (
+                found["name"], found["kept_because"]))  # fmt: skip
+        elif found.get("removed") is False:
+            held.setdefault(str(found["session"]), "removing %s failed: %s" % (
+                found["name"], found.get("error")))  # fmt: skip
+    for found in items:
+        if (found["kind"] == "directory" and found["action"] == REMOVE
+                and found["session"] in held):  # fmt: skip
+            keep(found, "a container of session %s remains (%s)" % (
+                found["session"], held[str(found["session"])]))  # fmt: skip
 
 
 def _spec_image(record: Dict[str, Any]) -> str:
@@ -697,6 +807,8 @@ def remove_all(root: str, api: Any, items: List[Dict[str, Any]]) -> None:
     """Remove every item marked `remove`, in an order that frees what holds the next (a proxy,
     then containers, then their networks and volumes, ...). Each result is set on the item."""
     for kind in ORDER:
+        if kind == "directory":
+            hold_session_dirs(items)  # a container whose removal failed keeps its session's
         for found in items:
             if found["kind"] != kind or found["action"] != REMOVE:
                 continue
@@ -740,11 +852,57 @@ def _remove_one(root: str, api: Any, found: Dict[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(found["name"])
     elif kind == "secrets":
-        if os.path.isdir(found["name"]):
-            os.chmod(found["name"], 0o700)
-            shutil.rmtree(found["name"])
+        remove_secrets(found)
     elif kind == "directory":
         _remove_dir(root, found)
+
+
+def remove_secrets(found: Dict[str, Any]) -> None:
+    """A /dev/shm/jackin-secrets-<id> directory, never following a link: /dev/shm is
+    world-writable, and its entry may have been swapped for a link (to /etc...) since it was
+    listed. Only the directory listed (same device and inode), owned by the uid seen then (ours
+    unless gc runs as root), is emptied through its descriptor."""
+    path = str(found["name"])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return  # gone meanwhile (an rm ran)
+    except OSError as exc:
+        raise RemoteError(E_FAILED, "%s is not a plain directory now (%s): left alone"
+                          % (path, exc.strerror or exc)) from None  # fmt: skip
+    try:
+        st = os.fstat(fd)
+        expected = found.get("uid") if os.getuid() == 0 else os.getuid()
+        same = (found.get("dev"), found.get("ino")) in ((None, None), (st.st_dev, st.st_ino))
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != expected or not same:
+            raise RemoteError(E_FAILED, "%s is not the directory gc listed: left alone" % path)
+        os.fchmod(fd, 0o700)
+        _empty_dir_fd(fd, st.st_uid)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _empty_dir_fd(fd: int, uid: int, depth: int = 0) -> None:
+    """Remove everything in the directory open at `fd`, by names relative to it, never
+    following a link (a subdirectory, unexpected, is opened O_NOFOLLOW and emptied the same)."""
+    for name in os.listdir(fd):
+        st = os.lstat(name, dir_fd=fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=fd)
+            continue
+        if depth >= 8:
+            raise RemoteError(E_FAILED, "a secrets directory nested too deep: left alone")
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        try:
+            if os.fstat(sub).st_uid != uid:
+                raise RemoteError(E_FAILED, "a secrets directory holds another account's "
+                                  "directory: left alone")  # fmt: skip
+            os.fchmod(sub, 0o700)
+            _empty_dir_fd(sub, uid, depth + 1)
+        finally:
+            os.close(sub)
+        os.rmdir(name, dir_fd=fd)
 
 
 def _engine_call(call: Callable[[], Any]) -> None:

@@ -12,6 +12,10 @@ labelled with the root's id (`<root>/root-id`) and path:
 - no root label (made by an agent before these labels, or by hand): ours only if this root has a
   record or a directory of its session, else unattributed and left alone.
 
+A root judged gone because its path does not exist here (ENOENT) is no proof: it may be another
+user's home, not mounted now, or a root in another mount namespace. gc (agent_host/gc.py) never
+removes on that ground alone a running container, nor a volume or network one uses.
+
 Python 3.9 compatible.
 """
 

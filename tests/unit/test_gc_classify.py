@@ -310,3 +310,197 @@ def test_guard_work_keeps_a_directory_with_unpulled_work_and_says_how_to_recover
     gc.guard_work(str(root), found, {}, gc.mirror_object_dirs(str(root)))
     assert found["action"] == gc.KEEP and "never pulled" in found["kept_because"]
     assert found["recover"]["path"] == str(work) and found["recover"]["clone"] is True
+
+
+def test_a_copy_checkout_with_a_git_dir_and_ignored_files_is_unpulled_without_a_record(
+    root: Path,
+) -> None:
+    """A copy of a git workspace has a .git too: only a tree that is HEAD's whole, ignored
+    files included, counts as pulled."""
+    work = root / "sessions" / SID / "work"
+    mirror = root / "workspaces" / "ws" / "mirror"
+    (mirror / ".gitignore").write_text("*.log\n")
+    git(mirror, "add", ".")
+    git(mirror, "commit", "-qm", "ignore logs")
+    git(work, "pull", "-q")
+    assert verdict(root)["state"] == "pulled"
+    (work / "results.log").write_text("the agent's only output\n")
+    found = verdict(root)
+    assert found["state"] == "unpulled" and "ignored" in found["why"]
+    assert found["commit"] == git(work, "rev-parse", "HEAD")
+
+
+def test_a_full_disk_under_the_scratch_repository_keeps_the_item(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(**_: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gc.tempfile, "mkdtemp", full)
+    found = verdict(root)
+    assert found["state"] == "unknown" and "No space left on device" in found["why"]
+    kept = gc.item("directory", str(root / "sessions" / SID), SID, "no record", 1, "session-dir")
+    gc.guard_work(str(root), kept, {}, [])
+    assert kept["action"] == gc.KEEP and "No space left" in kept["kept_because"]
+    assert verdict(root, {"pulled_commit": None})["state"] == "unknown"
+
+
+# -- what runs, what the engine could not say, what removal must not follow ----------------------
+def test_a_gone_roots_running_container_and_what_it_uses_are_kept() -> None:
+    gone = {ownership.LABEL_ROOT: THEIR_ID, ownership.LABEL_ROOT_PATH: "/home/else/root"}
+    objects = [
+        dict(obj("container", "up", GONE, gone), running=True),
+        dict(obj("container", "down", GONE, gone), running=False),
+        dict(obj("volume", "jk-4567efgh-v0", GONE, gone), in_use=True),
+        dict(obj("network", "jk-4567efgh-egress", GONE, gone), in_use=True),
+        dict(obj("network", "jk-4567efgh-docker", GONE, gone), in_use=False),
+        dict(obj("container", "ours-up", ENDED, ours()), running=True),
+    ]
+    missing = {"/home/else/root": ownership.ROOT_MISSING}.__getitem__
+    found, _, _ = gc.classify_engine(objects, RECORDS, set(), OUR_ID, "/r", missing)
+    by_name = {f["name"]: f for f in found}
+    for name in ("up", "jk-4567efgh-v0", "jk-4567efgh-egress"):
+        assert by_name[name]["action"] == gc.KEEP
+        assert by_name[name]["kept_because"].startswith("running")
+    assert by_name["down"]["action"] == by_name["jk-4567efgh-docker"]["action"] == gc.REMOVE
+
+
+class _Engine:
+    """The engine's low-level answers, as disk.Engine gives them."""
+
+    def containers(self, all: bool = False, filters: Any = None) -> Any:
+        gone = {ownership.LABEL_ROOT: THEIR_ID, ownership.LABEL_ROOT_PATH: "/gone",
+                "jackin.session": GONE}  # fmt: skip
+        user = {"Id": "u1", "Names": ["/user"], "State": "running", "Labels": {},
+                "Mounts": [{"Type": "volume", "Name": "jk-4567efgh-v0"}],
+                "NetworkSettings": {"Networks": {"x": {"NetworkID": "net-egress"}}}}  # fmt: skip
+        sandbox = {"Id": "c1", "Names": ["/jk-4567efgh"], "State": "exited", "Labels": gone}
+        return [sandbox] if filters else [user, sandbox]
+
+    def networks(self) -> Any:
+        labels = {ownership.LABEL_ROOT: THEIR_ID, ownership.LABEL_ROOT_PATH: "/gone"}
+        return [{"Name": "jk-4567efgh-egress", "Id": "net-egress", "Labels": labels},
+                {"Name": "jk-4567efgh-docker", "Id": "net-docker", "Labels": labels}]  # fmt: skip
+
+    def volumes(self) -> Any:
+        return {"Volumes": [{"Name": n, "Labels": {}} for n in ("jk-4567efgh-v0",
+                                                                "jk-4567efgh-v1")]}  # fmt: skip
+
+
+def test_the_engine_listing_says_what_runs_and_what_running_containers_use() -> None:
+    objects, _, sessions = gc.engine_objects(_Engine())
+    found = {o["name"]: o for o in objects}
+    assert found["jk-4567efgh"]["running"] is False and sessions == {GONE}
+    assert found["jk-4567efgh-egress"]["in_use"] and not found["jk-4567efgh-docker"]["in_use"]
+    assert found["jk-4567efgh-v0"]["in_use"] and not found["jk-4567efgh-v1"]["in_use"]
+
+
+def test_without_the_engines_containers_every_secrets_directory_is_kept() -> None:
+    entries = [
+        {"session": s, "path": "/dev/shm/jackin-secrets-" + s, "bytes": 8, "newest": 0.0}
+        for s in (SID, GONE, PURGED)
+    ]
+    found = gc.classify_secrets(entries, RECORDS, None, NOW, 600, "socket refused")
+    assert [f["session"] for f in found] == [GONE, PURGED]
+    assert all(f["action"] == gc.KEEP and "socket refused" in f["kept_because"] for f in found)
+
+
+def secrets_item(path: Path) -> dict[str, Any]:
+    (entry,) = [e for e in gc.secret_dirs(str(path.parent)) if e["path"] == str(path)]
+    return gc.classify_secrets([entry], {}, set(), NOW, 0)[0]
+
+
+def test_secrets_removal_never_follows_a_link_swapped_in(tmp_path: Path) -> None:
+    shm = tmp_path / "shm"
+    path = shm / ("jackin-secrets-" + GONE)
+    path.mkdir(parents=True)
+    (path / "TOKEN").write_text("s3cret")
+    os.chmod(path / "TOKEN", 0o400)
+    os.chmod(path, 0o500)
+    found = secrets_item(path)
+    # Swapped after the listing: a link to a directory gc must never chmod or empty.
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (victim / "passwd").write_text("root\n")
+    os.chmod(victim, 0o755)
+    path.rename(shm / "listed")  # still there: a new directory cannot reuse its inode
+    path.symlink_to(victim)
+    with pytest.raises(gc.RemoteError, match="not a plain directory"):
+        gc.remove_secrets(found)
+    assert (victim / "passwd").exists() and (victim.stat().st_mode & 0o777) == 0o755
+    # Another directory put in its place (not the one listed) is left alone too.
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_text("x")
+    with pytest.raises(gc.RemoteError, match="not the directory gc listed"):
+        gc.remove_secrets(found)
+    assert (path / "x").exists()
+
+
+def test_secrets_removal_empties_the_listed_directory_through_its_descriptor(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shm" / ("jackin-secrets-" + GONE)
+    path.mkdir(parents=True)
+    for name in ("A", "B"):
+        (path / name).write_text("v")
+        os.chmod(path / name, 0o400)
+    (path / "link").symlink_to(tmp_path)  # unlinked, never followed
+    os.chmod(path, 0o500)
+    gc.remove_secrets(secrets_item(path))
+    assert not path.exists() and tmp_path.exists()
+    gc.remove_secrets(gc.item("secrets", str(path), GONE, "gone"))  # already gone: nothing
+
+
+def test_a_sessions_directories_stay_while_one_of_its_containers_does(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    session_dir = root / "sessions" / GONE
+    (session_dir / "mounts").mkdir(parents=True)
+    items = [
+        gc.item("container", "jk-" + GONE, GONE, "no record", id="c1", what="sandbox"),
+        gc.item("directory", str(session_dir), GONE, "no record", 1, "session-dir"),
+    ]
+    gc.remove_all(str(root), None, items)  # the engine is unreachable: the container stays
+    assert items[0]["removed"] is False and session_dir.is_dir()
+    assert items[1]["action"] == gc.KEEP and "remains" in items[1]["kept_because"]
+    assert "not reachable" in items[1]["kept_because"]
+    kept = [gc.keep(gc.item("container", "up", GONE, "gone root", id="c2"), "running"),
+            gc.item("directory", str(session_dir), GONE, "no record", 1, "snapshots")]  # fmt: skip
+    gc.hold_session_dirs(kept)
+    assert kept[1]["action"] == gc.KEEP and "up is kept: running" in kept[1]["kept_because"]
+
+
+class _ReadOnlyStore:
+    read_only = True
+
+    def __init__(self, root: str) -> None:
+        pass
+
+    def all(self, include_purged: bool = False) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_gc_on_a_read_only_state_db_refuses_apply_and_doubts_missing_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    session_dir = root / "sessions" / GONE
+    (session_dir / "mounts").mkdir(parents=True)
+
+    def no_engine() -> Any:
+        raise OSError("no engine here")
+
+    monkeypatch.setattr(gc, "Store", _ReadOnlyStore)
+    monkeypatch.setattr(gc.disk, "_api", no_engine)
+    monkeypatch.setattr(gc, "secret_dirs", lambda: [])
+    monkeypatch.setattr(gc, "proxy_processes", lambda root: [])
+    ctx = type("Ctx", (), {"root": str(root)})()
+    with pytest.raises(gc.RemoteError, match=r"disk is full.*free space"):
+        gc.collect(ctx, {"apply": True, "min_age": 0})  # type: ignore[arg-type]
+    assert session_dir.is_dir()
+    answer = gc.collect(ctx, {"min_age": 0})  # type: ignore[arg-type]
+    (found,) = [f for f in answer["items"] if f["name"] == str(session_dir)]
+    assert found["action"] == gc.KEEP and "read-only" in found["kept_because"]
