@@ -13,6 +13,7 @@ RPCs:
     snapshot.take {id, policy?} -> SnapshotInfo                   (reason: manual)
     snapshot.list {id} -> {snapshots: [SnapshotInfo], state}
     snapshot.restore {id, snapshot?, stop?, policy?} -> {restored, pre_restore, stopped, ...}
+        (pre_restore leaves out only what both the policy and the restored snapshot leave out)
     snapshot.diff {id, snapshot} -> {text, stat, from, truncated}  (like session.diff)
 `session.create` takes one before the agent starts (spec.snapshots.before_start); `session.rm`
 keeps them and `session.rm {purge}` removes them (`purge`).
@@ -20,10 +21,13 @@ keeps them and `session.rm {purge}` removes them (`purge`).
 Incremental: a file whose stat key (inode, ctime, size, mtime, mode) is the one the previous
 snapshot recorded is a hard link to that snapshot's copy, read not at all; the ctime cannot be
 set back by the agent (utime sets it to now), so a rewritten file is never mistaken for an
-unchanged one. A file whose key changed but whose size did not is compared byte for byte with
-the previous copy and linked when equal (after a restore every inode is new). Anything else is
-copied (copy_file_range). Snapshot files are never written after they are made, and a restore
-copies out of them, never links: a checkout never shares an inode with a snapshot.
+unchanged one. A key whose ctime is within 2 s of the previous snapshot's taken_at is racy (a
+same-size write in the tick of that snapshot's fstat keeps it, like git's racy index entries):
+such a file is compared, not trusted. A file whose key changed but whose size did not is
+compared byte for byte with the previous copy and linked when equal (after a restore every inode
+is new). Anything else is copied (copy_file_range). Snapshot files are never written after they
+are made, and a restore copies out of them, never links: a checkout never shares an inode with a
+snapshot.
 
 The checkout is the agent's, so it is read as hostile: every directory is opened relative to
 its parent with O_NOFOLLOW (a link swapped in is never followed out of the checkout), symlinks
@@ -67,7 +71,8 @@ MANIFEST = "manifest.json.gz"
 LOCK = ".lock"
 STAGING_PREFIX = ".new-"
 MAX_DEPTH = 100  # directories below the checkout; deeper ones are skipped (3 fds a level)
-MAX_ENTRIES = 1000000  # entries in one snapshot; past that the rest is skipped
+MAX_ENTRIES = 1000000  # entries listed (excluded ones too); past that the rest is skipped
+RACY_NS = 2 * 10**9  # a ctime this close to the previous snapshot's taken_at: compare the bytes
 RESERVE_BYTES = 256 * 1024 * 1024  # free space a snapshot never takes
 CHUNK = 1024 * 1024
 FILE_MODE, EXEC_MODE, DIR_MODE = 0o444, 0o555, 0o555
@@ -167,6 +172,15 @@ def restore_choice(snapshots: Sequence[Tuple[str, str]], wanted: Optional[str]) 
     return chosen[-1]
 
 
+def before_restore_excludes(current: Sequence[str], restored: Sequence[str]) -> Tuple[str, ...]:
+    """What the snapshot before a restore leaves out: only the patterns both the current policy
+    and the snapshot being restored left out. Whatever the restored snapshot holds (`build/`
+    kept with "!build" then, excluded now), the one before it holds too: the restore moves
+    only excluded trees the restored snapshot has no copy of, and drops the rest. Pure."""
+    both = set(restored)
+    return tuple(p for p in current if p in both)
+
+
 def shown_name(path: str) -> str:
     """A checkout path as text that any JSON encoder and terminal takes: bytes that are not
     UTF-8 become U+FFFD (it is shown, never used as a path)."""
@@ -178,9 +192,17 @@ class _Taker:
     """Copies one checkout into a snapshot tree, linking what the previous one already holds."""
 
     def __init__(self, patterns: Sequence[str], previous: Dict[str, Row], free_bytes: int,
-                 strict_space: bool = True) -> None:  # fmt: skip
+                 strict_space: bool = True,
+                 previous_at: Optional[float] = None) -> None:  # fmt: skip
         self.excluded = Excluder(patterns)
         self.previous = previous
+        # Racy rows (git's racy index entries): a same-size write in the clock tick of the
+        # previous snapshot's fstat leaves the key it recorded, so a row whose ctime is not
+        # clearly before that snapshot was taken is never trusted on its key alone (nor any
+        # row when that time is unknown).
+        self.racy_from = (
+            -1 if previous_at is None else int(previous_at * 10**9) - RACY_NS
+        )  # fmt: skip
         self.budget = free_bytes
         # A file that does not fit fails the snapshot (loudly, nothing kept); only the snapshot
         # before a restore skips it and names it, so an agent cannot block its own restore.
@@ -196,19 +218,33 @@ class _Taker:
         if len(self.sample) < MAX_SKIPPED_SAMPLE:
             self.sample.append("%s (%s)" % (shown_name(path), why))
 
+    def names(self, src: int, parts: Tuple[str, ...]) -> List[str]:
+        """A directory's names, sorted; every one counts toward MAX_ENTRIES (excluded ones too)
+        and the listing stops past it, so a directory of millions of names is never held
+        whole: what is held is bounded by the entries left."""
+        room = MAX_ENTRIES - self.entries
+        names: List[str] = []
+        with os.scandir(src) as listing:
+            for entry in listing:
+                if len(names) >= room:
+                    self.skip("/".join(parts) or ".", "more than %d entries: the rest of this "
+                              "directory" % MAX_ENTRIES)  # fmt: skip
+                    break
+                names.append(entry.name)
+        self.entries += len(names)
+        names.sort()
+        return names
+
     def walk(
         self, src: int, dst: int, prev: Optional[int], parts: Tuple[str, ...], depth: int
     ) -> None:
-        with os.scandir(src) as listing:
-            names = sorted(entry.name for entry in listing)
-        previous, counts, excluded = self.previous, self.counts, self.excluded
+        names = self.names(src, parts)
+        previous, counts, excluded, racy_from = (
+            self.previous, self.counts, self.excluded, self.racy_from)  # fmt: skip
         top = not parts
         prefix = "/".join(parts) + "/" if parts else ""
         for name in names:
             path = prefix + name
-            if self.entries >= MAX_ENTRIES:
-                self.skip(path, "more than %d entries" % MAX_ENTRIES)
-                continue
             try:
                 info = os.stat(name, dir_fd=src, follow_symlinks=False)
             except FileNotFoundError:
@@ -218,7 +254,6 @@ class _Taker:
                 counts["excluded"] += 1
                 self.excluded_paths.append(sub)
                 continue
-            self.entries += 1
             mode = info.st_mode
             if stat.S_ISREG(mode):
                 # As the previous snapshot recorded it (its kernel-set ctime too): linked, not
@@ -226,7 +261,8 @@ class _Taker:
                 old = previous.get(path)
                 if (
                     prev is not None and old is not None and old[5] == info.st_ino
-                    and old[6] == info.st_ctime_ns and old[4] == info.st_mtime_ns
+                    and old[6] == info.st_ctime_ns and old[6] < racy_from
+                    and old[4] == info.st_mtime_ns
                     and old[3] == info.st_size and old[2] == mode & 0o7777 and old[0] == "f"
                     and _link(prev, dst, name)
                 ):  # fmt: skip
@@ -485,23 +521,30 @@ def take(root: str, session_id: str, reason: str, policy: SnapshotPolicy) -> Sna
 
 
 def _take(
-    root: str, session_id: str, reason: str, policy: SnapshotPolicy
+    root: str,
+    session_id: str,
+    reason: str,
+    policy: SnapshotPolicy,
+    patterns: Optional[Sequence[str]] = None,
 ) -> Tuple[SnapshotInfo, List[Tuple[str, ...]]]:
-    """Take one (the lock held): its info, and the checkout's paths the excludes left out."""
+    """Take one (the lock held): its info, and the checkout's paths the excludes left out.
+    `patterns`: what to leave out, when not the policy's (the snapshot before a restore)."""
+    excludes = tuple(policy.patterns if patterns is None else patterns)
     base = layout.snapshots_dir(root, session_id)
     for name in os.listdir(base):  # what a snapshot interrupted by a crash left
         if name.startswith(STAGING_PREFIX):
             remove_tree(os.path.join(base, name))
     ids = _ids(base)
     snap = "s%d" % ((number(ids[-1]) if ids else 0) + 1)
-    complete = [item.id for item in infos(root, session_id)]
-    previous = layout.snapshot_dir(root, session_id, complete[-1]) if complete else None
+    complete = infos(root, session_id)
+    previous = layout.snapshot_dir(root, session_id, complete[-1].id) if complete else None
     staging = os.path.join(base, STAGING_PREFIX + snap + "-" + secrets.token_hex(4))
     os.mkdir(staging, 0o700)
     try:
         os.mkdir(os.path.join(staging, TREE), 0o700)
-        taker = _Taker(policy.patterns, _manifest(previous) if previous else {},
-                       _free_bytes(base), strict_space=reason != "before-restore")  # fmt: skip
+        taker = _Taker(excludes, _manifest(previous) if previous else {}, _free_bytes(base),
+                       strict_space=reason != "before-restore",
+                       previous_at=complete[-1].taken_at if complete else None)  # fmt: skip
         src = os.open(layout.work_dir(root, session_id), _DIR_FLAGS)
         dst = os.open(os.path.join(staging, TREE), _DIR_FLAGS)
         prev = None if previous is None else _open_dir_path(os.path.join(previous, TREE))
@@ -515,7 +558,7 @@ def _take(
                 if fd is not None:
                     os.close(fd)
         info = SnapshotInfo(id=snap, session=session_id, taken_at=time.time(), reason=reason,
-                            skipped_sample=tuple(taker.sample), excludes=policy.patterns,
+                            skipped_sample=tuple(taker.sample), excludes=excludes,
                             **taker.counts)  # fmt: skip
         data = json.dumps(taker.rows, separators=(",", ":")).encode("utf-8", "surrogateescape")
         with open(os.path.join(staging, MANIFEST), "xb") as handle:
@@ -637,9 +680,11 @@ def _rebuild(tree: int, out: int, rows: Dict[str, Row], parts: Tuple[str, ...]) 
     return made
 
 
-def _keep_excluded(old: int, new: int, excluded: Sequence[Tuple[str, ...]]) -> None:
+def _keep_excluded(old: int, new: int, excluded: Sequence[Tuple[str, ...]],
+                   moved: List[Tuple[str, ...]]) -> None:  # fmt: skip
     """Move the rebuildable trees the snapshot left out (node_modules...) from the checkout
-    being replaced into the restored one, where the restored one has no such name."""
+    being replaced into the restored one, where the restored one has no such name; each one
+    moved is added to `moved` (as it goes: a failure part way moves those back)."""
     for parts in excluded:
         src, dst = _walk_to(old, parts[:-1]), _walk_to(new, parts[:-1])
         try:
@@ -650,12 +695,43 @@ def _keep_excluded(old: int, new: int, excluded: Sequence[Tuple[str, ...]]) -> N
                 continue  # the snapshot has this name: it wins
             except FileNotFoundError:
                 pass
-            with contextlib.suppress(OSError):
+            try:
                 os.rename(parts[-1], parts[-1], src_dir_fd=src, dst_dir_fd=dst)
+            except OSError:
+                continue
+            moved.append(parts)
         finally:
             for fd in (src, dst):
                 if fd is not None:
                     os.close(fd)
+
+
+def _move_back(new_work: str, work: str, moved: Sequence[Tuple[str, ...]]) -> bool:
+    """Put the excluded trees moved into a restored checkout that was not swapped in back into
+    the live one. Whether all of them went back."""
+    new, old = _open_dir_path(new_work), _open_dir_path(work)
+    done = True
+    try:
+        for parts in moved:
+            src: Optional[int] = None if new is None else _walk_to(new, parts[:-1])
+            dst: Optional[int] = None if old is None else _walk_to(old, parts[:-1])
+            try:
+                if src is None or dst is None:
+                    done = False
+                    continue
+                try:
+                    os.rename(parts[-1], parts[-1], src_dir_fd=src, dst_dir_fd=dst)
+                except OSError:
+                    done = False
+            finally:
+                for fd in (src, dst):
+                    if fd is not None:
+                        os.close(fd)
+    finally:
+        for held in (new, old):
+            if held is not None:
+                os.close(held)
+    return done
 
 
 def _walk_to(top: int, parts: Sequence[str]) -> Optional[int]:
@@ -675,7 +751,9 @@ def _walk_to(top: int, parts: Sequence[str]) -> Optional[int]:
 def _restore_checkout(root: str, record: Dict[str, Any], snap: str,
                       excluded: Sequence[Tuple[str, ...]]) -> int:  # fmt: skip
     """Replace the session's checkout with snapshot `snap`: rebuilt beside it, then swapped in
-    (two renames), then the old one removed. The checkout is the agent's again (root host)."""
+    (two renames), then the old one removed. The checkout is the agent's again (root host).
+    When any step fails the live checkout stays (renamed back if it was moved aside, its
+    excluded trees moved back), and nothing of it is removed."""
     from agent_host.sessions import _chown_tree, _rmtree
 
     session_id = record["id"]
@@ -686,8 +764,9 @@ def _restore_checkout(root: str, record: Dict[str, Any], snap: str,
                            ".restore-" + secrets.token_hex(4))  # fmt: skip
     os.mkdir(staging, 0o700)
     replaced = staging + "-old"
+    new_work = os.path.join(staging, "work")
+    moved: List[Tuple[str, ...]] = []
     try:
-        new_work = os.path.join(staging, "work")
         os.mkdir(new_work, 0o700)
         tree, out = os.open(os.path.join(snapdir, TREE), _DIR_FLAGS), os.open(new_work, _DIR_FLAGS)
         try:
@@ -695,7 +774,7 @@ def _restore_checkout(root: str, record: Dict[str, Any], snap: str,
             old = _open_dir_path(work)
             if old is not None:
                 try:
-                    _keep_excluded(old, out, excluded)
+                    _keep_excluded(old, out, excluded, moved)
                 finally:
                     os.close(old)
             top = rows.get("")
@@ -708,11 +787,30 @@ def _restore_checkout(root: str, record: Dict[str, Any], snap: str,
         if os.path.lexists(work):
             os.rename(work, replaced)
         os.rename(new_work, work)
-    finally:
-        for path in (replaced, staging):
-            if os.path.lexists(path):
-                _rmtree(path)
+    except BaseException:
+        _undo_restore(work, replaced, new_work, staging, moved)
+        raise
+    if os.path.lexists(replaced):  # only once the restored one is in place
+        _rmtree(replaced)
+    _rmtree(staging)
     return made
+
+
+def _undo_restore(work: str, replaced: str, new_work: str, staging: str,
+                  moved: Sequence[Tuple[str, ...]]) -> None:  # fmt: skip
+    """A restore that failed before its checkout was swapped in: the live one back in place
+    with its excluded trees; the rebuilt one removed only when nothing of the live one is in
+    it (else it stays beside the checkout and the error names it)."""
+    from agent_host.sessions import _rmtree
+
+    if os.path.lexists(replaced) and not os.path.lexists(work):
+        os.rename(replaced, work)
+    if moved and not _move_back(new_work, work, moved):
+        raise RemoteError(E_FAILED, "the restore failed part way and could not move all of the "
+                          "checkout's excluded trees back: what is missing from %s is in %s"
+                          % (work, new_work))  # fmt: skip
+    if os.path.lexists(staging):
+        _rmtree(staging)
 
 
 def _sandbox_running(record: Dict[str, Any]) -> bool:
@@ -798,8 +896,16 @@ def restore_handler(ctx: Context, params: Message) -> Dict[str, Any]:
         if _sandbox_running(_record(ctx.root, params)):  # started again meanwhile
             raise RemoteError(E_CONFLICT, "session %s was started again during the restore: "
                               "nothing was restored" % session_id)  # fmt: skip
-        snap = restore_choice([(i.id, i.reason) for i in infos(ctx.root, session_id)], wanted)
-        before, excluded = _take(ctx.root, session_id, "before-restore", policy)
+        known = infos(ctx.root, session_id)
+        snap = restore_choice([(i.id, i.reason) for i in known], wanted)
+        restored = next(i for i in known if i.id == snap)
+        before, excluded = _take(
+            ctx.root,
+            session_id,
+            "before-restore",
+            policy,
+            before_restore_excludes(policy.patterns, restored.excludes),
+        )
         made = _restore_checkout(ctx.root, record, snap, excluded)
         _prune(ctx.root, session_id, policy, protect=(before.id, snap))
     audit.record(ctx.root, session_id, "snapshot.restore", layout.work_dir(ctx.root, session_id),

@@ -6,11 +6,16 @@ hostile checkout."""
 
 from __future__ import annotations
 
+import errno
+import gzip
+import json
 import os
 import stat
 import subprocess
 from pathlib import Path
 from textwrap import dedent
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -338,7 +343,8 @@ def test_too_deep_too_many_and_too_large_are_skipped_and_named_never_fatal(
     assert "big.bin (5000 bytes: more than the free space)" in sample, sample
     assert not (_tree(root, "s1") / "big.bin").exists() and info.skipped == 2
     monkeypatch.setattr(snapshots, "MAX_ENTRIES", 1)
-    assert snapshots.take(str(root), SID, "before-restore", SnapshotPolicy()).skipped > 2
+    info = snapshots.take(str(root), SID, "before-restore", SnapshotPolicy())
+    assert ". (more than 1 entries: the rest of this directory)" in info.skipped_sample
 
 
 def test_any_other_snapshot_that_does_not_fit_fails_loudly_and_keeps_nothing(
@@ -385,3 +391,152 @@ def test_a_start_holds_the_lock_a_restore_swaps_under(tmp_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once started
     finally:
         os.close(fd)
+
+
+def _restore(root: Path, monkeypatch: pytest.MonkeyPatch, snap: str, policy: SnapshotPolicy,
+             ) -> dict[str, Any]:  # fmt: skip
+    """restore_handler with no docker and no state database: a stopped session."""
+    record = {"id": SID, "uid": None, "state": "stopped", "container": "jk-" + SID}
+
+    class NoStore:
+        def __init__(self, _root: str) -> None: ...
+        def get(self, _sid: str) -> None: ...
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(snapshots, "_record", lambda _root, _params: record)
+    monkeypatch.setattr(snapshots, "_sandbox_running", lambda _record: False)
+    monkeypatch.setattr(snapshots, "Store", NoStore)
+    ctx: Any = SimpleNamespace(root=str(root))
+    return snapshots.restore_handler(ctx, {"id": SID, "snapshot": snap,
+                                           "policy": policy.to_wire()})  # fmt: skip
+
+
+def test_a_tree_the_restored_snapshot_kept_but_the_policy_now_excludes_is_not_lost(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build/ was kept then ("!build"), is excluded now: the restore puts the snapshot's build/
+    in place, so the one before the restore must hold the current build/."""
+    work = _work(root)
+    (work / "build").mkdir()
+    (work / "build" / "out.txt").write_text("then\n")
+    _take(root, SnapshotPolicy(excludes=("!build",)))
+    (work / "build" / "out.txt").write_text("current work\n")
+    done = _restore(root, monkeypatch, "s1", SnapshotPolicy())
+    assert (work / "build" / "out.txt").read_text() == "then\n"
+    before = done["pre_restore"]["id"]
+    assert (_tree(root, before) / "build" / "out.txt").read_text() == "current work\n"
+    assert "build" not in done["pre_restore"]["excludes"]
+    assert "node_modules" in done["pre_restore"]["excludes"]  # excluded by both: left out
+    assert (work / "node_modules/pkg/index.js").read_text() == "rebuildable\n"  # and kept
+    assert snapshots.before_restore_excludes(("a", "b", "c"), ("c", "a")) == ("a", "c")
+
+
+@pytest.mark.parametrize("failing", ["aside", "in"])
+def test_a_restore_that_fails_at_the_swap_leaves_the_live_checkout_whole(
+    root: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    work = _work(root)
+    _take(root)
+    (work / "a.txt").write_text("current work\n")
+    _, excluded = snapshots._take(str(root), SID, "before-restore", SnapshotPolicy())
+    real = os.rename
+
+    def rename(src: Any, dst: Any, **kwargs: Any) -> None:
+        aside = str(src) == str(work) and not kwargs
+        into = str(dst) == str(work) and str(src).endswith("/work") and not kwargs
+        if (aside, into)[failing == "in"]:
+            raise OSError(errno.EIO, "injected")
+        real(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="injected"):
+        snapshots._restore_checkout(str(root), {"id": SID, "uid": None}, "s1", excluded)
+    monkeypatch.setattr(os, "rename", real)
+    assert (work / "a.txt").read_text() == "current work\n"
+    assert (work / "src/run.sh").exists()
+    assert (work / "node_modules/pkg/index.js").read_text() == "rebuildable\n"  # moved back
+    assert [p.name for p in work.parent.iterdir()] == ["work"]  # nothing else left
+
+
+def _rewrite(path: Path, change: Any) -> None:
+    """Edit a snapshot's (read-only) manifest or meta in place."""
+    os.chmod(path.parent, 0o755)
+    os.chmod(path, 0o644)
+    if path.name == snapshots.MANIFEST:
+        path.write_bytes(gzip.compress(json.dumps(change(json.loads(
+            gzip.decompress(path.read_bytes())))).encode()))  # fmt: skip
+    else:
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    os.chmod(path, 0o444)
+    os.chmod(path.parent, 0o555)
+
+
+def test_a_same_size_write_in_the_clock_tick_of_the_previous_snapshot_is_seen(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous snapshot recorded the file's key, and an in-place write of the same size
+    kept it (same tick): a key that recent is not trusted, the bytes are compared."""
+    _take(root)
+    target = _work(root) / "a.txt"
+    with open(target, "r+b") as handle:
+        handle.write(b"ONE\n")
+    key = snapshots._key(os.stat(target))
+    s1 = Path(layout.snapshot_dir(str(root), SID, "s1"))
+    _rewrite(s1 / snapshots.MANIFEST,
+             lambda rows: [r[:2] + key if r[1] == "a.txt" else r for r in rows])  # fmt: skip
+    second = _take(root)
+    assert (_tree(root, "s2") / "a.txt").read_text() == "ONE\n" and second.files_new == 1
+    # A key recorded well before the snapshot was taken is trusted: linked, not even read.
+    s2 = Path(layout.snapshot_dir(str(root), SID, "s2"))
+    _rewrite(s2 / snapshots.META, lambda meta: {**meta, "taken_at": meta["taken_at"] + 60})
+    monkeypatch.setattr(snapshots, "_same_content", lambda *_args: pytest.fail("read"))
+    third = _take(root)
+    assert (third.files_linked, third.files_new) == (2, 0)
+
+
+def test_every_listed_name_counts_toward_the_bound_and_a_huge_directory_is_not_listed_whole(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = _work(root)
+    (work / "logs").mkdir()
+    for n in range(40):
+        (work / "logs" / f"{n:02}.log").write_text("x\n")
+    monkeypatch.setattr(snapshots, "MAX_ENTRIES", 12)
+    listed = []
+    real = os.scandir
+
+    class Counting:
+        def __init__(self, fd: Any) -> None:
+            self.inner = real(fd)
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *_exc: Any) -> None:
+            self.inner.close()
+
+        def __iter__(self) -> Any:
+            for entry in self.inner:
+                listed.append(entry.name)
+                yield entry
+
+    monkeypatch.setattr(os, "scandir", Counting)
+    info = _take(root, SnapshotPolicy(excludes=("*.log",)))
+    monkeypatch.setattr(os, "scandir", real)
+    # a.txt, logs, node_modules, src, then 8 of logs/*.log (excluded, counted): 12.
+    assert info.files + info.dirs + info.links + info.excluded == 12
+    assert len(listed) <= 14  # logs/ and src/ each listed one name past what was left
+    assert info.skipped_sample == (
+        "logs (more than 12 entries: the rest of this directory)",
+        "src (more than 12 entries: the rest of this directory)",
+    )
+    # Under the bound, a directory's entries are taken in sorted order: deterministic.
+    monkeypatch.setattr(snapshots, "MAX_ENTRIES", 10**6)
+    _take(root)
+    rows = json.loads(
+        gzip.decompress(
+            (Path(layout.snapshot_dir(str(root), SID, "s2")) / snapshots.MANIFEST).read_bytes()
+        )
+    )
+    assert [r[1] for r in rows if r[1].startswith("logs/")] == [
+        f"logs/{n:02}.log" for n in range(40)]  # fmt: skip
