@@ -263,13 +263,36 @@ async def _serve(
     task = asyncio.ensure_future(run_forever(proxy, host, port, ready))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
+    watch = asyncio.ensure_future(_orphan_watch(root, session_id, task))
     try:
         await task
     except asyncio.CancelledError:
         pass
     finally:
+        watch.cancel()
         await proxy.close()
         store.close()
+
+
+WATCH_EVERY = 2.0  # seconds between two looks at whether this proxy is still the session's
+
+
+async def _orphan_watch(root: str, session_id: str, serving: "asyncio.Future[None]") -> None:
+    """Ends the proxy once it is nobody's: its session directory is gone (rm, a wiped root) or
+    another proxy's pid is in its pid file. A proxy left behind would hold its gateway address
+    and port, which a later network of the same subnet needs."""
+    while not serving.done():
+        await asyncio.sleep(WATCH_EVERY)
+        if orphaned(root, session_id, os.getpid()):
+            serving.cancel()
+            return
+
+
+def orphaned(root: str, session_id: str, pid: int) -> bool:
+    if not os.path.isdir(layout.session_dir(root, session_id)):
+        return True
+    owner = proxy_pid(root, session_id)
+    return owner is not None and owner != pid
 
 
 def _decided(host: str, port: int, rules: "tuple[Rule, ...]") -> "tuple[bool, str]":

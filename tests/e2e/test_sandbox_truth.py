@@ -172,7 +172,8 @@ def test_the_plan_names_the_paths_the_host_really_created(
     root = str(tmp_path / "host-root")
     paths = [effect["target"] for effect in session["contract"]["plan"]
              if effect["target"].startswith(root)]  # fmt: skip
-    assert len(paths) == 5, session["contract"]["plan"]  # agent, mirror, role, state db, checkout
+    # agent, mirror, role, state db, checkout, and the snapshot taken before the agent starts
+    assert len(paths) == 6, session["contract"]["plan"]
     for path in paths:
         assert Path(path).exists(), f"the plan names {path}, which the host never made"
     cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -123,3 +126,17 @@ def test_a_trailing_dot_in_a_pattern_still_matches() -> None:
     deny = rule("deny", "secret.example.com.", "--deny")
     assert not decide("secret.example.com", 443, [rule("allow", "**.example.com"), deny]).allowed
     assert str(parse_pattern("*.example.com.")) == "*.example.com"
+
+
+def test_a_proxy_whose_session_is_gone_knows_it_is_an_orphan(tmp_path: Path) -> None:
+    from agent_host import egressd, layout
+
+    root, sid = str(tmp_path), "abcd2345"
+    os.makedirs(layout.session_dir(root, sid))
+    assert not egressd.orphaned(root, sid, os.getpid())  # its session is there, no other proxy
+    with open(egressd.pid_file(root, sid), "w") as handle:
+        handle.write(f"{os.getpid()}\n")  # not a proxy's argv: no other proxy either
+    assert not egressd.orphaned(root, sid, os.getpid())
+    os.unlink(egressd.pid_file(root, sid))
+    os.rmdir(layout.session_dir(root, sid))  # rm, or a wiped root
+    assert egressd.orphaned(root, sid, os.getpid())
