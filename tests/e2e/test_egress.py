@@ -106,27 +106,47 @@ def local_servers() -> Iterator[tuple[str, int, int]]:
         server.server_close()
 
 
-def _fleet_servers(container: str) -> tuple[str, int, int]:
+# Runs on a fleet host: binds port 0 (the kernel picks a free one, so nothing else on the host
+# can hold it), writes the port (or why it could not bind) to a file, then serves.
+FLEET_SERVER = r"""
+import http.server, os, socketserver, sys, traceback
+address, report, tag = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def tell(text):
+    with open(report + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(report + ".tmp", report)
+
+try:
+    server = socketserver.ThreadingTCPServer((address, 0), http.server.SimpleHTTPRequestHandler)
+except BaseException:
+    tell("error " + traceback.format_exc())
+    sys.exit(1)
+tell(str(server.server_address[1]))
+server.serve_forever()
+"""
+
+
+def _fleet_servers(container: str, tag: str) -> tuple[str, int, int]:
     """Two HTTP servers on a fleet host's bridge address, started with docker exec: (address,
-    allowed port, denied port)."""
+    allowed port, denied port). Each is listening once its port file exists."""
     address = _bridge_address(["docker", "exec", container])
     ports = []
-    for _ in range(2):
-        port = 20000 + secrets.randbelow(20000)
-        subprocess.run(["docker", "exec", "-d", container, "python3", "-m", "http.server",
-                        str(port), "--bind", address, "--directory", "/tmp"],
-                       check=True)  # fmt: skip
-        ports.append(port)
-    check = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
-    for port in ports:
-        for _ in range(300):  # a bound on the server starting, never an expectation of time
-            done = subprocess.run(["docker", "exec", container, "python3", "-c", check,
-                                   address, str(port)], capture_output=True)  # fmt: skip
-            if done.returncode == 0:
+    for n in range(2):
+        report = f"/tmp/{tag}-{n}.port"
+        subprocess.run(["docker", "exec", "-d", "-w", "/tmp", container, "python3", "-c",
+                        FLEET_SERVER, address, report, tag], check=True)  # fmt: skip
+        for _ in range(600):  # a bound on the server starting, never an expectation of time
+            done = subprocess.run(["docker", "exec", container, "cat", report],
+                                  capture_output=True, text=True)  # fmt: skip
+            if done.returncode == 0 and done.stdout:
                 break
             time.sleep(0.2)
         else:
-            raise AssertionError(f"http server on {container}:{port} never listened")
+            raise AssertionError(f"http server on {container} never wrote {report}")
+        if not done.stdout.isdigit():
+            raise AssertionError(f"http server on {container} failed: {done.stdout}")
+        ports.append(int(done.stdout))
     return address, ports[0], ports[1]
 
 
@@ -145,13 +165,12 @@ def egress_host(
     root = f"/home/jackin/egress-{secrets.token_hex(4)}"
     add_host_copy(inventory, "fleet-1", "egress", root)
     container = fleet.container("fleet-1")
-    ports = _fleet_servers(container)
+    tag = f"egress-server-{secrets.token_hex(4)}"
+    ports = _fleet_servers(container, tag)
     try:
         yield "egress", inventory, ["docker", "exec", container], ports, root
     finally:
-        for port in ports[1:]:
-            subprocess.run(["docker", "exec", container, "pkill", "-f", f"http.server {port}"],
-                           capture_output=True)  # fmt: skip
+        subprocess.run(["docker", "exec", container, "pkill", "-f", tag], capture_output=True)
 
 
 def _logs(cli: CLI, inventory: Path, session: str) -> str:
