@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -67,6 +66,8 @@ def write_text(text: str, *, raw: bool = False) -> None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # only commands that run a coroutine pay for asyncio (and ssl)
+
     return asyncio.run(coro)
 
 

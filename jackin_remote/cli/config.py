@@ -8,14 +8,17 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from jackin_remote import config, paths
+from jackin_remote import paths
 from jackin_remote.cli.common import err, fail, options, out, print_json
 from jackin_remote.errors import JackinError, UsageError
 from jackin_remote.ui.safe import line, text
+
+if TYPE_CHECKING:
+    from jackin_remote import config
 
 app = typer.Typer(help="Launch defaults: the operator's config file and workspace configs.")
 
@@ -43,6 +46,8 @@ def launch_defaults(
 ) -> Defaults:
     """The values a launch uses: flags, then an approved workspace config, then the operator's.
     An unapproved workspace config is approved at a prompt (`interactive`) or refused."""
+    from jackin_remote import config
+
     operator, workspace_file = _files(workspace)
     applied = None if ignore_workspace else workspace_file
     # A file that sets no launch value (only [egress], approved by `policy approve`) needs none.
@@ -74,6 +79,8 @@ def interactive(as_json: bool) -> bool:
 
 
 def _files(workspace: Path) -> tuple[config.ConfigFile | None, config.ConfigFile | None]:
+    from jackin_remote import config
+
     operator_path = config.operator_config_path()
     operator = config.read_config(operator_path, relative_to=operator_path.parent)
     root = workspace.expanduser().absolute()
@@ -92,6 +99,8 @@ def _ask_approval(file: config.ConfigFile) -> bool:
 @app.command("show")
 def show(ctx: typer.Context, workspace: Path = WORKSPACE, as_json: bool = JSON) -> None:
     """Every path in use and each launch default with where it came from."""
+    from jackin_remote import config
+
     try:
         operator, ws_file = _files(workspace)
         status = config.approval_status(ws_file)
@@ -164,6 +173,8 @@ def _inventory_source(ctx: typer.Context) -> dict[str, Any]:
 def approve(workspace: Path = WORKSPACE, as_json: bool = JSON) -> None:
     """Approve a workspace's .jackin/config.toml as it is now (a later change needs a new
     approval)."""
+    from jackin_remote import config
+
     try:
         _, ws_file = _files(workspace)
         if ws_file is None:

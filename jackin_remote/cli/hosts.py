@@ -8,7 +8,6 @@ from typing import Any
 
 import typer
 
-from agent_host.wire import LIMIT_NAMES
 from jackin_remote.cli.common import (
     EXIT_SOME_HOSTS_FAILED,
     err,
@@ -32,6 +31,8 @@ WIDE = typer.Option(
 
 
 def _host_dict(host: Any) -> dict[str, Any]:
+    from agent_host.wire import LIMIT_NAMES
+
     return {
         "name": host.name, "transport": host.transport, "address": host.address,
         "port": host.port, "user": host.user, "identity_file": host.identity_file,

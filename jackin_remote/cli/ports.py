@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -59,6 +58,8 @@ def _list(ctx: typer.Context, ref: str, as_json: bool) -> None:
 
 
 async def _forward(ctx: typer.Context, ref: str, wanted: list[Any], as_json: bool) -> None:
+    import asyncio
+
     from agent_host.wire import ACTIVE_STATES
     from jackin_remote.fleet import Pool
     from jackin_remote.ports import serve

@@ -23,9 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-from tomlkit.exceptions import KeyAlreadyPresent, ParseError
-
 from agent_host.wire import (
     LIMIT_NAMES,
     MAX_CPUS,
@@ -289,6 +286,10 @@ _TOMLKIT_LOCATION_RE = re.compile(r" at line \d+ col \d+$")
 
 
 def _parse_toml(file: str, text: str) -> dict[str, Any]:
+    # Imported here: with no inventory file (the builtin local host) nothing is parsed.
+    import tomlkit
+    from tomlkit.exceptions import KeyAlreadyPresent, ParseError
+
     hint = "fix the TOML syntax (see https://toml.io)"
     try:
         return tomlkit.parse(text).unwrap()
