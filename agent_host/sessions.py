@@ -16,7 +16,7 @@ import time
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent_host import audit, layout, private_docker, snapshots, testhooks
+from agent_host import audit, layout, observe, private_docker, snapshots, testhooks
 from agent_host.procs import pid_alive
 from agent_host.protocol import (
     E_CONFLICT,
@@ -740,12 +740,68 @@ def engine_started_at(pid_file: str = "/var/run/docker.pid") -> Optional[float]:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def agent_status(state: str, mode: str) -> str:
+def agent_status(state: str, mode: str, observed: Optional[str] = None) -> str:
+    """What the agent is doing: while it runs, what its own output last said (its runtime's
+    events, a status tag), else what its mode suggests; once it ended, done or unknown."""
     if state == "running":
+        if observed in ("working", "blocked", "done"):
+            return observed
         return "working" if mode == "task" else "idle"
     if state == "exited":
         return "done"
     return "unknown"
+
+
+def _observe(record: Dict[str, Any], container: Any, state: str) -> Optional[Dict[str, Any]]:
+    """The session's new `scan` (agent_host/observe.py), or None when there is nothing to read
+    or it cannot be read now (never fails the listing)."""
+    scan = record.get("scan") if isinstance(record.get("scan"), dict) else None
+    if (scan or {}).get("final"):
+        return None
+    secrets = secret_values(record["id"])
+
+    def clean(text: str) -> str:
+        return redact(text, secrets)
+
+    try:
+        if record["mode"] == "interactive":
+            if state != "running":
+                return None
+            return observe.read_screen(_tmux_capture(container), scan, clean)
+
+        def logs(since: Optional[int]) -> str:
+            data = container.logs(stdout=True, stderr=True, timestamps=True, since=since)
+            return str(data.decode(errors="replace"))
+
+        fresh = observe.read_task_log(logs, record["runtime"], scan, clean, state != "running")
+    except Exception:
+        return None
+    fresh["final"] = state != "running"  # a container that ended writes no more
+    return fresh
+
+
+def _attach_observations(
+    store: Store, jobs: List[Tuple[Dict[str, Any], Any, str]], out: List[Dict[str, Any]]
+) -> None:
+    """Read each job's output (in parallel), record what changed, and show it in `out`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+        scans = list(pool.map(lambda job: _observe(*job), jobs))
+    entries = {entry["id"]: entry for entry in out}
+    for (record, _, state), scan in zip(jobs, scans):  # noqa: B905 - python 3.9
+        if scan is None:
+            continue
+        seen = observe.observed_fields(scan)
+        status = agent_status(state, record["mode"], seen["observed_status"])
+        fields = {"scan": scan, "links": seen["links"], "usage": seen["usage"],
+                  "agent_status": status}  # fmt: skip
+        if not store.read_only:
+            store.update(record["id"], **fields)
+        entry = entries.get(record["id"])
+        if entry is not None:
+            entry.update(links=fields["links"], usage=fields["usage"],
+                         agent_status=fields["agent_status"])  # fmt: skip
 
 
 def _stats(container: Any) -> Dict[str, Any]:
@@ -777,6 +833,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
         out = []
         want_stats = bool(params.get("stats", True))
         running = []
+        watched: List[Tuple[Dict[str, Any], Any, str]] = []
         for record in records:
             known.add(record["id"])
             container = containers.get(record["id"])
@@ -787,7 +844,8 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 fields: Dict[str, Any] = {"state": state, "exit_code": code, "reason": reason}
                 if state in ("exited", "crashed", "failed_setup") and not record["finished_at"]:
                     fields["finished_at"] = now
-                fields["agent_status"] = agent_status(state, record["mode"])
+                observed = ((record.get("scan") or {}).get("observed") or {}).get("status")
+                fields["agent_status"] = agent_status(state, record["mode"], observed)
                 if not store.read_only:  # a full disk: shown now, recorded once there is room
                     store.update(record["id"], **fields)
                 record.update(fields)
@@ -801,10 +859,15 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 private_docker.stop(client, record["id"], root=ctx.root)  # likewise its daemon
             if state == "running" and container is not None and want_stats:
                 running.append((record, container["container"]))
+            if container is not None and want_stats and state in ("running", "exited", "crashed",
+                                                                  "stopped"):  # fmt: skip
+                watched.append((record, container["container"], state))
             record["snapshots"] = _snapshot_count(ctx.root, record["id"])
             out.append(public_record(record))
         if running:
             _attach_stats(running, out)
+        if watched:
+            _attach_observations(store, watched, out)
         orphans = [
             {"session_id": sid, "container": info["container"].name, "status": info["status"]}
             for sid, info in containers.items()

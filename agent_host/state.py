@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     started_at REAL,
     finished_at REAL,
     updated_at REAL NOT NULL,
-    spec TEXT NOT NULL               -- the applied contract, secret values removed (JSON)
+    spec TEXT NOT NULL,              -- the applied contract, secret values removed (JSON)
+    links TEXT,                      -- what the agent's tags named, by kind (JSON)
+    usage TEXT,                      -- tokens and cost its runtime reported (JSON)
+    scan TEXT                        -- where reading its output got to (agent_host/observe.py)
 );
 -- What a session's egress proxy decided: one row per destination and decision, counted.
 CREATE TABLE IF NOT EXISTS egress_log (
@@ -98,13 +101,17 @@ COLUMNS = (
     "finished_at",
     "updated_at",
     "spec",
+    "links",
+    "usage",
+    "scan",
 )
+JSON_COLUMNS = ("links", "usage", "scan")
 
 
 MAX_EGRESS_ROWS = 1000  # destinations recorded one by one per session; more are counted together
 MAX_EGRESS_ANSWER = 5000  # rows in one egress.log answer (the newest)
 EGRESS_OTHERS = "(other destinations)"
-SCHEMA_VERSION = 5  # PRAGMA user_version once the schema and its migrations are in place
+SCHEMA_VERSION = 6  # PRAGMA user_version once the schema and its migrations are in place
 
 
 class Store:
@@ -176,7 +183,9 @@ class Store:
     def _migrate(self) -> None:
         """Databases made by an older agent lack newer columns: add them (never drop any)."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        for column, kind in (("launch_commit", "TEXT"), ("uid", "INTEGER"), ("reason", "TEXT")):
+        added = (("launch_commit", "TEXT"), ("uid", "INTEGER"), ("reason", "TEXT"),
+                 ("links", "TEXT"), ("usage", "TEXT"), ("scan", "TEXT"))  # fmt: skip
+        for column, kind in added:
             if column not in have:
                 self._db.execute("ALTER TABLE sessions ADD COLUMN %s %s" % (column, kind))
 
@@ -190,6 +199,8 @@ class Store:
         row["created_at"] = row["created_at"] or now
         row["updated_at"] = now
         row["spec"] = json.dumps(record.get("spec") or {}, sort_keys=True)
+        for key in JSON_COLUMNS:
+            row[key] = None if row[key] is None else json.dumps(row[key], sort_keys=True)
         marks = ", ".join("?" for _ in COLUMNS)
         self._db.execute(
             "INSERT INTO sessions (%s) VALUES (%s)" % (", ".join(COLUMNS), marks),
@@ -204,6 +215,9 @@ class Store:
         fields["updated_at"] = time.time()
         if "spec" in fields:
             fields["spec"] = json.dumps(fields["spec"], sort_keys=True)
+        for key in JSON_COLUMNS:
+            if fields.get(key) is not None:
+                fields[key] = json.dumps(fields[key], sort_keys=True)
         assignments = ", ".join("%s = ?" % key for key in fields)
         self._db.execute(
             "UPDATE sessions SET %s WHERE id = ?" % assignments, [*fields.values(), session_id]
@@ -290,6 +304,8 @@ class Store:
 def _record(row: sqlite3.Row) -> Dict[str, Any]:
     record = dict(row)
     record["spec"] = json.loads(record["spec"] or "{}")
+    for key in JSON_COLUMNS:
+        record[key] = None if record.get(key) is None else json.loads(record[key])
     return record
 
 

@@ -1119,6 +1119,81 @@ class EgressEntry:
         )
 
 
+# -- what an agent says of itself (agent_host/agent_events.py) -------------------------------
+LINK_KINDS = ("pr", "issue", "repo", "link")  # the tag protocol's links: <jackin:pr>URL</jackin:pr>
+MAX_LINKS = 20  # per kind and session: further distinct links are dropped (first seen wins)
+MAX_URL = 2048
+USAGE_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+MAX_TOKENS = 2**53  # beyond any real count; keeps the number exact in JSON
+MAX_COST_USD = 1e9
+
+
+def valid_url(value: object) -> bool:
+    """What a link from an agent may be: an http(s) URL with a host, printable ASCII only (no
+    spaces, quotes, backslashes, backticks or angle brackets: it reaches a terminal and the
+    laptop's opener), a numeric port if any, at most MAX_URL characters. An internationalised
+    name comes as punycode."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_URL:
+        return False
+    if any(not 0x21 <= ord(char) <= 0x7E or char in "\\\"'<>`" for char in value):
+        return False
+    if not value.startswith(("http://", "https://")):  # lower case, as agents print them
+        return False
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port  # .port raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host)
+
+
+def check_links(value: object, field_name: str) -> Optional[Dict[str, List[str]]]:
+    """An agent's links by kind, as a host reports them (see valid_url)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(field_name, "must be an object")
+    links: Dict[str, List[str]] = {}
+    for kind, urls in value.items():
+        if kind not in LINK_KINDS:
+            raise SpecError(field_name, "unknown link kind %r" % (kind,))
+        if not isinstance(urls, list) or len(urls) > MAX_LINKS:
+            limit = "must be a list of at most %d" % MAX_LINKS
+            raise SpecError("%s.%s" % (field_name, kind), limit)
+        for url in urls:
+            if not valid_url(url):
+                raise SpecError("%s.%s" % (field_name, kind), "holds something not an http(s) URL")
+        links[kind] = list(urls)
+    return links
+
+
+def check_usage(value: object, field_name: str) -> Optional[Dict[str, Any]]:
+    """Tokens and cost a runtime reported for a session: counts (whole, not negative) and
+    `cost_usd` (None when the runtime reports no cost, as codex does)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(field_name, "must be an object")
+    unknown = set(value) - set(USAGE_COUNTS) - {"cost_usd"}
+    if unknown:
+        raise SpecError(field_name, "unknown fields: %s" % ", ".join(sorted(map(str, unknown))))
+    usage: Dict[str, Any] = {}
+    for name in USAGE_COUNTS:
+        count = value.get(name, 0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
+            raise SpecError("%s.%s" % (field_name, name), "must be a whole number of tokens")
+        usage[name] = count
+    cost = value.get("cost_usd")
+    if cost is not None:
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+            raise SpecError(field_name + ".cost_usd", "must be a number")
+        if not 0 <= cost <= MAX_COST_USD:  # NaN fails this too
+            raise SpecError(field_name + ".cost_usd", "must be between 0 and %g" % MAX_COST_USD)
+        cost = float(cost)
+    usage["cost_usd"] = cost
+    return usage
+
+
 # -- the session record (what a host says about a session) -----------------------------------
 @dataclass(frozen=True)
 class SessionRecord:
@@ -1152,6 +1227,8 @@ class SessionRecord:
     cpu_percent: Optional[float] = None
     memory_bytes: Optional[int] = None
     snapshots: Optional[int] = None  # how many snapshots of its checkout the host keeps
+    links: Optional[Dict[str, List[str]]] = None  # what the agent's tags named (LINK_KINDS)
+    usage: Optional[Dict[str, Any]] = None  # tokens and cost its runtime reported
 
     def to_wire(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {}
@@ -1203,6 +1280,8 @@ class SessionRecord:
                 cpu_percent=_number(known.get("cpu_percent"), "cpu_percent"),
                 memory_bytes=_integer(known.get("memory_bytes"), "memory_bytes"),
                 snapshots=_integer(known.get("snapshots"), "snapshots"),
+                links=check_links(known.get("links"), "links"),
+                usage=check_usage(known.get("usage"), "usage"),
             )
         except SpecError as exc:
             raise SpecError("session." + exc.field, exc.problem) from None

@@ -11,6 +11,7 @@ Secret values never reach this database: host records carry none.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
@@ -32,7 +33,9 @@ SESSION_COLUMNS = {
     "network": str, "created_at": float, "started_at": float, "finished_at": float,
     "cpu_percent": float, "memory_bytes": int, "last_seen": float, "workspace_path": str,
     "uid": int, "reason": str, "snapshots": int,
+    "links": str, "usage": str,  # JSON: what the agent's tags named; its runtime's tokens and cost
 }  # fmt: skip
+JSON_SESSION_COLUMNS = ("links", "usage")
 HOST_COLUMNS = {
     "name": str, "state": str, "last_contact": float, "error": str, "checked": float,
     "host_key": str, "machine_id": str, "root_id": str,  # core/aliases.py: who the host is
@@ -141,6 +144,9 @@ class Store:
         row = {key: entry.get(key) for key in SESSION_COLUMNS
                if key in entry and key not in LAPTOP_COLUMNS}  # fmt: skip
         row.update({key: value for key, value in extra.items() if key not in LAPTOP_COLUMNS})
+        for name in JSON_SESSION_COLUMNS:
+            if row.get(name) is not None:
+                row[name] = json.dumps(row[name], sort_keys=True)
         key = f"{host}/{entry['id']}"
         row.update(key=key, host=host, host_state="ok", last_seen=time.time())
         self.db.table("sessions").upsert(row, pk="key", alter=False)
@@ -266,6 +272,7 @@ class Store:
             if wanted is not None and row["host"] not in wanted:
                 continue
             info = host_info.get(row["host"]) or {}
+            _decode(row)
             self._laptop_fields(row, groups)
             row["last_contact"] = info.get("last_contact")
             if row["host_state"] != "ok":
@@ -282,7 +289,7 @@ class Store:
         host, _, wanted = ref.rpartition(":")
         groups = self.root_groups()
         rows = [
-            row
+            _decode(row)
             for row in self.db.query("SELECT * FROM sessions")
             if (row["id"].startswith(wanted) or row["name"] == wanted)
             and (not host or row["host"] == host)
@@ -310,3 +317,10 @@ class Store:
         with self.db.conn:
             self.db.execute("DELETE FROM sessions WHERE host = ?", [host])
             self.db.execute("DELETE FROM hosts WHERE name = ?", [host])
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    """A cached row's JSON columns as values (they were checked when the host sent them)."""
+    for name in JSON_SESSION_COLUMNS:
+        row[name] = json.loads(row[name]) if row.get(name) else None
+    return row

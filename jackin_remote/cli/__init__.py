@@ -25,7 +25,17 @@ _app: "typer.Typer | None" = None
 def _build() -> "typer.Typer":
     import typer
 
-    from jackin_remote.cli import audit, config, disk, hosts, policy, ports, sessions, snapshots
+    from jackin_remote.cli import (
+        agents,
+        audit,
+        config,
+        disk,
+        hosts,
+        policy,
+        ports,
+        sessions,
+        snapshots,
+    )
     from jackin_remote.cli.common import Options
 
     app = typer.Typer(
@@ -42,6 +52,7 @@ def _build() -> "typer.Typer":
     sessions.register(app)
     disk.register(app)
     snapshots.register(app)
+    agents.register(app)
     app.command("ports")(ports.ports)
     app.command("audit")(audit.audit)
     hosts.app.command("janitor")(audit.janitor)

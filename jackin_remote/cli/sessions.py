@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -23,6 +22,9 @@ from jackin_remote.cli.common import (
 )
 from jackin_remote.errors import JackinError, UsageError
 from jackin_remote.ui.safe import line
+
+if TYPE_CHECKING:
+    import asyncio
 
 JSON = typer.Option(False, "--json", help="Print a versioned JSON envelope.")
 ON = typer.Option(
@@ -380,6 +382,7 @@ def launch(
     idle_timeout: str | None = IDLE_TIMEOUT,
 ) -> None:  # fmt: skip
     """Launch sandboxed agent session(s): print the contract, then apply its plan."""
+    import asyncio
     import dataclasses
 
     from jackin_remote.launch import apply
@@ -486,34 +489,14 @@ def ls(
     as_json: bool = JSON,
 ) -> None:
     """Every session on every host, merged into one view."""
-    from jackin_remote.inventory import select_hosts
-    from jackin_remote.store import Store
-
-    try:
-        inventory = load(ctx)
-        hosts = select_hosts(inventory, on)
-    except JackinError as error:
-        fail(error, as_json=as_json)
-    names = [h.name for h in hosts]
-    failed: list[Any] = []
-    if cached:
-        existing = Store.open_existing()
-        rows = existing.view(names) if existing is not None else []
-    else:
-        from jackin_remote.fleet import Pool
-        from jackin_remote.sessions import refresh
-
-        store = Store()
-        if rebuild:
-            store.clear()
-
-        async def go() -> list[Any]:
-            async with Pool(inventory) as pool:
-                return await refresh(pool, hosts, store)
-
-        failed = [r for r in run(go()) if not r.ok]
-        rows = store.view(names)
-    from jackin_remote.ui.sessions import capacity, capacity_line, failure_notes, sessions_table
+    hosts, rows, failed = fleet_rows(ctx, on, cached=cached, rebuild=rebuild, as_json=as_json)
+    from jackin_remote.ui.sessions import (
+        capacity,
+        capacity_line,
+        failure_notes,
+        rollup,
+        sessions_table,
+    )
 
     errors = {r.host.name: getattr(r.error, "reason", str(r.error)) for r in failed}
     summary = capacity(hosts, rows, {r.host.name: str(r.state) for r in failed})
@@ -523,7 +506,8 @@ def ls(
         published = _published_ports()
         print_json(sessions=[{**_session_json(row),
                               "ports": published.get((row["host"], row["id"]), [])}
-                             for row in rows], hosts=summary)  # fmt: skip
+                             for row in rows], hosts=summary,
+                   fleet={"agents": rollup([entry["agents"] for entry in summary])})  # fmt: skip
     else:
         out.print(sessions_table(rows, wide=wide), crop=not wide)
         out.print(capacity_line(summary))
@@ -534,6 +518,38 @@ def ls(
                            getattr(result.error, "reason", result.error)))  # fmt: skip
     if failed:
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+def fleet_rows(
+    ctx: typer.Context, on: str, *, cached: bool, rebuild: bool = False, as_json: bool = False
+) -> tuple[list[Any], list[dict[str, Any]], list[Any]]:
+    """(hosts chosen by `on`, their sessions merged into the local view, the hosts that failed):
+    asked of every host, or read from the local view alone when `cached`."""
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.store import Store
+
+    try:
+        inventory = load(ctx)
+        hosts = select_hosts(inventory, on)
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    names = [h.name for h in hosts]
+    if cached:
+        existing = Store.open_existing()
+        return hosts, existing.view(names) if existing is not None else [], []
+    from jackin_remote.fleet import Pool
+    from jackin_remote.sessions import refresh
+
+    store = Store()
+    if rebuild:
+        store.clear()
+
+    async def go() -> list[Any]:
+        async with Pool(inventory) as pool:
+            return await refresh(pool, hosts, store)
+
+    failed = [r for r in run(go()) if not r.ok]
+    return hosts, store.view(names), failed
 
 
 def _published_ports() -> dict[tuple[str, str], list[dict[str, Any]]]:

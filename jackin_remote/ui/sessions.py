@@ -56,7 +56,41 @@ COLUMNS = (
     ColumnSpec("age", 2),
     ColumnSpec("cpu", 4),
     ColumnSpec("mem", 4),
+    ColumnSpec("tokens", 3),
+    ColumnSpec("link", 7),
 )
+# The roll-up of agent statuses over a host or the fleet: the first of these that any row has.
+ROLLUP = ("blocked", "done", "working", "idle", "unknown")
+LINK_ORDER = ("pr", "issue", "repo", "link")
+
+
+def rollup(statuses: Sequence[Any]) -> str:
+    """What a set of agents needs at a glance: blocked > done > working > idle > unknown."""
+    have = {str(status) for status in statuses}
+    return next((status for status in ROLLUP if status in have), "unknown")
+
+
+def tokens(usage: Any) -> str:
+    """`12.3k $0.04`: the tokens in and out a runtime reported, and the cost when it has one."""
+    if not isinstance(usage, Mapping):
+        return "-"
+    counts = [usage.get(key) for key in ("input_tokens", "output_tokens", "cache_read_tokens",
+                                         "cache_write_tokens")]  # fmt: skip
+    total = sum(count for count in counts if isinstance(count, int) and _is_number(count))
+    shown = f"{total / 1000:.1f}k" if total >= 1000 else str(int(total))
+    cost = usage.get("cost_usd")
+    return shown + (f" ${cost:.2f}" if _is_number(cost) else "")
+
+
+def first_link(links: Any) -> str | None:
+    """The link the table shows: the first pull request, else issue, repository, other link."""
+    if not isinstance(links, Mapping):
+        return None
+    for kind in LINK_ORDER:
+        urls = links.get(kind)
+        if isinstance(urls, list) and urls and isinstance(urls[0], str):
+            return urls[0]
+    return None
 
 
 def sessions_table(
@@ -85,6 +119,8 @@ def sessions_table(
             text(age(row.get("created_at"), now)),
             text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
             text(_memory(row.get("memory_bytes")) if live else "-"),
+            text(tokens(row.get("usage"))),
+            text(first_link(row.get("links")) or "-"),
         ])  # fmt: skip
     return FittedTable("sessions", COLUMNS, cells, wide=wide)
 
@@ -94,15 +130,19 @@ def capacity(hosts: Sequence[Any], rows: Sequence[dict[str, Any]],
     """Each host's load at a glance: sessions starting or running against its capacity, or why
     it did not answer. Pure: from the inventory hosts, the merged rows and the failures."""
     running: dict[str, int] = {}
+    statuses: dict[str, list[Any]] = {}
     silent = dict(failed)  # from the cache (ls --cached): the state the host was last left in
     for row in rows:
+        if row.get("state") in ACTIVE_STATES or row.get("agent_status") == "done":
+            statuses.setdefault(row["host"], []).append(row.get("agent_status"))
         if row.get("host_state", "ok") != "ok":
             silent.setdefault(row["host"], str(row["host_state"]))
         elif row.get("state") in ACTIVE_STATES:
             running[row["host"]] = running.get(row["host"], 0) + 1
     return [
         {"name": host.name, "status": silent.get(host.name, "ok"),
-         "running": running.get(host.name, 0), "capacity": host.capacity}
+         "running": running.get(host.name, 0), "capacity": host.capacity,
+         "agents": rollup(statuses.get(host.name, []))}
         for host in hosts
     ]  # fmt: skip
 
@@ -114,6 +154,8 @@ def capacity_line(summary: Sequence[dict[str, Any]]) -> Text:
             parts.append(" · ")
         if entry["status"] == "ok":
             parts.append(f"{entry['name']} {entry['running']}/{entry['capacity']} running")
+            if entry.get("agents") in ("blocked", "done"):  # someone is waiting for the operator
+                parts.append((f" ({entry['agents']})", STATUS_STYLE[entry["agents"]]))
         else:
             parts.append((f"{entry['name']} {entry['status']}", "yellow"))
     return line(*parts, multiline=False)

@@ -12,7 +12,17 @@ import pytest
 from tests.conftest import CLI
 from tests.e2e.helpers import git, make_workspace, wait_for
 from tests.e2e.test_sandbox_truth import docker0_address
-from tests.fakes.messages_api import MessagesAPI, write_then_done
+from tests.fakes.messages_api import MessagesAPI, text, tool_use
+
+PR = "https://example.test/acme/app/pull/42"
+# The standard script (Write, then done), with the agent's last words naming its pull request,
+# and a tag quoted in code that must not count.
+SCRIPT = [
+    [text("Creating the file."),
+     tool_use("Write", {"file_path": "/workspace/hello.txt", "content": "written by claude\n"})],
+    [text(f"done: <jackin:pr>{PR}</jackin:pr>\n\n```\n<jackin:pr>https://example.test/no</jackin:pr>"
+          "\n```")],
+]  # fmt: skip
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "claude-test"
 SECRET = "sk-ant-test-0123456789-never-print-me"
@@ -26,7 +36,7 @@ def test_claude_writes_a_file_and_pull_brings_it_back(
         pytest.skip("Claude Code binary missing: run scripts/prepare-claude-role")
     ws = make_workspace(tmp_path / "ws")
     cli.env["MY_ANTHROPIC_KEY"] = SECRET
-    with MessagesAPI(write_then_done("/workspace/hello.txt", "written by claude\n")) as api:
+    with MessagesAPI(SCRIPT) as api:
         args = ["-i", str(local_inventory), "launch", "--role", str(ROLE), "--runtime", "claude",
                 "--key-from", "MY_ANTHROPIC_KEY", "--network", "open",
                 "--env", f"ANTHROPIC_BASE_URL={api.url_for(docker0_address())}",
@@ -40,6 +50,22 @@ def test_claude_writes_a_file_and_pull_brings_it_back(
         assert row["state"] == "exited", logs
         assert [c.headers.get("x-api-key") for c in api.main_calls()] == [SECRET, SECRET]
     assert '"subtype":"success"' in logs.replace(" ", "")
+    # What Claude Code itself reported (its stream-json result) is what `ls` shows: status,
+    # tokens, cost, and the pull request its last message named.
+    (result,) = [json.loads(line) for line in logs.splitlines()
+                 if line.startswith("{") and json.loads(line).get("type") == "result"]  # fmt: skip
+    assert row["agent_status"] == "done" and row["links"] == {"pr": [PR]}, row
+    reported = result["usage"]
+    assert row["usage"] == {
+        "input_tokens": reported["input_tokens"], "output_tokens": reported["output_tokens"],
+        "cache_read_tokens": reported.get("cache_read_input_tokens", 0),
+        "cache_write_tokens": reported.get("cache_creation_input_tokens", 0),
+        "cost_usd": result["total_cost_usd"]}  # fmt: skip
+    assert reported["output_tokens"] > 0
+    served = cli.json("-i", str(local_inventory), "usage", "--by", "session", "--cached")
+    (mine,) = [g for g in served["groups"] if g["session"] == sid]
+    assert (mine["output_tokens"], mine["cost_usd"]) == (reported["output_tokens"],
+                                                          result["total_cost_usd"])  # fmt: skip
     credential = session["contract"]["credentials"][0]
     assert credential["source"] == "MY_ANTHROPIC_KEY" and credential["value"] == "<redacted>"
 
@@ -48,8 +74,8 @@ def test_claude_writes_a_file_and_pull_brings_it_back(
 
     # The key went to the sandbox's environment and nowhere else jackin writes or prints.
     ls_json = cli.run("-i", str(local_inventory), "ls", "--json", check=True).stdout
-    for text in (launched.stdout, launched.stderr, logs, ls_json):
-        assert SECRET not in text
+    for said in (launched.stdout, launched.stderr, logs, ls_json):
+        assert SECRET not in said
     for path in [*laptop.rglob("*"), *(tmp_path / "host-root").rglob("*.db*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> 
     old_schema = state.SCHEMA
     for newer in ("launch_commit TEXT,", "uid INTEGER,", "reason TEXT,"):
         old_schema = old_schema.replace(newer, "")
-    assert "launch_commit" not in old_schema
+    old_schema = re.sub(r"\n *(links|usage|scan) TEXT[^\n]*", "", old_schema)
+    old_schema = old_schema.replace("spec TEXT NOT NULL,", "spec TEXT NOT NULL")
+    assert "launch_commit" not in old_schema and "scan" not in old_schema
     old.executescript(old_schema)
     old.execute(
         "INSERT INTO sessions (id, workspace, role, runtime, container, mode, isolation,"
@@ -73,6 +76,11 @@ def test_a_database_an_older_agent_made_gets_the_new_columns(tmp_path: Path) -> 
     record = store.get("OLD")
     assert record is not None and record["uid"] == 935000001
     assert record["launch_commit"] == "a" * 40 and record["reason"] is None
+    assert record["links"] is None and record["usage"] is None and record["scan"] is None
+    store.update("OLD", links={"pr": ["https://example.test/pr/1"]}, usage={"input_tokens": 3})
+    again = store.get("OLD")
+    assert again is not None and again["links"] == {"pr": ["https://example.test/pr/1"]}
+    assert again["usage"] == {"input_tokens": 3}
     assert store._version() == state.SCHEMA_VERSION
 
 

@@ -1,0 +1,93 @@
+"""What an agent says of itself reaches the operator, and nothing else does: a shell agent prints
+tags (a PR link, a status), waits for the test, then ends; `ls` shows blocked, then done, with
+the link, locally and over SSH. Tags in code, unsafe URLs and terminal escapes are not taken,
+and `open` hands the laptop's opener only the checked link."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import fleet as fleet_mod
+from tests.conftest import CLI
+from tests.e2e.helpers import launch, make_workspace, session_row, wait_for
+
+PR = "https://example.test/acme/app/pull/7"
+# The agent: a real PR tag; tags quoted in code, unsafe and hostile ones that must be dropped;
+# blocked until the test lets it go (a file in its /tmp), then working, then it ends.
+TASK = (
+    "echo 'opened <jackin:pr>" + PR + "</jackin:pr>'; "
+    "echo 'example: `<jackin:issue>https://example.test/quoted</jackin:issue>`'; "
+    "echo '> <jackin:repo>https://example.test/quoted-line</jackin:repo>'; "
+    "echo '<jackin:link>javascript:alert(1)</jackin:link>'; "
+    "printf '<jackin:link>https://example.test/\\033]8;;x\\007</jackin:link>\\n'; "
+    "echo '<jackin:status>blocked</jackin:status> which database?'; "
+    "until [ -e /tmp/go ]; do sleep 0.2; done; "
+    "echo '<jackin:status>working</jackin:status>'"
+)
+
+
+def on_host(host: str) -> tuple[str, ...]:
+    return () if host == "local" else ("docker", "exec", fleet_mod.container(host))
+
+
+@pytest.fixture(params=["local", "fleet-1"])
+def target(request: pytest.FixtureRequest, local_inventory: Path) -> tuple[str, Path]:
+    if request.param == "local":
+        return "local", local_inventory
+    return request.param, request.getfixturevalue("fleet_inventory")
+
+
+def _until_status(cli: CLI, inventory: Path, sid: str, status: str) -> dict:
+    for _ in range(600):  # a bound on the agent getting there, never a timing expectation
+        row = session_row(cli, inventory, sid)
+        if row["agent_status"] == status:
+            return row
+        assert row["state"] in ("starting", "running"), row
+        time.sleep(0.5)
+    raise AssertionError(f"{sid} never showed {status}: {row}")
+
+
+def test_an_agents_tags_show_as_status_and_links_and_nothing_unsafe_gets_through(
+    cli: CLI, target: tuple[str, Path], tmp_path: Path
+) -> None:
+    host, inventory = target
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, inventory, ws, "--on", host, "--runtime", "shell",
+                        "--network", "none", "--task", TASK)  # fmt: skip
+    sid = session["id"]
+
+    row = _until_status(cli, inventory, sid, "blocked")
+    assert row["links"] == {"pr": [PR]}, row["links"]
+    listing = cli.json("-i", str(inventory), "ls", "--on", host)
+    (summary,) = listing["hosts"]
+    assert summary["agents"] == "blocked" and listing["fleet"]["agents"] == "blocked"
+    table = cli.run("-i", str(inventory), "ls", "--on", host, "--wide", check=True).stdout
+    assert "blocked" in table and PR in table and "\x1b" not in table
+
+    subprocess.run([*on_host(host), "docker", "exec", row["container"], "touch", "/tmp/go"],
+                   check=True)  # fmt: skip
+    done = wait_for(cli, inventory, sid)
+    assert (done["state"], done["agent_status"]) == ("exited", "done")
+    assert done["links"] == {"pr": [PR]}
+    cached = cli.json("-i", str(inventory), "ls", "--cached")
+    assert [r["links"] for r in cached["sessions"] if r["id"] == sid] == [{"pr": [PR]}]
+
+    printed = cli.run("-i", str(inventory), "open", sid, "--print", check=True).stdout
+    assert printed.strip() == PR
+    missing = cli.run("-i", str(inventory), "open", sid, "issue", "--json")
+    assert missing.returncode != 0
+    assert "has not named a link of kind issue" in json.loads(missing.stdout)["error"]["message"]
+    # Without --print the URL goes to the laptop's opener ($BROWSER), as one argument.
+    seen = tmp_path / "opened"
+    opener = tmp_path / "opener"
+    opener.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {seen}\n")
+    opener.chmod(0o755)
+    cli.env["BROWSER"] = f"{opener} %s"
+    cli.run("-i", str(inventory), "open", sid, check=True)
+    assert seen.read_text() == PR + "\n"
+    cli.run("-i", str(inventory), "rm", "--force", sid, check=True)
