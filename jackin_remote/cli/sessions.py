@@ -486,9 +486,27 @@ def ls(
     cached: bool = typer.Option(False, "--cached", help="Answer from the local view only."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop the local view, ask every host."),
     wide: bool = WIDE,
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Keep the view fresh (Ctrl-C ends): one "
+        "held connection per host; the bell rings when an agent is "
+        "blocked.",
+    ),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between --watch rounds."),
+    notify: str | None = typer.Option(
+        None,
+        "--notify",
+        help="With --watch: a command run when "
+        "an agent becomes blocked (JACKIN_SESSION, JACKIN_HOST in "
+        "its environment).",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Every session on every host, merged into one view."""
+    if watch:
+        _watch(ctx, on, interval, notify, wide=wide, as_json=as_json)
+        return
     hosts, rows, failed = fleet_rows(ctx, on, cached=cached, rebuild=rebuild, as_json=as_json)
     from jackin_remote.ui.sessions import (
         capacity,
@@ -518,6 +536,60 @@ def ls(
                            getattr(result.error, "reason", result.error)))  # fmt: skip
     if failed:
         raise typer.Exit(EXIT_SOME_HOSTS_FAILED)
+
+
+def _watch(
+    ctx: typer.Context, on: str, interval: float, notify: str | None, *, wide: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """`ls --watch`: jackin_remote/watch.py refreshes; this draws. On a terminal the view is
+    redrawn in place; piped, each round is printed (as JSON lines with --json)."""
+    import json
+    import sys
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from jackin_remote.inventory import select_hosts
+    from jackin_remote.ui.sessions import capacity, capacity_line, rollup, sessions_table
+    from jackin_remote.watch import notify_argv, run_notify, watch
+
+    try:
+        inventory = load(ctx)
+        hosts = select_hosts(inventory, on)
+        argv = notify_argv(notify) if notify is not None else None
+    except JackinError as error:
+        fail(error, as_json=as_json)
+    live = Live(console=out, auto_refresh=False, transient=False) if out.is_terminal else None
+
+    def show(rows: list[dict[str, Any]], failed: list[Any], blocked: list[dict[str, Any]]) -> None:
+        summary = capacity(hosts, rows, {r.host.name: str(r.state) for r in failed})
+        if as_json:
+            line_ = {"sessions": [_session_json(row) for row in rows], "hosts": summary,
+                     "fleet": {"agents": rollup([e["agents"] for e in summary])},
+                     "blocked": [row["id"] for row in blocked]}  # fmt: skip
+            sys.stdout.write(json.dumps(line_, default=str) + "\n")
+        else:
+            view = Group(sessions_table(rows, wide=wide), capacity_line(summary))
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                out.print(view, crop=not wide)
+        if blocked and not as_json:
+            sys.stdout.write("\a")  # the terminal's bell: an agent waits for the operator
+        sys.stdout.flush()
+        for row in blocked if argv else []:
+            run_notify(argv or [], row)
+
+    try:
+        if live is not None:
+            live.start()
+        run(watch(inventory, hosts, interval, show))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def fleet_rows(

@@ -69,6 +69,23 @@ def test_an_agents_tags_show_as_status_and_links_and_nothing_unsafe_gets_through
     table = cli.run("-i", str(inventory), "ls", "--on", host, "--wide", check=True).stdout
     assert "blocked" in table and PR in table and "\x1b" not in table
 
+    # ls --watch over held connections: the blocked agent rings the bell and runs the notify
+    # command (the session in its environment); the test hook ends the watch once it has.
+    heard = tmp_path / "heard"
+    notify = tmp_path / "notify"
+    notify.write_text(f'#!/bin/sh\necho "$JACKIN_SESSION $JACKIN_HOST $JACKIN_STATUS" >> {heard}\n')
+    notify.chmod(0o755)
+    cli.env.update(JACKIN_TEST_WATCH_UNTIL_BLOCKED="1", JACKIN_TEST_WATCH_ROUNDS="3")
+    watched = cli.run("-i", str(inventory), "ls", "--watch", "--on", host, "--notify",
+                      str(notify), "--json", check=True).stdout  # fmt: skip
+    (round_,) = [json.loads(line) for line in watched.splitlines()]
+    assert round_["blocked"] == [sid] and round_["fleet"]["agents"] == "blocked"
+    assert [r["links"] for r in round_["sessions"] if r["id"] == sid] == [{"pr": [PR]}]
+    assert heard.read_text() == f"{sid} {host} blocked\n"
+    rung = cli.run("-i", str(inventory), "ls", "--watch", "--on", host, check=True).stdout
+    assert "\a" in rung and "blocked" in rung
+    del cli.env["JACKIN_TEST_WATCH_UNTIL_BLOCKED"], cli.env["JACKIN_TEST_WATCH_ROUNDS"]
+
     subprocess.run([*on_host(host), "docker", "exec", row["container"], "touch", "/tmp/go"],
                    check=True)  # fmt: skip
     done = wait_for(cli, inventory, sid)
