@@ -805,6 +805,8 @@ def _attach_observations(
 
 
 def _stats(container: Any) -> Dict[str, Any]:
+    """One container's use from `docker stats` (about 2 s: the engine samples twice, 1 s apart):
+    for the sessions whose cgroup resources.sample could not read."""
     try:
         stats = container.stats(stream=False)
     except Exception:
@@ -817,8 +819,20 @@ def _stats(container: Any) -> Dict[str, Any]:
     system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
     online = cpu.get("online_cpus") or 1
     percent = (cpu_delta / system_delta) * online * 100.0 if system_delta > 0 else 0.0
-    memory = (stats.get("memory_stats") or {}).get("usage")
-    return {"cpu_percent": round(percent, 1), "memory_bytes": memory}
+    memory_stats = stats.get("memory_stats") or {}
+    memory = memory_stats.get("usage")
+    detail = memory_stats.get("stats") or {}
+    cache = detail.get("total_inactive_file", detail.get("inactive_file"))  # v1, v2
+    if isinstance(memory, int) and isinstance(cache, int) and 0 <= cache < memory:
+        memory -= cache  # what docker stats shows, and what resources.py reads
+    limit = ((container.attrs or {}).get("HostConfig") or {}).get("Memory")  # 0: no limit
+    pids = (stats.get("pids_stats") or {}).get("current")
+    return {
+        "cpu_percent": round(percent, 1),
+        "memory_bytes": memory,
+        "memory_limit_bytes": limit if isinstance(limit, int) and limit > 0 else None,
+        "pids": pids if isinstance(pids, int) else None,
+    }
 
 
 def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
@@ -897,12 +911,26 @@ def _snapshot_count(root: str, session_id: str) -> int:
 
 
 def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str, Any]]) -> None:
+    """Every running session's use: from their cgroups, all at once (resources.sample: one
+    short wait); docker stats only for those it could not read."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
-        results = list(pool.map(lambda pair: _stats(pair[1]), running))
-    ids = [record["id"] for record, _ in running]
-    by_id = dict(zip(ids, results))  # noqa: B905 - python 3.9 has no zip(strict=)
+    from agent_host import resources
+
+    targets = [
+        resources.Target(record["id"], ((container.attrs or {}).get("State") or {}).get("Pid"),
+                         container.id)
+        for record, container in running
+    ]  # fmt: skip
+    sampled = resources.sample(targets)
+    by_id = dict(sampled.stats)
+    unread = set(sampled.unread)
+    rest = [(record, container) for record, container in running if record["id"] in unread]
+    if rest:
+        with ThreadPoolExecutor(max_workers=min(8, len(rest))) as pool:
+            results = list(pool.map(lambda pair: _stats(pair[1]), rest))
+        ids = [record["id"] for record, _ in rest]
+        by_id.update(zip(ids, results))  # noqa: B905 - python 3.9 has no zip(strict=)
     for entry in out:
         entry.update(by_id.get(entry["id"], {}))
 

@@ -1226,6 +1226,9 @@ class SessionRecord:
     updated_at: Optional[float] = None
     cpu_percent: Optional[float] = None
     memory_bytes: Optional[int] = None
+    memory_limit_bytes: Optional[int] = None  # its cgroup's memory.max; None: no limit/unknown
+    pids: Optional[int] = None
+    oom_kills: Optional[int] = None
     snapshots: Optional[int] = None  # how many snapshots of its checkout the host keeps
     links: Optional[Dict[str, List[str]]] = None  # what the agent's tags named (LINK_KINDS)
     usage: Optional[Dict[str, Any]] = None  # tokens and cost its runtime reported
@@ -1279,6 +1282,9 @@ class SessionRecord:
                 updated_at=_number(known.get("updated_at"), "updated_at"),
                 cpu_percent=_number(known.get("cpu_percent"), "cpu_percent"),
                 memory_bytes=_integer(known.get("memory_bytes"), "memory_bytes"),
+                memory_limit_bytes=_integer(known.get("memory_limit_bytes"), "memory_limit_bytes"),
+                pids=_integer(known.get("pids"), "pids"),
+                oom_kills=_integer(known.get("oom_kills"), "oom_kills"),
                 snapshots=_integer(known.get("snapshots"), "snapshots"),
                 links=check_links(known.get("links"), "links"),
                 usage=check_usage(known.get("usage"), "usage"),

@@ -33,6 +33,7 @@ SESSION_COLUMNS = {
     "network": str, "created_at": float, "started_at": float, "finished_at": float,
     "cpu_percent": float, "memory_bytes": int, "last_seen": float, "workspace_path": str,
     "uid": int, "reason": str, "snapshots": int,
+    "memory_limit_bytes": int, "pids": int, "oom_kills": int,
     "links": str, "usage": str,  # JSON: what the agent's tags named; its runtime's tokens and cost
 }  # fmt: skip
 JSON_SESSION_COLUMNS = ("links", "usage")

@@ -44,6 +44,15 @@ def _memory(value: Any) -> str:
     return f"{value / 1024**2:.0f}M" if value < 1024**3 else f"{value / 1024**3:.1f}G"
 
 
+def _memory_cell(row: Mapping[str, Any]) -> str:
+    """`300M/2.0G` against its limit when the host knows it, else `300M`."""
+    used = _memory(row.get("memory_bytes"))
+    limit: Any = row.get("memory_limit_bytes")
+    if not _is_number(limit) or limit <= 0:
+        return used
+    return f"{used}/{_memory(limit)}"
+
+
 # Never cut: the session, its host and its state. The rest folds, then goes, in this order.
 COLUMNS = (
     ColumnSpec("session", 0, whole=True),
@@ -118,7 +127,7 @@ def sessions_table(
             text(agent_status, style=STATUS_STYLE.get(agent_status, "")),
             text(age(row.get("created_at"), now)),
             text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
-            text(_memory(row.get("memory_bytes")) if live else "-"),
+            text(_memory_cell(row) if live else "-"),
             text(tokens(row.get("usage"))),
             text(first_link(row.get("links")) or "-"),
         ])  # fmt: skip
