@@ -58,11 +58,14 @@ def test_an_agents_tags_show_as_status_and_links_and_nothing_unsafe_gets_through
     host, inventory = target
     ws = make_workspace(tmp_path / "ws")
     (session,) = launch(cli, inventory, ws, "--on", host, "--runtime", "shell",
-                        "--network", "none", "--task", TASK)  # fmt: skip
+                        "--network", "none", "--memory", "300m", "--task", TASK)  # fmt: skip
     sid = session["id"]
 
     row = _until_status(cli, inventory, sid, "blocked")
     assert row["links"] == {"pr": [PR]}, row["links"]
+    # Its resources, read from its cgroup (OOM kills are known only there, not to docker stats).
+    assert row["pids"] >= 1 and row["memory_limit_bytes"] == 300 * 1024**2, row
+    assert row["oom_kills"] == 0 and row["memory_bytes"] > 0, row
     listing = cli.json("-i", str(inventory), "ls", "--on", host)
     (summary,) = listing["hosts"]
     assert summary["agents"] == "blocked" and listing["fleet"]["agents"] == "blocked"
