@@ -107,6 +107,15 @@ def read_usage(usage: Any, names: Tuple[Optional[str], ...]) -> Optional[Report]
     return report if any(n is not None for n in report) else None
 
 
+def read_codex_usage(usage: Any) -> Optional[Report]:
+    """codex's counts as claude's mean them: its `input_tokens` include the cached ones, which
+    are counted as cache reads, so input is what was not cached."""
+    report = read_usage(usage, _CODEX_USAGE)
+    if report is not None and report[0] is not None and report[2] is not None:
+        report[0] = max(report[0] - report[2], 0)
+    return report
+
+
 def _count(value: Any) -> Optional[int]:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
     return value if ok else None
@@ -363,11 +372,11 @@ class Parser:
                 info = msg.get("info")
                 total = info.get("total_token_usage") if isinstance(info, dict) else None
                 if isinstance(total, dict):  # cumulative: replaces
-                    report = read_usage(total, _CODEX_USAGE)
+                    report = read_codex_usage(total)
                     for i, n in enumerate(report or []):
                         self._total[i] = self._total[i] if n is None else n
                 else:
-                    report = read_usage(msg, _CODEX_USAGE)
+                    report = read_codex_usage(msg)
                     _add(self._total, report or [])
                 self._seen = self._seen or report is not None
             return
@@ -376,7 +385,7 @@ class Parser:
             self._status = "working"
         elif kind in ("turn.completed", "turn.failed"):
             self._status = "done"
-            report = read_usage(event.get("usage"), _CODEX_USAGE)
+            report = read_codex_usage(event.get("usage"))
             _add(self._total, report or [])
             self._seen = self._seen or report is not None
         elif kind == "item.completed" and isinstance(event.get("item"), dict):

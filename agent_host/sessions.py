@@ -767,7 +767,7 @@ def _observe(record: Dict[str, Any], container: Any, state: str) -> Optional[Dic
         if record["mode"] == "interactive":
             if state != "running":
                 return None
-            return observe.read_screen(_tmux_capture(container), scan, clean)
+            return observe.read_screen(_status_screen(container), scan, clean)
 
         def logs(since: Optional[int]) -> str:
             data = container.logs(stdout=True, stderr=True, timestamps=True, since=since)
@@ -780,24 +780,34 @@ def _observe(record: Dict[str, Any], container: Any, state: str) -> Optional[Dic
     return fresh
 
 
+OBSERVE_DEADLINE = 10.0  # seconds for all sessions' reads: a late one is skipped this time
+
+
 def _attach_observations(
     store: Store, jobs: List[Tuple[Dict[str, Any], Any, str]], out: List[Dict[str, Any]]
 ) -> None:
-    """Read each job's output (in parallel), record what changed, and show it in `out`."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Read each job's output (in parallel, within OBSERVE_DEADLINE: a session whose read hangs,
+    e.g. its tmux stopped by the agent, is skipped, never the listing), record what changed,
+    and show it in `out`. A record that cannot be written now is shown anyway."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-        scans = list(pool.map(lambda job: _observe(*job), jobs))
+    pool = ThreadPoolExecutor(max_workers=min(8, len(jobs)))
+    futures = [pool.submit(_observe, *job) for job in jobs]
+    wait(futures, timeout=OBSERVE_DEADLINE)
+    pool.shutdown(wait=False)
     entries = {entry["id"]: entry for entry in out}
-    for (record, _, state), scan in zip(jobs, scans):  # noqa: B905 - python 3.9
-        if scan is None:
+    for (record, _, state), future in zip(jobs, futures):  # noqa: B905 - python 3.9
+        scan = future.result() if future.done() and not future.exception() else None
+        if scan is None or scan == record.get("scan"):
             continue
         seen = observe.observed_fields(scan)
         status = agent_status(state, record["mode"], seen["observed_status"])
         fields = {"scan": scan, "links": seen["links"], "usage": seen["usage"],
                   "agent_status": status}  # fmt: skip
         if not store.read_only:
-            store.update(record["id"], **fields)
+            with contextlib.suppress(sqlite3.Error, OSError):
+                store.update(record["id"], **fields)
         entry = entries.get(record["id"])
         if entry is not None:
             entry.update(links=fields["links"], usage=fields["usage"],
@@ -858,7 +868,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
                 fields: Dict[str, Any] = {"state": state, "exit_code": code, "reason": reason}
                 if state in ("exited", "crashed", "failed_setup") and not record["finished_at"]:
                     fields["finished_at"] = now
-                observed = ((record.get("scan") or {}).get("observed") or {}).get("status")
+                observed = observe.kept_status(record.get("scan"))
                 fields["agent_status"] = agent_status(state, record["mode"], observed)
                 if not store.read_only:  # a full disk: shown now, recorded once there is room
                     store.update(record["id"], **fields)
@@ -943,6 +953,8 @@ def public_record(record: Dict[str, Any]) -> Dict[str, Any]:
     entry = {key: value for key, value in record.items() if key in known}
     entry["task"] = spec.get("task")
     entry["network"] = spec.get("network")
+    entry["links"] = observe.merge_links(None, entry.get("links")) or None  # kept: re-checked
+    entry["usage"] = observe.observed_fields({"observed": {"usage": entry.get("usage")}})["usage"]
     return SessionRecord.from_wire(entry).to_wire()
 
 
@@ -999,6 +1011,19 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
     if pending:
         ctx.notify("session.log", {"data": redact(pending, secrets)})
     return {"text": ""}
+
+
+# The screen `ls` reads for a status tag: the last lines only, and bounded in time where the
+# image has `timeout` (the agent owns its tmux server and may stop it).
+_STATUS_SCREEN = (
+    'if command -v timeout >/dev/null 2>&1; then exec timeout 3 tmux capture-pane -p -t "$1" '
+    '-S -200; else exec tmux capture-pane -p -t "$1" -S -200; fi'
+)
+
+
+def _status_screen(container: Any) -> str:
+    result = container.exec_run(["sh", "-c", _STATUS_SCREEN, "sh", TMUX_SESSION])
+    return str(result.output[: 4 * 1024 * 1024].decode(errors="replace"))
 
 
 def _tmux_capture(container: Any) -> str:
@@ -1145,6 +1170,7 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             finished_at=None,
             started_at=time.time(),
             agent_status=agent_status("running", record["mode"]),
+            scan=observe.restarted(record.get("scan")),  # its output is read again, from there
         )
         if spec.idle_timeout is not None:
             _ensure_janitor(ctx.root)

@@ -304,8 +304,11 @@ class Store:
 def _record(row: sqlite3.Row) -> Dict[str, Any]:
     record = dict(row)
     record["spec"] = json.loads(record["spec"] or "{}")
-    for key in JSON_COLUMNS:
-        record[key] = None if record.get(key) is None else json.loads(record[key])
+    for key in JSON_COLUMNS:  # what the agent's output set: never fatal to a listing
+        try:
+            record[key] = None if record.get(key) is None else json.loads(record[key])
+        except (TypeError, ValueError):
+            record[key] = None
     return record
 
 

@@ -1128,23 +1128,27 @@ MAX_TOKENS = 2**53  # beyond any real count; keeps the number exact in JSON
 MAX_COST_USD = 1e9
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# scheme://host[:port][/path?query#fragment]: no userinfo (`https://github.com@evil.test/`
+# goes to evil.test), a DNS name, an IPv4 or a bracketed IPv6 host, a decimal port. A regex,
+# not urlsplit: its answers differ between the host's Python (3.9) and the laptop's.
+_URL_RE = re.compile(
+    r"https?://(?:%s(?:\.%s)*\.?|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?(?:[/?#][\x21-\x7e]*)?\Z"
+    % (_LABEL, _LABEL)
+)
+
+
 def valid_url(value: object) -> bool:
-    """What a link from an agent may be: an http(s) URL with a host, printable ASCII only (no
-    spaces, quotes, backslashes, backticks or angle brackets: it reaches a terminal and the
-    laptop's opener), a numeric port if any, at most MAX_URL characters. An internationalised
-    name comes as punycode."""
+    """What a link from an agent may be: an http(s) URL with a host and no userinfo,
+    printable ASCII only (no spaces, quotes, backslashes, backticks or angle brackets: it
+    reaches a terminal and the laptop's opener), a decimal port up to 65535 if any, at most
+    MAX_URL characters. An internationalised name comes as punycode."""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_URL:
         return False
     if any(not 0x21 <= ord(char) <= 0x7E or char in "\\\"'<>`" for char in value):
         return False
-    if not value.startswith(("http://", "https://")):  # lower case, as agents print them
-        return False
-    try:
-        parts = urlsplit(value)
-        host, _ = parts.hostname, parts.port  # .port raises ValueError on a malformed port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(host)
+    match = _URL_RE.match(value)
+    return match is not None and (match.group(1) is None or int(match.group(1)) <= 65535)
 
 
 def check_links(value: object, field_name: str) -> Optional[Dict[str, List[str]]]:

@@ -99,9 +99,12 @@ def usage(
     else:
         from rich.table import Table
 
-        table = Table(by, "sessions", "tokens", box=None, header_style="bold")
+        table = Table(by, "sessions", "tokens", "no cost reported", box=None,
+                      header_style="bold")  # fmt: skip
         for group in [*groups, *(fleet and [{**fleet[0], by: "(fleet)"}])]:
-            table.add_row(text(group[by]), text(str(group["sessions"])), text(tokens(group)))
+            # a cost summed over only some sessions is marked: the others reported none (codex)
+            table.add_row(text(group[by]), text(str(group["sessions"])), text(tokens(group)),
+                          text(str(group["sessions_without_cost"] or "-")))  # fmt: skip
         out.print(table)
         for result in failed:
             out.print(text(f"{result.host.name}: not counted ({result.state})", style="yellow"))
