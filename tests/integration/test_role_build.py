@@ -123,7 +123,7 @@ async def test_test_agent_role_builds_once_and_its_agent_commits(
         tag, "jackin-demo-agent", "write a.txt: hi",
     )  # fmt: skip
     assert "jackin-demo-agent: committing" in run.stdout, run.stdout + run.stderr
-    assert run.stdout.rstrip().endswith("<jackin:status done>")
+    assert run.stdout.rstrip().endswith("<jackin:status>done</jackin:status>")
     git = ["git", "-c", "safe.directory=*", "-C", str(repo)]
     log = subprocess.run([*git, "log", "--format=%an %s", "main"], capture_output=True, text=True)
     assert log.stdout.strip() == "jackin-demo-agent jackin-demo-agent: write a.txt: hi", log
