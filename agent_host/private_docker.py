@@ -286,7 +286,9 @@ def remove(client: Any, session_id: str, root: Optional[str] = None) -> None:
     from docker.errors import NotFound
 
     label = "%s=%s" % (LABEL_SESSION, session_id)
-    for container in client.containers.list(all=True, filters={"label": label}):
+    for container in client.containers.list(
+        all=True, filters={"label": label}, ignore_removed=True
+    ):
         if (container.labels or {}).get(LABEL_PART) == "private-docker":
             container.remove(force=True)
             _audit(root, session_id, "container.remove", container.name, "")

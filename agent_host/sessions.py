@@ -647,7 +647,9 @@ def _network_kwargs(spec: LaunchSpec) -> Dict[str, str]:
 
 def _container_states(client: Any) -> Dict[str, Dict[str, Any]]:
     states = {}
-    for container in client.containers.list(all=True, filters={"label": MANAGED_FILTER}):
+    for container in client.containers.list(
+        all=True, filters={"label": MANAGED_FILTER}, ignore_removed=True
+    ):
         session_id = container.labels.get(LABEL_SESSION)
         if not session_id:
             continue
@@ -1274,9 +1276,12 @@ def _remove_containers(client: Any, record: Dict[str, Any], root: Optional[str] 
     """Every container of the session, found by its label (and by name, for old records)."""
     label = "%s=%s" % (LABEL_SESSION, record["id"])
     removed = []
-    for container in client.containers.list(all=True, filters={"label": label}):
-        container.remove(force=True)
-        removed.append(container.name)
+    for container in client.containers.list(
+        all=True, filters={"label": label}, ignore_removed=True
+    ):
+        with contextlib.suppress(_not_found()):  # removed meanwhile (a concurrent rm)
+            container.remove(force=True)
+            removed.append(container.name)
     try:
         client.containers.get(record["container"]).remove(force=True)
         removed.append(record["container"])
