@@ -82,8 +82,9 @@ def test_ls_shows_each_hosts_load_against_its_capacity(
     wait_for(cli, local_inventory, session["id"], {"running"})
     hosts = cli.json("-i", str(local_inventory), "ls")["hosts"]
     assert hosts == [{"name": "local", "status": "ok", "running": 1, "capacity": 4,
-                      "error": None}]  # fmt: skip
+                      "agents": "working", "error": None}]  # fmt: skip
     assert "local 1/4 running" in cli.run("-i", str(local_inventory), "ls", check=True).stdout
     cli.run("-i", str(local_inventory), "stop", session["id"], check=True)
-    assert cli.json("-i", str(local_inventory), "ls")["hosts"][0]["running"] == 0
+    stopped = cli.json("-i", str(local_inventory), "ls")["hosts"][0]
+    assert (stopped["running"], stopped["agents"]) == (0, "unknown")
     cli.run("-i", str(local_inventory), "rm", "--force", session["id"], check=True)
