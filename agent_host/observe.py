@@ -23,7 +23,6 @@ from agent_host.wire import LINK_KINDS, MAX_LINKS, SpecError, check_usage, valid
 # digits only (`\\d` would take other scripts' digits).
 _STAMP = r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z "
 _STAMPED = re.compile(_STAMP)
-_ANY_STAMP = re.compile(_STAMP)
 # Docker cuts a line longer than this (bytes) into partial records, each with its own stamp: in
 # the text `logs(timestamps=True)` gives, the later stamps sit inside the line.
 PARTIAL_RECORD = 16 * 1024
@@ -50,7 +49,7 @@ def split_stamped(data: str) -> Tuple[List[Tuple[Optional[Key], str]], str]:
         if match:
             line = line[match.end() :]
         if len(line.encode("utf-8", "replace")) > PARTIAL_RECORD:
-            line = _ANY_STAMP.sub("", line)
+            line = _STAMPED.sub("", line)
         if last:
             return out, line
         out.append((key, line + "\n"))
