@@ -54,6 +54,10 @@ from typing import Any
 
 from bench_common import BENCH_DIR, ROOT, Stats, jackin_cli, load_note, local_inventory, machine
 
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.helpers import bridge_address
+
 GOAL = 1.3
 BODY = b"x" * 64
 KEEP_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
@@ -240,11 +244,8 @@ class Server:
         self.thread.join(10)
 
 
-def bridge_address() -> str:
-    done = subprocess.run(["docker", "network", "inspect", "bridge", "-f",
-                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    address = done.stdout.strip()
+def local_bridge_address() -> str:
+    address = bridge_address([])
     if not address:
         raise SystemExit("the docker engine has no default bridge address to serve on")
     return address
@@ -336,7 +337,7 @@ DIAGNOSES = ("noop_sink", "store_sink", "floor_relay")
 
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine()}
-    server = Server(bridge_address()).start()
+    server = Server(local_bridge_address()).start()
     sessions = Sessions(work)
     helpers: dict[str, HostProcess] = {}
     try:

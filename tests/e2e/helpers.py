@@ -83,3 +83,28 @@ def managed_containers(*docker_prefix: str) -> set[str]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return {line for line in out.split() if line}
+
+
+# The address of a network interface, read with the SIOCGIFADDR ioctl (python3 is on every
+# test host; `ip` need not be).
+_INTERFACE_ADDRESS = (
+    "import fcntl, socket, struct, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "a = fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', sys.argv[1].encode()[:15])); "
+    "print(socket.inet_ntoa(a[20:24]))"
+)
+
+
+def bridge_address(on_host: list[str]) -> str:
+    """The host's address on its docker engine's default bridge: private, not loopback, and not
+    a session's network. An engine's first boot leaves the bridge's Gateway out of `network
+    inspect` (moby/moby#26799), so then the bridge interface's own address is read."""
+    done = subprocess.run([*on_host, "docker", "network", "inspect", "bridge", "-f",
+                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}|"
+                           '{{index .Options "com.docker.network.bridge.name"}}'],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    gateway, _, interface = done.stdout.strip().partition("|")
+    if gateway:
+        return gateway
+    read = subprocess.run([*on_host, "python3", "-c", _INTERFACE_ADDRESS, interface or "docker0"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return read.stdout.strip()

@@ -21,7 +21,7 @@ import pytest
 
 from tests import fleet
 from tests.conftest import CLI, add_host_copy
-from tests.e2e.helpers import TEST_ROLE, make_workspace, wait_for
+from tests.e2e.helpers import TEST_ROLE, bridge_address, make_workspace, wait_for
 
 # Runs in the sandbox: phase 1, then waits for the test to kill the proxy, then phase 2.
 PROBE = r"""
@@ -83,19 +83,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _bridge_address(on_host: list[str]) -> str:
-    """The host's address on its docker engine's default bridge: private, not loopback (which
-    the proxy refuses), and not a session's network."""
-    done = subprocess.run([*on_host, "docker", "network", "inspect", "bridge", "-f",
-                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return done.stdout.strip()
-
-
 @pytest.fixture
 def local_servers() -> Iterator[tuple[str, int, int]]:
     """Two HTTP servers on this machine's bridge address: (address, allowed port, denied port)."""
-    address = _bridge_address([])
+    address = bridge_address([])
     servers = [socketserver.ThreadingTCPServer((address, 0), _Quiet) for _ in range(2)]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
@@ -130,7 +121,7 @@ server.serve_forever()
 def _fleet_servers(container: str, tag: str) -> tuple[str, int, int]:
     """Two HTTP servers on a fleet host's bridge address, started with docker exec: (address,
     allowed port, denied port). Each is listening once its port file exists."""
-    address = _bridge_address(["docker", "exec", container])
+    address = bridge_address(["docker", "exec", container])
     ports = []
     for n in range(2):
         report = f"/tmp/{tag}-{n}.port"

@@ -11,7 +11,6 @@ import http.server
 import ipaddress
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.helpers import TEST_ROLE, git, make_workspace, wait_for, workspace_containers
+from tests.e2e.helpers import (
+    TEST_ROLE,
+    bridge_address,
+    git,
+    make_workspace,
+    wait_for,
+    workspace_containers,
+)
 
 # Runs in the sandbox: one GET through the proxy to each port, the status line and the proxy's
 # reason (its 403 body names the rule).
@@ -60,9 +66,7 @@ def _host_address() -> str:
     finally:
         probe.close()
     if ipaddress.ip_address(found).is_loopback:
-        found = subprocess.run(["docker", "network", "inspect", "bridge", "-f",
-                                "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        found = bridge_address([])
     if not found:
         pytest.skip("this machine has no address but loopback")
     return found
