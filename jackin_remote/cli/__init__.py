@@ -29,6 +29,7 @@ def _build() -> "typer.Typer":
         agents,
         audit,
         config,
+        console,
         disk,
         hosts,
         policy,
@@ -53,6 +54,7 @@ def _build() -> "typer.Typer":
     disk.register(app)
     snapshots.register(app)
     agents.register(app)
+    console.register(app)
     app.command("ports")(ports.ports)
     app.command("audit")(audit.audit)
     hosts.app.command("janitor")(audit.janitor)

@@ -24,12 +24,12 @@ STATE_STYLE = {
 STATUS_STYLE = {"blocked": "bold yellow", "done": "green", "working": "cyan", "idle": "dim"}
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def age(since: Any, now: float | None = None) -> str:
-    if not since or not _is_number(since):
+    if not since or not is_number(since):
         return "-"
     seconds = max(0, int((now or time.time()) - since))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -39,16 +39,16 @@ def age(since: Any, now: float | None = None) -> str:
 
 
 def _memory(value: Any) -> str:
-    if not _is_number(value):
+    if not is_number(value):
         return "-"
     return f"{value / 1024**2:.0f}M" if value < 1024**3 else f"{value / 1024**3:.1f}G"
 
 
-def _memory_cell(row: Mapping[str, Any]) -> str:
+def memory_cell(row: Mapping[str, Any]) -> str:
     """`300M/2.0G` against its limit when the host knows it, else `300M`."""
     used = _memory(row.get("memory_bytes"))
     limit: Any = row.get("memory_limit_bytes")
-    if not _is_number(limit) or limit <= 0:
+    if not is_number(limit) or limit <= 0:
         return used
     return f"{used}/{_memory(limit)}"
 
@@ -85,10 +85,10 @@ def tokens(usage: Any) -> str:
         return "-"
     counts = [usage.get(key) for key in ("input_tokens", "output_tokens", "cache_read_tokens",
                                          "cache_write_tokens")]  # fmt: skip
-    total = sum(count for count in counts if isinstance(count, int) and _is_number(count))
+    total = sum(count for count in counts if isinstance(count, int) and is_number(count))
     shown = f"{total / 1000:.1f}k" if total >= 1000 else str(int(total))
     cost = usage.get("cost_usd")
-    return shown + (f" ${cost:.2f}" if _is_number(cost) else "")
+    return shown + (f" ${cost:.2f}" if is_number(cost) else "")
 
 
 def first_link(links: Any) -> str | None:
@@ -103,10 +103,14 @@ def first_link(links: Any) -> str | None:
 
 
 def sessions_table(
-    rows: Sequence[dict[str, Any]], now: float | None = None, *, wide: bool = False
-) -> FittedTable:
+    rows: Sequence[dict[str, Any]], now: float | None = None, *, wide: bool = False,
+    selected: str | None = None,
+) -> FittedTable:  # fmt: skip
+    """`selected`: the key of a row to mark (the console's selection)."""
     cells = []
     for row in rows:
+        mark = row.get("key") == selected and selected is not None
+        label = f"{row['id']}" + (f" ({row['name']})" if row.get("name") else "")
         state = str(row.get("shown_state") or row["state"])
         state_text = text(state, style=STATE_STYLE.get(state, ""))
         if row.get("reason"):
@@ -120,14 +124,14 @@ def sessions_table(
         agent_status = str(row.get("agent_status") or "unknown")
         cpu = row.get("cpu_percent")
         cells.append([
-            text(f"{row['id']}" + (f" ({row['name']})" if row.get("name") else "")),
+            text(("> " if mark else "") + label, style="reverse" if mark else ""),
             # "twin-a (also twin-b)": other names of its host root report it too (store.view)
             text(row["host"] + (f" (also {', '.join(row['also'])})" if row.get("also") else "")),
             *(text(row[key]) for key in ("workspace", "role", "runtime")), state_text,
             text(agent_status, style=STATUS_STYLE.get(agent_status, "")),
             text(age(row.get("created_at"), now)),
-            text(f"{cpu:.0f}%" if live and _is_number(cpu) else "-"),
-            text(_memory_cell(row) if live else "-"),
+            text(f"{cpu:.0f}%" if live and is_number(cpu) else "-"),
+            text(memory_cell(row) if live else "-"),
             text(tokens(row.get("usage"))),
             text(first_link(row.get("links")) or "-"),
         ])  # fmt: skip

@@ -1,0 +1,157 @@
+"""The console's decisions (jackin_remote/console.py) and its screen (ui/console.py), rendered
+into a fixed-size string console."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from jackin_remote.cli.console import _command, outcome
+from jackin_remote.console import (
+    BACKSPACE,
+    DOWN,
+    ENTER,
+    ESCAPE,
+    INTERRUPT,
+    UP,
+    Action,
+    ConsoleState,
+    decode_keys,
+    filtered,
+    on_key,
+    selected_row,
+)
+from jackin_remote.ui.console import render
+
+
+def _row(sid: str, host: str = "h1", **extra: Any) -> dict[str, Any]:
+    return {"key": f"{host}/{sid}", "id": sid, "host": host, "name": None, "workspace": "ws",
+            "role": "r", "runtime": "shell", "state": "running", "agent_status": "working",
+            "created_at": 1000.0, **extra}  # fmt: skip
+
+
+ROWS = [_row("aaa111"), _row("bbb222", "h2", agent_status="blocked"), _row("ccc333")]
+
+
+def _press(state: ConsoleState, *keys: str) -> tuple[ConsoleState, Action | None]:
+    action = None
+    for key in keys:
+        state, action = on_key(state, key, ROWS)
+    return state, action
+
+
+def test_keys_are_decoded_from_what_the_terminal_sends() -> None:
+    assert decode_keys("\x1b[A\x1b[Bj\r\x7f\x1b/\x03") == [
+        UP, DOWN, "j", ENTER, BACKSPACE, ESCAPE, "/", INTERRUPT]  # fmt: skip
+    # Unknown sequences are skipped whole, other control characters dropped.
+    assert decode_keys("\x1b[15~a\x1b[1;5Cb\x00\x07c") == ["a", "b", "c"]
+
+
+@given(st.text())
+def test_decoding_never_yields_a_control_character(data: str) -> None:
+    for key in decode_keys(data):
+        assert key in (UP, DOWN, ENTER, ESCAPE, BACKSPACE, INTERRUPT) or (
+            len(key) == 1 and key.isprintable()
+        )
+
+
+def test_moving_keeps_within_the_rows_and_the_selection_follows_its_session() -> None:
+    state, _ = _press(ConsoleState(), DOWN, "j", "j", "j")
+    assert state.selected == "h1/ccc333"
+    state, _ = _press(state, UP, "k", "k")
+    assert state.selected == "h1/aaa111"
+    # A session that went away leaves the first row selected, not a stale one.
+    assert selected_row(ConsoleState(selected="gone/x"), ROWS) == ROWS[0]
+
+
+def test_the_filter_is_typed_kept_and_cleared() -> None:
+    state, _ = _press(ConsoleState(), "/", "h", "2", "x", BACKSPACE)
+    assert (state.typing, state.filter) == (True, "h2")
+    # While typing, action keys are text, not actions.
+    state, action = _press(state, "s")
+    assert action is None and state.filter == "h2s" and state.confirm is None
+    state, _ = _press(state, BACKSPACE, ENTER)
+    assert (state.typing, [r["id"] for r in filtered(ROWS, state.filter)]) == (False, ["bbb222"])
+    assert selected_row(state, ROWS) == ROWS[1]
+    state, action = _press(state, ESCAPE)  # Escape with a filter clears it; it does not quit
+    assert (state.filter, action) == ("", None)
+    _, action = _press(state, ESCAPE)
+    assert action == Action("quit")
+    assert filtered(ROWS, "BLOCKED") == [ROWS[1]]  # any column, any case
+
+
+def test_actions_name_the_selected_session_and_stop_is_asked_first() -> None:
+    state, action = _press(ConsoleState(), DOWN, "o")
+    assert action == Action("open", ROWS[1])
+    _, action = _press(ConsoleState(), "a")
+    assert action == Action("attach", ROWS[0])
+    state, action = _press(ConsoleState(), "s")
+    assert (state.confirm, action) == ("stop", None)
+    state, action = _press(state, "n")
+    assert action is None and state.confirm is None and "not done" in state.message
+    _, action = _press(ConsoleState(), "s", "y")
+    assert action == Action("stop", ROWS[0])
+    _, action = _press(ConsoleState(), "q")
+    assert action == Action("quit")
+    _, action = _press(ConsoleState(typing=True), INTERRUPT)
+    assert action == Action("quit")
+    state, action = on_key(ConsoleState(), "l", [])
+    assert action is None and state.message == "no session is selected"
+
+
+def _screen(rows: list[dict[str, Any]], state: ConsoleState, width: int = 120) -> str:
+    console = Console(file=io.StringIO(), width=width, height=30, color_system=None)
+    summary = [
+        {"name": "h1", "status": "ok", "running": 2, "capacity": 4, "agents": "working"},
+        {"name": "h2", "status": "ok", "running": 1, "capacity": 4, "agents": "blocked"},
+    ]
+    console.print(render(rows, summary, {"h3": "unreachable"}, state, now=1060.0))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_screen_shows_the_fleet_the_selection_its_links_and_the_keys() -> None:
+    rows = [*ROWS[:2], _row("ccc333", links={"pr": ["https://x.test/pr/1"],
+                                             "issue": ["https://x.test/i/2"]},
+                            usage={"input_tokens": 1500, "cost_usd": 0.25})]  # fmt: skip
+    shown = _screen(rows, ConsoleState(selected="h1/ccc333"))
+    assert "fleet: blocked · 3 sessions" in shown
+    assert "h1 2/4 running" in shown and "h2 1/4 running (blocked)" in shown
+    assert "> ccc333" in shown and "> aaa111" not in shown
+    assert "ccc333 on h1 · agent working · tokens 1.5k $0.25" in shown
+    assert "pr: https://x.test/pr/1" in shown and "issue: https://x.test/i/2" in shown
+    assert "h3: unreachable" in shown and "q quit" in shown
+    filtered_ = _screen(rows, ConsoleState(filter="zzz"))
+    assert "(0 shown) · filter: zzz" in filtered_ and "no session matches" in filtered_
+    asking = _screen(rows, ConsoleState(confirm="stop"))
+    assert "stop aaa111 on h1? y to confirm" in asking
+    assert "no sessions yet" in _screen([], ConsoleState())
+
+
+def test_hostile_text_from_a_host_reaches_the_screen_as_visible_characters() -> None:
+    evil = "\x1b]52;c;cm0gLXJm\x07\x1b[2J"
+    rows = [_row("aaa111", workspace=evil, error=f"boom {evil}",
+                 links={"pr": [f"https://x.test/{evil}"], "issue": "not-a-list"})]  # fmt: skip
+    shown = _screen(rows, ConsoleState(message=evil), width=200)
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\\x1b]52;c;cm0gLXJm" in shown  # shown, escaped, never obeyed
+    assert "issue:" not in shown  # a malformed value is not iterated as characters
+
+
+def test_an_action_names_its_session_whole_and_reports_how_it_went() -> None:
+    row = _row("aaa111")
+    assert _command("/inv", "stop", row)[-5:] == ["-i", "/inv", "stop", "h1:aaa111", "--json"]
+    assert _command(None, "attach", row)[-2:] == ["attach", "h1:aaa111"]
+
+    def proc(code: int, stdout: str, stderr: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], code, stdout, stderr)
+
+    assert outcome("stop", row, proc(0, '{"schema_version": "v1"}')) == "stop aaa111: done"
+    failed = proc(1, '{"error": {"message": "session aaa111 is gone"}}')
+    assert outcome("stop", row, failed) == "stop aaa111: session aaa111 is gone"
+    assert outcome("pull", row, proc(1, "", "Traceback\nboom\n")) == "pull aaa111: failed (boom)"
+    assert outcome("pull", row, proc(9, "")) == "pull aaa111: failed (exit 9)"
