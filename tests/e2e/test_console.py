@@ -118,6 +118,12 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
     assert seen.read_text() == PR + "\n"
     screen.until(lambda s: f"open {a}: done" in s, "that the link was opened")
 
+    # `l` hands the terminal to `logs`; Enter gives it back to the console.
+    screen.keys("l")
+    screen.until(lambda s: "opened" in s and "Enter goes back to the console" in s, "its logs")
+    screen.keys("Enter")
+    screen.until(lambda s: "q quit" in s and f"pr: {PR}" in s, "the console again")
+
     # Escape clears the filter; then filter to the other one and stop it, asked first.
     screen.keys("Escape", "/", *b[:6], "Enter")
     screen.until(lambda s: a not in s and "> " + b in s, "the other filter")
