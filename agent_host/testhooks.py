@@ -45,6 +45,7 @@ CONTROLLER_STEPS = (
 )
 HOST_STEPS = (
     "host-create",  # sessions.create: the `starting` record is written; no checkout, no container
+    "host-list",  # sessions.list: before anything is read (a host that does not answer)
 )
 STEPS = CONTROLLER_STEPS + HOST_STEPS
 

@@ -21,6 +21,7 @@ _SINGLE = {"\r": ENTER, "\n": ENTER, "\x7f": BACKSPACE, "\x08": BACKSPACE, "\x03
 ACTIONS = {"a": "attach", "l": "logs", "s": "stop", "p": "pull", "o": "open"}
 CONFIRM = {"stop"}  # asked again (y) before it runs
 HELP = "↑↓/jk move · a attach · l logs · s stop · p pull · o open link · / filter · q quit"
+NOTIFY_PER_ROUND = 5  # notify commands started in one round, at most (a host may flap)
 FILTER_CHARS = 40
 # The columns a filter matches, case-insensitively, anywhere in the value.
 FILTERED = ("id", "name", "host", "workspace", "role", "runtime", "state", "agent_status")
@@ -31,7 +32,7 @@ class ConsoleState:
     selected: str | None = None  # the selected row's key (host and id), kept across rounds
     filter: str = ""
     typing: bool = False  # the filter is being typed
-    confirm: str | None = None  # an action waiting for `y`
+    confirm: tuple[str, str] | None = None  # (verb, row key): an action waiting for `y`
     message: str = ""  # the last action's outcome, shown under the table
 
 
@@ -117,14 +118,16 @@ def on_key(
             return replace(state, filter=state.filter + key), None
         return state, None
     if state.confirm is not None:
-        row = selected_row(state, rows)
-        verb, state = state.confirm, replace(state, confirm=None)
+        # Only the very session asked about: one that left the view meanwhile is not replaced
+        # by whichever row comes first now.
+        (verb, wanted), state = state.confirm, replace(state, confirm=None)
+        row = next((r for r in filtered(rows, state.filter) if r["key"] == wanted), None)
         if key in ("y", "Y") and row is not None:
             return state, Action(verb, row)
         return replace(state, message=f"{verb}: not done"), None
-    if key in ("q", ESCAPE) and not (key == ESCAPE and state.filter):
+    if key == "q":
         return state, Action("quit")
-    if key == ESCAPE:
+    if key == ESCAPE:  # never quits: a lone Escape byte may be the start of a key (Alt+j)
         return replace(state, filter=""), None
     if key in (UP, "k"):
         return _move(state, rows, -1), None
@@ -139,6 +142,6 @@ def on_key(
         verb = ACTIONS[key]
         state = replace(state, selected=row["key"], message="")
         if verb in CONFIRM:
-            return replace(state, confirm=verb), None
+            return replace(state, confirm=(verb, row["key"])), None
         return state, Action(verb, row)
     return state, None

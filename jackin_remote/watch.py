@@ -54,12 +54,17 @@ def notify_argv(command: str) -> list[str]:
     return argv
 
 
+def notify_env(row: dict[str, Any]) -> dict[str, str]:
+    """The notify command's environment: ours, and the blocked session's id and host."""
+    return {**os.environ, "JACKIN_SESSION": str(row["id"]), "JACKIN_HOST": str(row["host"]),
+            "JACKIN_STATUS": "blocked"}  # fmt: skip
+
+
 def run_notify(argv: list[str], row: dict[str, Any]) -> None:
     """Run the notify command for one blocked session; it never stops the watch."""
-    env = {**os.environ, "JACKIN_SESSION": str(row["id"]), "JACKIN_HOST": str(row["host"]),
-           "JACKIN_STATUS": "blocked"}  # fmt: skip
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=30, check=False)
+        subprocess.run(argv, env=notify_env(row), stdin=subprocess.DEVNULL, timeout=30,
+                       check=False)  # fmt: skip
 
 
 async def watch(

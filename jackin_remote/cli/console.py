@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import termios
@@ -102,101 +103,213 @@ async def _console(
 ) -> None:  # fmt: skip
     import asyncio  # here: `ls --cached` imports this module and must not pay for asyncio
 
-    from rich.live import Live
-
-    from jackin_remote.console import ConsoleState, decode_keys, on_key
     from jackin_remote.fleet import Pool
-    from jackin_remote.sessions import refresh
-    from jackin_remote.store import Store
-    from jackin_remote.ui.console import render
-    from jackin_remote.ui.sessions import capacity
-    from jackin_remote.watch import MIN_INTERVAL, newly_blocked, run_notify, statuses
 
+    screen = _Screen(hosts, interval, notify, inventory_option)
     loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    keys: asyncio.Queue[str] = asyncio.Queue()
-    store, names = Store(), [host.name for host in hosts]
-    state = ConsoleState()
-    rows: list[dict[str, Any]] = []
-    summary: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
-    before: dict[str, str] = {}
-    live = Live(console=out, screen=True, auto_refresh=False, transient=True)
-
-    def readable() -> None:
-        with contextlib.suppress(OSError):
-            for key in decode_keys(os.read(fd, 1024).decode(errors="replace")):
-                keys.put_nowait(key)
-
-    def draw() -> None:
-        live.update(render(rows, summary, failed, state), refresh=True)
-
-    async def interactive(argv: list[str], pause: bool) -> None:
-        """Hands the terminal to a command, then takes it back."""
-        loop.remove_reader(fd)
-        live.stop()
-        termios.tcsetattr(fd, termios.TCSADRAIN, cooked)
-        try:
-            await asyncio.to_thread(subprocess.run, argv, check=False)
-            if pause:
-                sys.stdout.write("\n-- Enter goes back to the console --")
-                sys.stdout.flush()
-                await asyncio.to_thread(sys.stdin.readline)
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, keyed)
-            live.start()
-            loop.add_reader(fd, readable)
-
-    cooked = termios.tcgetattr(fd)
-    with _keys_mode(fd):
-        keyed = termios.tcgetattr(fd)
-        live.start()
-        loop.add_reader(fd, readable)
+    task = asyncio.current_task()
+    with _keys_mode(screen.fd):
+        screen.keyed = termios.tcgetattr(screen.fd)
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # the terminal is given back on these too
+            loop.add_signal_handler(signum, task.cancel if task else (lambda: None))
+        screen.live.start()
+        loop.add_reader(screen.fd, screen.readable)
         try:
             async with Pool(inventory) as pool:
-                while True:
-                    results = await refresh(pool, hosts, store)
-                    failed = {r.host.name: str(getattr(r.error, "reason", r.error))
-                              for r in results if not r.ok}  # fmt: skip
-                    rows = store.view(names)
-                    summary = capacity(hosts, rows, {r.host.name: str(r.state)
-                                                     for r in results if not r.ok})  # fmt: skip
-                    blocked = newly_blocked(before, rows)
-                    before = statuses(rows)
-                    draw()
-                    if blocked:
-                        out.bell()  # an agent waits for the operator
-                    for row in blocked if notify else []:
-                        run_notify(notify or [], row)
-                    deadline = loop.time() + max(interval, MIN_INTERVAL)
-                    while (left := deadline - loop.time()) > 0:
-                        try:
-                            key = await asyncio.wait_for(keys.get(), left)
-                        except TimeoutError:
-                            break
-                        state, action = on_key(state, key, rows)
-                        if action is not None and action.verb == "quit":
-                            return
-                        if action is not None and action.row is not None:
-                            argv = _command(inventory_option, action.verb, action.row)
-                            if action.verb in INTERACTIVE:
-                                await interactive(argv, pause=action.verb == "logs")
-                            else:
-                                state = replace(
-                                    state, message=f"{action.verb} {action.row['id']}..."
-                                )
-                                draw()
-                                proc = await asyncio.to_thread(
-                                    subprocess.run, argv, capture_output=True, text=True,
-                                    stdin=subprocess.DEVNULL, check=False)  # fmt: skip
-                                said = outcome(action.verb, action.row, proc)
-                                state = replace(state, message=said)
-                            break  # refresh now: the action changed something
-                        draw()
+                await screen.run(pool)
+        except asyncio.CancelledError:
+            pass
         finally:
             with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(fd)
-            live.stop()
+                loop.remove_reader(screen.fd)
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            screen.live.stop()
+
+
+class _Screen:
+    """The console's loop: a refresh round, then `interval` of keys, again; keys are read while
+    a round runs too, so `q` ends the console even when a host never answers."""
+
+    def __init__(self, hosts: list[Any], interval: float, notify: list[str] | None,
+                 inventory_option: str | None) -> None:  # fmt: skip
+        import asyncio
+
+        from rich.live import Live
+
+        from jackin_remote.console import ConsoleState
+        from jackin_remote.store import Store
+        from jackin_remote.watch import MIN_INTERVAL
+
+        self.hosts, self.notify, self.inventory_option = hosts, notify, inventory_option
+        self.interval = max(interval, MIN_INTERVAL)
+        self.fd = sys.stdin.fileno()
+        self.cooked = termios.tcgetattr(self.fd)
+        self.keyed = self.cooked
+        self.keys: asyncio.Queue[str] = asyncio.Queue()
+        self.store = Store()
+        self.state = ConsoleState()
+        self.rows: list[dict[str, Any]] = []
+        self.summary: list[dict[str, Any]] = []
+        self.failed: dict[str, str] = {}
+        self.before: dict[str, str] = {}
+        self.notifying: set[Any] = set()
+        self.live = Live(console=out, screen=True, auto_refresh=False, transient=True)
+
+    def readable(self) -> None:
+        from jackin_remote.console import decode_keys
+
+        with contextlib.suppress(OSError):
+            for key in decode_keys(os.read(self.fd, 1024).decode(errors="replace")):
+                self.keys.put_nowait(key)
+
+    def draw(self) -> None:
+        from jackin_remote.ui.console import render
+
+        view = render(self.rows, self.summary, self.failed, self.state,
+                      height=out.size.height)  # fmt: skip
+        self.live.update(view, refresh=True)
+
+    async def run(self, pool: Any) -> None:
+        import asyncio
+
+        from jackin_remote.sessions import refresh
+
+        while True:
+            round_ = asyncio.ensure_future(refresh(pool, self.hosts, self.store))
+            if await self._keys_until(round_, interrupt=False):
+                return
+            self._take(round_.result())
+            pause = asyncio.ensure_future(asyncio.sleep(self.interval))
+            if await self._keys_until(pause, interrupt=True):
+                return
+
+    def _take(self, results: list[Any]) -> None:
+        from jackin_remote.console import NOTIFY_PER_ROUND
+        from jackin_remote.ui.sessions import capacity
+        from jackin_remote.watch import newly_blocked, statuses
+
+        silent = [r for r in results if not r.ok]
+        self.failed = {r.host.name: str(getattr(r.error, "reason", r.error)) for r in silent}
+        self.rows = self.store.view([host.name for host in self.hosts])
+        self.summary = capacity(self.hosts, self.rows, {r.host.name: str(r.state) for r in silent})
+        blocked = newly_blocked(self.before, self.rows)
+        self.before = statuses(self.rows)
+        self.draw()
+        if blocked:
+            out.bell()  # an agent waits for the operator: once a round, however many
+        for row in blocked[:NOTIFY_PER_ROUND] if self.notify else []:
+            self._notify(row)
+
+    def _notify(self, row: dict[str, Any]) -> None:
+        """The notify command, in the background: it never holds the screen, nor writes on it."""
+        import asyncio
+
+        from jackin_remote.watch import notify_env
+
+        async def go() -> None:
+            with contextlib.suppress(OSError):
+                proc = await asyncio.create_subprocess_exec(
+                    *(self.notify or []), env=notify_env(row), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+
+        task = asyncio.ensure_future(go())
+        self.notifying.add(task)
+        task.add_done_callback(self.notifying.discard)
+
+    async def _next_key(self, pending: Any) -> str | None:
+        """The next key, or None once `pending` is done first."""
+        import asyncio
+
+        getter = asyncio.ensure_future(self.keys.get())
+        done, _ = await asyncio.wait({pending, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return str(getter.result())
+        getter.cancel()
+        return None
+
+    async def _keys_until(self, pending: Any, *, interrupt: bool) -> bool:
+        """Handle keys until `pending` is done (or, if `interrupt`, until an action ran: the
+        view is refreshed right after). True when the operator quit."""
+        from jackin_remote.console import on_key
+
+        while not pending.done():
+            key = await self._next_key(pending)
+            if key is None:
+                break
+            self.state, action = on_key(self.state, key, self.rows)
+            if action is not None and (action.verb == "quit" or action.row is not None):
+                if action.verb == "quit" or await self._act(action.verb, action.row or {}):
+                    pending.cancel()
+                    return True
+                if interrupt:
+                    pending.cancel()
+                    break
+            self.draw()
+        return False
+
+    async def _act(self, verb: str, row: dict[str, Any]) -> bool:
+        """Run one action's command. True when the operator quit while it ran."""
+        argv = _command(self.inventory_option, verb, row)
+        if verb in INTERACTIVE:
+            await self._give_terminal(argv, pause=verb == "logs")
+            return False
+        return await self._in_background(verb, row, argv)
+
+    async def _give_terminal(self, argv: list[str], pause: bool) -> None:
+        """The command gets the terminal (its Ctrl-C is its own), then the console takes it
+        back; after `logs` it waits for a key first, so the output can be read."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.fd)
+        self.live.stop()
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.cooked)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        try:
+            with contextlib.suppress(OSError):
+                child = await asyncio.create_subprocess_exec(*argv)
+                await child.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.keyed)
+            loop.add_reader(self.fd, self.readable)
+        if pause:
+            sys.stdout.write("\n-- any key goes back to the console --")
+            sys.stdout.flush()
+            await self.keys.get()
+        self.live.start()
+
+    async def _in_background(self, verb: str, row: dict[str, Any], argv: list[str]) -> bool:
+        """Stop, pull or open, with its outcome under the table; `q` or Ctrl-C meanwhile ends
+        it and the console."""
+        import asyncio
+
+        from jackin_remote.console import INTERRUPT
+
+        self.state = replace(self.state, message=f"{verb} {row['id']}...")
+        self.draw()
+        pipe = subprocess.PIPE
+        child = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
+        )
+        talk = asyncio.ensure_future(child.communicate())
+        while not talk.done():
+            key = await self._next_key(talk)
+            if key in ("q", INTERRUPT):
+                child.kill()
+                await child.wait()
+                return True
+        stdout, stderr = talk.result()
+        done = subprocess.CompletedProcess(argv, child.returncode or 0,
+                                           stdout.decode(errors="replace"),
+                                           stderr.decode(errors="replace"))  # fmt: skip
+        self.state = replace(self.state, message=outcome(verb, row, done))
+        return False
 
 
 def register(app: typer.Typer) -> None:

@@ -56,41 +56,81 @@ def details(row: Mapping[str, Any]) -> list[Text]:
                 said.append(line(f"  {kind}: ", (str(url), "underline"), multiline=False))
     error = row.get("error")
     if isinstance(error, str) and error.strip():
-        said.append(line(("  error: ", "red"), " ".join(error.split())[:300], multiline=False))
+        said.append(line(("  error: ", "red"), " ".join(error.split())[:LINE_CHARS],
+                         multiline=False))  # fmt: skip
     return said
 
 
-def footer(state: ConsoleState, row: Mapping[str, Any] | None) -> Text:
+def footer(state: ConsoleState, rows: Sequence[Mapping[str, Any]]) -> Text:
+    """The keys, or the filter being typed, or the question before a stop."""
     if state.typing:
         return line("filter: ", (state.filter, "bold"), "▏  (Enter keeps it, Esc clears it)",
                     multiline=False)  # fmt: skip
-    if state.confirm is not None and row is not None:
-        return line((f"{state.confirm} {row['id']} on {row['host']}?", "bold yellow"),
-                    " y to confirm, any other key cancels", multiline=False)  # fmt: skip
+    if state.confirm is not None:
+        verb, key = state.confirm
+        asked = next((r for r in rows if r.get("key") == key), None)
+        what = f"{asked['id']} on {asked['host']}" if asked else "a session no longer listed"
+        return line((f"{verb} {what}?", "bold yellow"), " y to confirm, any other key cancels",
+                    multiline=False)  # fmt: skip
     return Text(HELP, style="dim")
+
+
+def _one_line(said: Text) -> Text:
+    """A line that never wraps: a host's long words cannot push the rest off the screen."""
+    said.no_wrap, said.overflow = True, "ellipsis"
+    return said
+
+
+def window(shown: Sequence[dict[str, Any]], selected: Mapping[str, Any] | None,
+           room: int) -> list[dict[str, Any]]:  # fmt: skip
+    """At most `room` rows around the selected one, so it stays on the screen. Pure."""
+    if len(shown) <= room:
+        return list(shown)
+    index = next((i for i, r in enumerate(shown) if r is selected), 0)
+    start = min(max(index - room // 2, 0), len(shown) - room)
+    return list(shown[start : start + room])
+
+
+TABLE_CHROME = 6  # the table's title, borders, header and the "not shown at this width" line
+MAX_FAILED_LINES = 3
+LINE_CHARS = 300
 
 
 def render(
     rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
     failed: Mapping[str, str], state: ConsoleState, now: float | None = None,
+    height: int | None = None,
 ) -> RenderableType:  # fmt: skip
-    """The whole screen. `failed`: host name to why it did not answer this round."""
+    """The whole screen, `height` lines at most when given. The keys (or the question asked)
+    come right under the title, so nothing a host says can push them off the screen.
+    `failed`: host name to why it did not answer this round."""
     shown = filtered(rows, state.filter)
     row = selected_row(state, rows)
-    parts: list[RenderableType] = [
-        _title(rows, len(shown), summary, state),
-        capacity_line(summary),
-        sessions_table(shown, now, selected=row["key"] if row else None),
-    ]
-    if row is not None:
-        parts += details(row)
-    elif rows:
-        parts.append(line(("no session matches the filter", "dim")))
-    else:
-        parts.append(line(("no sessions yet: `jackin-remote launch` starts one", "dim")))
-    for host, why in failed.items():
-        parts.append(line((f"{host}: ", "yellow"), why, multiline=False))
+    head = [_title(rows, len(shown), summary, state), footer(state, rows)]
     if state.message:
-        parts.append(line(state.message, multiline=False))
-    parts.append(footer(state, row))
+        head.append(line(state.message[:LINE_CHARS], multiline=False))
+    head.append(capacity_line(summary))
+    if row is not None:
+        tail = details(row)
+    elif rows:
+        tail = [line(("no session matches the filter", "dim"))]
+    else:
+        tail = [line(("no sessions yet: `jackin-remote launch` starts one", "dim"))]
+    hosts = list(failed.items())
+    for host, why in hosts[:MAX_FAILED_LINES]:
+        tail.append(line((f"{host}: ", "yellow"), str(why)[:LINE_CHARS], multiline=False))
+    if len(hosts) > MAX_FAILED_LINES:
+        tail.append(line((f"... and {len(hosts) - MAX_FAILED_LINES} more hosts did not answer "
+                          "(`jackin-remote ls` lists them)", "yellow")))  # fmt: skip
+    room = len(shown) if height is None else height - len(head) - len(tail) - TABLE_CHROME
+    if room < len(shown):
+        room -= 1  # the "rows X-Y of Z" line
+    listed = window(shown, row, max(room, 1))
+    parts: list[RenderableType] = [*(_one_line(t) for t in head)]
+    parts.append(sessions_table(listed, now, selected=row["key"] if row else None))
+    if len(listed) < len(shown):
+        first = shown.index(listed[0]) + 1
+        parts.append(line((f"rows {first}-{first + len(listed) - 1} of {len(shown)}: ↑↓ scroll",
+                           "dim")))  # fmt: skip
+    parts += [_one_line(t) for t in tail]
     return Group(*parts)

@@ -61,6 +61,21 @@ class Screen:
         subprocess.run([*self.base, "kill-server"], capture_output=True)
 
 
+def console_script(cli: CLI, env: dict[str, str], inventory: Path, ended: Path, *args: str,
+                   after: str = "") -> Path:  # fmt: skip
+    """A shell script that runs the console with `env` and writes `rc=N` to `ended` (last)."""
+    # The terminal's own words (TERM, its size) are tmux's, not the test runner's.
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
+                      if _NAME.match(k) and k not in ("TERM", "COLUMNS", "LINES"))  # fmt: skip
+    q = shlex.quote
+    script = ended.with_name("console.sh")
+    script.write_text(f"unset COLUMNS LINES\n{exports}cd {q(str(cli.cwd))}\n"
+                      f"{q(sys.executable)} -m jackin_remote -i {q(str(inventory))} console "
+                      f"{' '.join(map(q, args))}\necho rc=$? > {q(str(ended))}.tmp\n{after}"
+                      f"mv {q(str(ended))}.tmp {q(str(ended))}\n")  # fmt: skip
+    return script
+
+
 @pytest.fixture
 def screen() -> Iterator[Screen]:
     made = Screen(f"jk-console-{secrets.token_hex(4)}")
@@ -94,14 +109,7 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
     opener.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {seen}\n")
     opener.chmod(0o755)
     env = {**cli.env, "BROWSER": f"{opener} %s"}
-    # The terminal's own words (TERM, its size) are tmux's, not the test runner's.
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
-                      if _NAME.match(k) and k not in ("TERM", "COLUMNS", "LINES"))  # fmt: skip
-    script = tmp_path / "console.sh"
-    script.write_text(f"unset COLUMNS LINES\n{exports}cd {shlex.quote(str(cli.cwd))}\n"
-                      f"{shlex.quote(sys.executable)} -m jackin_remote -i "
-                      f"{shlex.quote(str(local_inventory))} console --interval 0.5\n"
-                      f"echo rc=$? > {shlex.quote(str(ended))}\n")  # fmt: skip
+    script = console_script(cli, env, local_inventory, ended, "--interval", "0.5")
     screen.start(script)
 
     shown = screen.until(lambda s: a in s and b in s and "fleet: blocked" in s,
@@ -118,9 +126,9 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
     assert seen.read_text() == PR + "\n"
     screen.until(lambda s: f"open {a}: done" in s, "that the link was opened")
 
-    # `l` hands the terminal to `logs`; Enter gives it back to the console.
+    # `l` hands the terminal to `logs`; a key gives it back to the console.
     screen.keys("l")
-    screen.until(lambda s: "opened" in s and "Enter goes back to the console" in s, "its logs")
+    screen.until(lambda s: "opened" in s and "any key goes back to the console" in s, "its logs")
     screen.keys("Enter")
     screen.until(lambda s: "q quit" in s and f"pr: {PR}" in s, "the console again")
 
@@ -142,6 +150,26 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
     assert ended.read_text() == "rc=0\n"
     for sid in (a, b):
         cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
+
+
+def test_q_ends_the_console_while_a_host_does_not_answer_and_gives_the_terminal_back(
+    cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
+) -> None:
+    ended, modes = tmp_path / "ended", tmp_path / "modes"
+    env = {**cli.env, "JACKIN_TEST_PAUSE_AT": "host-list"}  # session.list waits for the test
+    script = console_script(cli, env, local_inventory, ended,
+                            after=f"stty -a > {shlex.quote(str(modes))}\n")  # fmt: skip
+    pause = tmp_path / "host-root" / "test-pause"
+    screen.start(script)
+    try:
+        _wait((pause / "host-list.reached").exists, "the host got session.list")
+        screen.keys("q")
+        _wait(ended.exists, "the console ended without the host's answer")
+    finally:
+        (pause / "host-list.resume").touch()  # the agent carries on and exits
+    assert ended.read_text() == "rc=0\n"
+    words = modes.read_text().split()
+    assert "echo" in words and "icanon" in words and "isig" in words, words  # as it was before
 
 
 def test_the_console_refuses_to_run_without_a_terminal(cli: CLI, local_inventory: Path) -> None:

@@ -26,7 +26,7 @@ from jackin_remote.console import (
     on_key,
     selected_row,
 )
-from jackin_remote.ui.console import render
+from jackin_remote.ui.console import render, window
 
 
 def _row(sid: str, host: str = "h1", **extra: Any) -> dict[str, Any]:
@@ -78,10 +78,10 @@ def test_the_filter_is_typed_kept_and_cleared() -> None:
     state, _ = _press(state, BACKSPACE, ENTER)
     assert (state.typing, [r["id"] for r in filtered(ROWS, state.filter)]) == (False, ["bbb222"])
     assert selected_row(state, ROWS) == ROWS[1]
-    state, action = _press(state, ESCAPE)  # Escape with a filter clears it; it does not quit
+    state, action = _press(state, ESCAPE)  # Escape clears the filter, and never quits
     assert (state.filter, action) == ("", None)
     _, action = _press(state, ESCAPE)
-    assert action == Action("quit")
+    assert action is None
     assert filtered(ROWS, "BLOCKED") == [ROWS[1]]  # any column, any case
 
 
@@ -91,7 +91,7 @@ def test_actions_name_the_selected_session_and_stop_is_asked_first() -> None:
     _, action = _press(ConsoleState(), "a")
     assert action == Action("attach", ROWS[0])
     state, action = _press(ConsoleState(), "s")
-    assert (state.confirm, action) == ("stop", None)
+    assert (state.confirm, action) == (("stop", "h1/aaa111"), None)
     state, action = _press(state, "n")
     assert action is None and state.confirm is None and "not done" in state.message
     _, action = _press(ConsoleState(), "s", "y")
@@ -127,9 +127,34 @@ def test_the_screen_shows_the_fleet_the_selection_its_links_and_the_keys() -> No
     assert "h3: unreachable" in shown and "q quit" in shown
     filtered_ = _screen(rows, ConsoleState(filter="zzz"))
     assert "(0 shown) · filter: zzz" in filtered_ and "no session matches" in filtered_
-    asking = _screen(rows, ConsoleState(confirm="stop"))
+    asking = _screen(rows, ConsoleState(confirm=("stop", "h1/aaa111")))
     assert "stop aaa111 on h1? y to confirm" in asking
     assert "no sessions yet" in _screen([], ConsoleState())
+
+
+def test_a_stop_confirmed_after_its_session_left_the_view_stops_nothing_else() -> None:
+    state, _ = _press(ConsoleState(), DOWN, "s")
+    assert state.confirm == ("stop", "h2/bbb222")
+    # Between the question and the answer, a refresh dropped that session.
+    state, action = on_key(state, "y", [ROWS[0], ROWS[2]])
+    assert action is None and state.message == "stop: not done"
+
+
+def test_the_keys_stay_on_screen_and_the_selection_stays_in_view() -> None:
+    many = [_row(f"s{n:05d}") for n in range(200)]
+    selected = many[150]["key"]
+    failed = {f"h{n}": "x" * 5000 for n in range(10)}
+    console = Console(file=io.StringIO(), width=100, height=24, color_system=None)
+    console.print(render(many, [], failed, ConsoleState(selected=selected, confirm=("stop",
+                         selected)), height=24))  # fmt: skip
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) <= 24, len(lines)
+    assert "stop s00150 on h1? y to confirm" in lines[1]
+    assert any("> s00150" in each for each in lines)
+    assert any("of 200: ↑↓ scroll" in each for each in lines)
+    assert sum("xxxx" in each for each in lines) == 3  # three hosts' reasons, one line each
+    assert any("7 more hosts did not answer" in each for each in lines)
+    assert window(many, many[0], 5) == many[:5] and window(many, many[199], 5) == many[195:]
 
 
 def test_hostile_text_from_a_host_reaches_the_screen_as_visible_characters() -> None:

@@ -33,10 +33,11 @@ async def test_a_misspelt_step_is_an_error_not_a_silent_pass(
 def test_only_host_steps_travel_to_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     artifact = AgentArtifact(Path("/nonexistent"), "0" * 16)
     assert testhooks.agent_env({testhooks.ENV: "create-send"}) == ""
-    (host_step,) = testhooks.HOST_STEPS
-    assert testhooks.agent_env({testhooks.ENV: host_step}) == f"{testhooks.ENV}={host_step} "
-    monkeypatch.setenv(testhooks.ENV, host_step)
-    assert f"{testhooks.ENV}={host_step} python3" in serve_script("~/.jackin", artifact)
+    assert testhooks.HOST_STEPS == ("host-create", "host-list")
+    for host_step in testhooks.HOST_STEPS:
+        assert testhooks.agent_env({testhooks.ENV: host_step}) == f"{testhooks.ENV}={host_step} "
+        monkeypatch.setenv(testhooks.ENV, host_step)
+        assert f"{testhooks.ENV}={host_step} python3" in serve_script("~/.jackin", artifact)
 
 
 async def test_a_paused_launch_with_a_resume_file_carries_on_once_it_exists(
