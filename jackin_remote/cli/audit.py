@@ -6,7 +6,6 @@ answers are hostile text: every cell goes through ui/safe.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import typer
@@ -75,24 +74,9 @@ async def _collect(
 def merged(results: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Each host's rows, checked (agent_host.audit.AuditEntry), tagged with the host, by time."""
     from agent_host.audit import AuditEntry
-    from agent_host.wire import SpecError
+    from jackin_remote.answers import merged_entries
 
-    entries: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    for result in results:
-        if not result.ok:
-            reason = str(getattr(result.error, "reason", result.error))
-            failed.append({"host": result.host.name, "error": reason})
-            continue
-        try:
-            items = (result.value or {}).get("entries")
-            if not isinstance(items, list):
-                raise SpecError("entries", "must be a list")
-            checked = [AuditEntry.from_wire(item) for item in items]
-        except SpecError as exc:
-            failed.append({"host": result.host.name, "error": f"bad answer: {exc.message}"})
-            continue
-        entries += [{"host": result.host.name, **asdict(entry)} for entry in checked]
+    entries, failed = merged_entries(results, AuditEntry.from_wire)
     entries.sort(key=lambda e: (e["at"], e["host"], e["id"]))
     return entries, failed
 

@@ -5,7 +5,6 @@ Hosts' answers are hostile text: every cell goes through ui/safe.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -123,29 +122,15 @@ async def _follow(ctx: typer.Context, ref: str | None, on: str, as_json: bool) -
 async def _ask(
     pool: Any, hosts: Any, params: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    from agent_host.wire import EgressEntry, SpecError
+    from agent_host.wire import EgressEntry
+    from jackin_remote.answers import merged_entries
     from jackin_remote.sessions import call
 
     async def ask(link: Any) -> Any:
         return await call(pool, link.host, "egress.log", params)
 
     results = await pool.map(hosts, ask)
-    entries: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    for result in results:
-        if not result.ok:
-            reason = str(getattr(result.error, "reason", result.error))
-            failed.append({"host": result.host.name, "error": reason})
-            continue
-        try:
-            items = (result.value or {}).get("entries")
-            if not isinstance(items, list):
-                raise SpecError("entries", "must be a list")
-            checked = [EgressEntry.from_wire(item) for item in items]
-        except SpecError as exc:
-            failed.append({"host": result.host.name, "error": f"bad answer: {exc.message}"})
-            continue
-        entries += [{"host_name": result.host.name, **asdict(entry)} for entry in checked]
+    entries, failed = merged_entries(results, EgressEntry.from_wire, host_field="host_name")
     entries.sort(key=lambda e: e["last_seen"])
     return entries, failed
 
