@@ -152,6 +152,28 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
         cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
 
 
+def test_a_attaches_to_an_interactive_session_and_detaching_comes_back_to_the_console(
+    cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "none")
+    sid = session["id"]
+    ended = tmp_path / "ended"
+    screen.start(console_script(cli, dict(cli.env), local_inventory, ended))
+    screen.until(lambda s: "> " + sid in s and "q quit" in s, "the session")
+    screen.keys("a")
+    screen.until(lambda s: "q quit" not in s, "the session's terminal")
+    screen.keys(*"echo INSIDE-$((6*7))", "Enter")
+    screen.until(lambda s: "INSIDE-42" in s, "the command run inside the sandbox")
+    screen.keys("C-b", "d")  # tmux's detach: the session runs on, the console comes back
+    screen.until(lambda s: "> " + sid in s and "q quit" in s, "the console again")
+    screen.keys("q")
+    _wait(ended.exists, "the console ended")
+    assert ended.read_text() == "rc=0\n"
+    assert session_row(cli, local_inventory, sid)["state"] == "running"
+    cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
+
+
 def test_q_ends_the_console_while_a_host_does_not_answer_and_gives_the_terminal_back(
     cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
 ) -> None:
