@@ -104,14 +104,25 @@ def clean_links(links: object, redact: Redact) -> Dict[str, List[str]]:
     return kept
 
 
+# Between the screen and the status file in what the host reads (sessions._STATUS_SCREEN).
+STATUS_FILE_MARK = "\n-- jackin status file --\n"
+
+
 def read_screen(screen: str, scan: Optional[Dict[str, Any]], redact: Redact) -> Dict[str, Any]:
-    """An interactive session's screen: its links join those seen before; its status is the
-    screen's last status tag (None once no tag is on the screen)."""
+    """An interactive session's screen, and after STATUS_FILE_MARK the status file its hooks
+    write, if any: its links join those seen before; its status is the status file's tag, else
+    the screen's last status tag (None once there is neither). The file is read on its own, so
+    a code fence left open on the screen cannot hide its tag."""
     scan = scan if isinstance(scan, dict) else {}
     kept = scan.get("observed")
     seen: Dict[str, Any] = kept if isinstance(kept, dict) else {}
+    before, marked, hooked = screen.rpartition(STATUS_FILE_MARK)
+    screen = before if marked else screen
     now = agent_events.scan_screen(redact(screen))
     observed = dict(now)
+    told = agent_events.scan_screen(hooked).get("status") if marked else None
+    if told is not None:
+        observed["status"] = told
     observed["links"] = merge_links(seen.get("links"), clean_links(now.get("links"), redact))
     return {"observed": observed}
 

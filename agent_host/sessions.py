@@ -47,6 +47,8 @@ from agent_host.wire import (
     SECRETS_MOUNT,
     SECURITY_OPT,
     SHM_SIZE,
+    STATUS_FILE,
+    STATUS_FILE_BYTES,
     TMUX_SESSION,
     AgentStatus,
     Backend,
@@ -1017,15 +1019,19 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
 
 
 # The screen `ls` reads for a status tag: the last lines only, and bounded in time where the
-# image has `timeout` (the agent owns its tmux server and may stop it).
+# image has `timeout` (the agent owns its tmux server and may stop it). Then the status file
+# its hooks write (wire.STATUS_FILE), if any, after observe.STATUS_FILE_MARK: its tag outranks
+# a tag on the screen.
 _STATUS_SCREEN = (
-    'if command -v timeout >/dev/null 2>&1; then exec timeout 3 tmux capture-pane -p -t "$1" '
-    '-S -200; else exec tmux capture-pane -p -t "$1" -S -200; fi'
+    'if command -v timeout >/dev/null 2>&1; then timeout 3 tmux capture-pane -p -t "$1" -S -200; '
+    'else tmux capture-pane -p -t "$1" -S -200; fi; '
+    'if [ -f "$2" ]; then printf "%s" "$4"; head -c "$3" "$2"; echo; fi'
 )
 
 
 def _status_screen(container: Any) -> str:
-    result = container.exec_run(["sh", "-c", _STATUS_SCREEN, "sh", TMUX_SESSION])
+    result = container.exec_run(["sh", "-c", _STATUS_SCREEN, "sh", TMUX_SESSION, STATUS_FILE,
+                                 str(STATUS_FILE_BYTES), observe.STATUS_FILE_MARK])  # fmt: skip
     return str(result.output[: 4 * 1024 * 1024].decode(errors="replace"))
 
 

@@ -37,6 +37,10 @@ LABEL_RUNTIME = "jackin.runtime"
 MANAGED_FILTER = LABEL_MANAGED + "=true"
 
 TMUX_SESSION = "jackin"  # interactive agents run in this tmux session inside the sandbox
+# Where an interactive agent's hooks write its latest status tag (claude's, core/runtimes.py):
+# the host reads it after the session's screen, so it outranks a status tag on the screen.
+STATUS_FILE = "/tmp/jackin-agent-status"
+STATUS_FILE_BYTES = 200  # read at most this much of it
 CONTAINER_WORKDIR = "/workspace"  # where the session checkout is mounted
 MAX_CONTAINER_NAME = 58
 ROLE_IMAGE_PREFIX = "jackin-role-"

@@ -4,7 +4,11 @@ and which environment variable carries its API key. Pure data: the same operator
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
+
+from agent_host.wire import STATUS_FILE
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,40 @@ class Runtime:
         return [*self.headless, task]
 
     def interactive_argv(self) -> list[str]:
+        if self.name == "claude":  # its hooks tell the host when it waits on the operator
+            return [*self.interactive, "--settings", claude_status_settings()]
         return list(self.interactive)
+
+
+# Claude Code's hook events (interactive mode) and the status each means: a question put to
+# the operator (its AskUserQuestion tool) or a notification (it needs a permission, or has
+# waited for input) is `blocked`; a prompt or an answer sets it `working`; the end of a turn
+# is `done` (it waits for the next prompt).
+CLAUDE_STATUS_HOOKS = (
+    ("UserPromptSubmit", None, "working"),
+    ("PreToolUse", "AskUserQuestion", "blocked"),
+    ("PostToolUse", "AskUserQuestion", "working"),
+    ("Notification", None, "blocked"),
+    ("Stop", None, "done"),
+)
+
+
+def status_command(status: str) -> str:
+    """The shell command a hook runs: the status tag, replacing the status file's last one."""
+    tag = f"<jackin:status>{status}</jackin:status>"
+    return f"printf '%s\\n' {shlex.quote(tag)} > {shlex.quote(STATUS_FILE)}"
+
+
+def claude_status_settings() -> str:
+    """`claude --settings` JSON adding the status hooks (on top of the user's own settings)."""
+    hooks: dict[str, list[dict[str, object]]] = {}
+    for event, matcher, status in CLAUDE_STATUS_HOOKS:
+        entry: dict[str, object] = {"hooks": [{"type": "command",
+                                               "command": status_command(status)}]}  # fmt: skip
+        if matcher is not None:
+            entry["matcher"] = matcher
+        hooks.setdefault(event, []).append(entry)
+    return json.dumps({"hooks": hooks}, separators=(",", ":"))
 
 
 RUNTIMES: dict[str, Runtime] = {

@@ -148,6 +148,22 @@ def test_an_interactive_screen_adds_links_and_says_its_last_status() -> None:
                     "observed_status": "working"}  # fmt: skip
 
 
+def test_the_status_file_its_hooks_write_outranks_the_screen_even_inside_an_open_fence() -> None:
+    mark = observe.STATUS_FILE_MARK
+    screen = "```\n<jackin:status>working</jackin:status>\n"  # a fence the agent left open
+    hooked = observe.read_screen(screen + mark + "<jackin:status>blocked</jackin:status>\n",
+                                 None, lambda t: t)  # fmt: skip
+    assert observe.observed_fields(hooked)["observed_status"] == "blocked"
+    # An empty or unreadable status file leaves the screen's word; so does no file at all.
+    plain = "<jackin:status>done</jackin:status>\n"
+    for tail in (mark, mark + "garbage\n", mark + "<jackin:status>asleep</jackin:status>\n", ""):
+        scan = observe.read_screen(plain + tail, None, lambda t: t)
+        assert observe.observed_fields(scan)["observed_status"] == "done", tail
+    # The screen's own copy of the mark does not hide its tags: the host's mark comes last.
+    forged = observe.read_screen(f"{mark}<jackin:pr>{PR}</jackin:pr>\n{mark}", None, lambda t: t)
+    assert observe.observed_fields(forged)["links"] == {"pr": [PR]}
+
+
 def test_the_status_shown_is_what_the_agent_said_only_while_it_runs() -> None:
     from agent_host.sessions import agent_status
 
