@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent_host.wire import TMUX_SESSION
 from tests.conftest import CLI
-from tests.e2e.helpers import git, make_workspace, wait_for
+from tests.e2e.helpers import git, launch, make_workspace, session_row, wait_for
 from tests.e2e.test_sandbox_truth import docker0_address
 from tests.fakes.messages_api import MessagesAPI, text, tool_use
 
@@ -87,3 +91,66 @@ def test_claude_writes_a_file_and_pull_brings_it_back(
     )
     assert SECRET not in inspect.stdout  # not in the sandbox's argv
     cli.run("-i", str(local_inventory), "rm", sid, check=True)
+
+
+# Interactive: the operator asks for a pick; Claude puts the question to them (its
+# AskUserQuestion tool), then, answered, ends its turn.
+QUESTION = [
+    [tool_use("AskUserQuestion", {"questions": [{
+        "question": "Which database should I use?", "header": "Database", "multiSelect": False,
+        "options": [{"label": "Postgres", "description": "relational"},
+                    {"label": "SQLite", "description": "one file"}]}]})],
+    [text("Using Postgres.")],
+]  # fmt: skip
+
+
+def _screen(container: str) -> str:
+    done = subprocess.run(["docker", "exec", container, "tmux", "capture-pane", "-p", "-t",
+                           TMUX_SESSION], capture_output=True, text=True)  # fmt: skip
+    return done.stdout
+
+
+def _until(check: Callable[[], Any], what: str) -> Any:
+    for _ in range(600):  # a bound on Claude Code getting there, never a timing expectation
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"never: {what}")
+
+
+def test_interactive_claude_shows_blocked_on_its_question_then_done(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    if not (ROLE / "vendor" / "claude").exists():
+        pytest.skip("Claude Code binary missing: run scripts/prepare-claude-role")
+    ws = make_workspace(tmp_path / "ws")
+    cli.env["MY_ANTHROPIC_KEY"] = SECRET
+    with MessagesAPI(QUESTION) as api:
+        (session,) = launch(cli, local_inventory, ws, "--role", str(ROLE), "--runtime", "claude",
+                            "--key-from", "MY_ANTHROPIC_KEY", "--network", "open", "--env",
+                            f"ANTHROPIC_BASE_URL={api.url_for(docker0_address())}")  # fmt: skip
+        sid = session["id"]
+        box = wait_for(cli, local_inventory, sid, {"running"})["container"]
+
+        def status() -> str:
+            return str(session_row(cli, local_inventory, sid)["agent_status"])
+
+        _until(lambda: "\u276f" in _screen(box), "Claude Code's prompt")
+        assert status() == "idle"  # no prompt yet: nothing said, nothing asked
+        # The operator types a request (tmux keys: text, then Enter once it is on screen).
+        subprocess.run(["docker", "exec", box, "tmux", "send-keys", "-t", TMUX_SESSION, "-l",
+                        "pick a database"], check=True)  # fmt: skip
+        _until(lambda: "pick a database" in _screen(box), "the typed request")
+        subprocess.run(["docker", "exec", box, "tmux", "send-keys", "-t", TMUX_SESSION, "Enter"],
+                       check=True)  # fmt: skip
+        _until(lambda: "Which database should I use?" in _screen(box), "Claude's question")
+        _until(lambda: status() == "blocked", "blocked while the question waits")
+        listing = cli.json("-i", str(local_inventory), "ls")
+        assert listing["fleet"]["agents"] == "blocked"
+        # Answered (the first option), Claude carries on and ends its turn.
+        subprocess.run(["docker", "exec", box, "tmux", "send-keys", "-t", TMUX_SESSION, "Enter"],
+                       check=True)  # fmt: skip
+        _until(lambda: status() == "done", "done once its turn ended")
+        assert [r.reply_kind for r in api.main_calls()][-1] == "script:1"
+    cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
