@@ -224,6 +224,12 @@ class Pool:
             return HostResult(host, error.state, error=error, seconds=time.perf_counter() - start)
         except JackinError as exc:
             return HostResult(host, HostState.OK, error=exc, seconds=time.perf_counter() - start)
+        except Exception as exc:
+            # An answer of the wrong shape (a list where an object was due, say) fails that
+            # host, named: the other hosts' results still count.
+            error = HostError(host.name, HostState.AGENT_ERROR,
+                              f"unexpected answer: {type(exc).__name__}: {exc}")  # fmt: skip
+            return HostResult(host, error.state, error=error, seconds=time.perf_counter() - start)
         return HostResult(host, HostState.OK, value=value, seconds=time.perf_counter() - start)
 
     async def close(self) -> None:

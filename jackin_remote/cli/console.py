@@ -5,8 +5,9 @@ whole life, and each round asks every host once (`session.list`), merges into th
 redraws. Between rounds it reads keys; jackin_remote/console.py decides what each does. An
 action runs the matching jackin-remote command on the selected session as a child process
 (`attach`, `logs`, `stop`, `pull`, `open`), so the console adds no second way to do any of them:
-each keeps its own checks and messages. Attach and logs get the terminal; the others run in the
-background of the screen and their outcome is shown under the table.
+each keeps its own checks and messages. Attach and logs get the terminal; while stop, pull or
+open runs the screen waits (only `q` or Ctrl-C are read: they end it and the console), then
+shows its outcome. A child is killed, never left behind, when the console ends.
 """
 
 from __future__ import annotations
@@ -108,23 +109,36 @@ async def _console(
     screen = _Screen(hosts, interval, notify, inventory_option)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+    ended_by: list[int] = []
+
+    def end(signum: int) -> None:
+        ended_by.append(signum)
+        if task is not None:
+            task.cancel()
+
     with _keys_mode(screen.fd):
         screen.keyed = termios.tcgetattr(screen.fd)
         for signum in (signal.SIGTERM, signal.SIGHUP):  # the terminal is given back on these too
-            loop.add_signal_handler(signum, task.cancel if task else (lambda: None))
-        screen.live.start()
-        loop.add_reader(screen.fd, screen.readable)
+            loop.add_signal_handler(signum, end, signum)
         try:
+            screen.live.start()
+            loop.add_reader(screen.fd, screen.readable)
+            screen.draw()  # at once: the first round may wait on a slow host
             async with Pool(inventory) as pool:
                 await screen.run(pool)
         except asyncio.CancelledError:
-            pass
+            if not ended_by:
+                raise
         finally:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(screen.fd)
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            for notifying in list(screen.notifying):
+                notifying.cancel()
             screen.live.stop()
+    if ended_by:
+        raise typer.Exit(128 + ended_by[0])
 
 
 class _Screen:
@@ -166,8 +180,9 @@ class _Screen:
     def draw(self) -> None:
         from jackin_remote.ui.console import render
 
-        view = render(self.rows, self.summary, self.failed, self.state,
-                      height=out.size.height)  # fmt: skip
+        size = out.size
+        view = render(self.rows, self.summary, self.failed, self.state, height=size.height,
+                      width=size.width)  # fmt: skip
         self.live.update(view, refresh=True)
 
     async def run(self, pool: Any) -> None:
@@ -212,10 +227,8 @@ class _Screen:
                 proc = await asyncio.create_subprocess_exec(
                     *(self.notify or []), env=notify_env(row), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_reaped(proc), 30)  # killed when it times out
 
         task = asyncio.ensure_future(go())
         self.notifying.add(task)
@@ -273,10 +286,13 @@ class _Screen:
         try:
             with contextlib.suppress(OSError):
                 child = await asyncio.create_subprocess_exec(*argv)
-                await child.wait()
+                await _reaped(child)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+            termios.tcflush(self.fd, termios.TCIFLUSH)  # keys typed meanwhile were the child's
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.keyed)
+            while not self.keys.empty():
+                self.keys.get_nowait()
             loop.add_reader(self.fd, self.readable)
         if pause:
             sys.stdout.write("\n-- any key goes back to the console --")
@@ -297,12 +313,13 @@ class _Screen:
         child = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe
         )
-        talk = asyncio.ensure_future(child.communicate())
+        talk = asyncio.ensure_future(_reaped(child, child.communicate()))
         while not talk.done():
             key = await self._next_key(talk)
             if key in ("q", INTERRUPT):
-                child.kill()
-                await child.wait()
+                talk.cancel()  # kills the child
+                with contextlib.suppress(asyncio.CancelledError):
+                    await talk
                 return True
         stdout, stderr = talk.result()
         done = subprocess.CompletedProcess(argv, child.returncode or 0,
@@ -310,6 +327,18 @@ class _Screen:
                                            stderr.decode(errors="replace"))  # fmt: skip
         self.state = replace(self.state, message=outcome(verb, row, done))
         return False
+
+
+async def _reaped(child: Any, waiting: Any = None) -> Any:
+    """Await `waiting` (default: the child's exit); if that is cancelled (the console ends, or
+    gives up on it), the child is killed and reaped first, never left running."""
+    try:
+        return await (waiting if waiting is not None else child.wait())
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        raise
 
 
 def register(app: typer.Typer) -> None:

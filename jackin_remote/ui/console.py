@@ -7,10 +7,11 @@ state. Every value a host or an agent chose goes through ui/safe.py.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from jackin_remote.console import HELP, ConsoleState, filtered, selected_row
@@ -49,11 +50,15 @@ def details(row: Mapping[str, Any]) -> list[Text]:
                  " · cpu ", f"{cpu:.0f}%" if live and is_number(cpu) else "-",
                  " · mem ", memory_cell(row) if live else "-", multiline=False)]  # fmt: skip
     links = row.get("links")
-    if isinstance(links, Mapping):
-        for kind in LINK_ORDER:
-            urls = links.get(kind)
-            for url in urls if isinstance(urls, list) else []:
-                said.append(line(f"  {kind}: ", (str(url), "underline"), multiline=False))
+    named: list[tuple[str, Any]] = []
+    for kind in LINK_ORDER if isinstance(links, Mapping) else ():
+        urls = links.get(kind) if isinstance(links, Mapping) else None
+        named += [(kind, url) for url in (urls if isinstance(urls, list) else [])]
+    for kind, url in named[:MAX_LINK_LINES]:
+        said.append(line(f"  {kind}: ", (str(url), "underline"), multiline=False))
+    if len(named) > MAX_LINK_LINES:
+        said.append(line((f"  ... and {len(named) - MAX_LINK_LINES} more links "
+                          f"(`jackin-remote ls --json`)", "dim")))  # fmt: skip
     error = row.get("error")
     if isinstance(error, str) and error.strip():
         said.append(line(("  error: ", "red"), " ".join(error.split())[:LINE_CHARS],
@@ -93,16 +98,24 @@ def window(shown: Sequence[dict[str, Any]], selected: Mapping[str, Any] | None,
 
 TABLE_CHROME = 6  # the table's title, borders, header and the "not shown at this width" line
 MAX_FAILED_LINES = 3
+MAX_LINK_LINES = 5
 LINE_CHARS = 300
+
+
+def _lines(table: RenderableType, width: int) -> int:
+    """How many lines `table` takes at `width` (its cells may fold onto several)."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    return len(console.render_lines(table, console.options, pad=False))
 
 
 def render(
     rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
     failed: Mapping[str, str], state: ConsoleState, now: float | None = None,
-    height: int | None = None,
+    height: int | None = None, width: int | None = None,
 ) -> RenderableType:  # fmt: skip
-    """The whole screen, `height` lines at most when given. The keys (or the question asked)
-    come right under the title, so nothing a host says can push them off the screen.
+    """The whole screen. The keys (or the question asked) come right under the title, so
+    nothing a host says can push them off the screen. Given the screen's `height` and `width`,
+    the table shows the rows around the selected one that fit (folded cells counted).
     `failed`: host name to why it did not answer this round."""
     shown = filtered(rows, state.filter)
     row = selected_row(state, rows)
@@ -122,12 +135,23 @@ def render(
     if len(hosts) > MAX_FAILED_LINES:
         tail.append(line((f"... and {len(hosts) - MAX_FAILED_LINES} more hosts did not answer "
                           "(`jackin-remote ls` lists them)", "yellow")))  # fmt: skip
+    marked = row["key"] if row else None
     room = len(shown) if height is None else height - len(head) - len(tail) - TABLE_CHROME
     if room < len(shown):
         room -= 1  # the "rows X-Y of Z" line
-    listed = window(shown, row, max(room, 1))
+    count = max(room, 1)
+    listed = window(shown, row, count)
+    table = sessions_table(listed, now, selected=marked)
+    lines_left = None if height is None else height - len(head) - len(tail) - 1
+    while width is not None and lines_left is not None and count > 1:
+        used = _lines(table, width)
+        if used <= lines_left:
+            break
+        count = max(1, min(count - 1, count * lines_left // used))  # folded rows take more
+        listed = window(shown, row, count)
+        table = sessions_table(listed, now, selected=marked)
     parts: list[RenderableType] = [*(_one_line(t) for t in head)]
-    parts.append(sessions_table(listed, now, selected=row["key"] if row else None))
+    parts.append(table)
     if len(listed) < len(shown):
         first = shown.index(listed[0]) + 1
         parts.append(line((f"rows {first}-{first + len(listed) - 1} of {len(shown)}: ↑↓ scroll",

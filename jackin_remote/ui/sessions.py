@@ -106,7 +106,8 @@ def sessions_table(
     rows: Sequence[dict[str, Any]], now: float | None = None, *, wide: bool = False,
     selected: str | None = None,
 ) -> FittedTable:  # fmt: skip
-    """`selected`: the key of a row to mark (the console's selection)."""
+    """`selected`: the key of a row to mark (the console's selection), with `▸` joined to its
+    id so the mark never folds away from it."""
     cells = []
     for row in rows:
         mark = row.get("key") == selected and selected is not None
@@ -124,7 +125,7 @@ def sessions_table(
         agent_status = str(row.get("agent_status") or "unknown")
         cpu = row.get("cpu_percent")
         cells.append([
-            text(("> " if mark else "") + label, style="reverse" if mark else ""),
+            text(("▸" if mark else "") + label, style="reverse" if mark else ""),
             # "twin-a (also twin-b)": other names of its host root report it too (store.view)
             text(row["host"] + (f" (also {', '.join(row['also'])})" if row.get("also") else "")),
             *(text(row[key]) for key in ("workspace", "role", "runtime")), state_text,

@@ -119,7 +119,7 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
     # Filter to the blocked session: only it is listed, with every link it named.
     screen.keys("/", *a[:6], "Enter")
     shown = screen.until(lambda s: "filter: " + a[:6] in s and b not in s, "the filter")
-    assert f"pr: {PR}" in shown and "> " + a in shown, shown
+    assert f"pr: {PR}" in shown and "▸" + a in shown, shown
 
     screen.keys("o")  # its PR link goes to the laptop's opener
     _wait(seen.exists, "the opener ran")
@@ -134,7 +134,7 @@ def test_the_console_shows_the_fleet_live_and_its_keys_open_filter_and_stop(
 
     # Escape clears the filter; then filter to the other one and stop it, asked first.
     screen.keys("Escape", "/", *b[:6], "Enter")
-    screen.until(lambda s: a not in s and "> " + b in s, "the other filter")
+    screen.until(lambda s: a not in s and "▸" + b in s, "the other filter")
     screen.keys("s")
     screen.until(lambda s: f"stop {b} on local?" in s, "the stop question")
     screen.keys("n")
@@ -160,13 +160,13 @@ def test_a_attaches_to_an_interactive_session_and_detaching_comes_back_to_the_co
     sid = session["id"]
     ended = tmp_path / "ended"
     screen.start(console_script(cli, dict(cli.env), local_inventory, ended))
-    screen.until(lambda s: "> " + sid in s and "q quit" in s, "the session")
+    screen.until(lambda s: "▸" + sid in s and "q quit" in s, "the session")
     screen.keys("a")
     screen.until(lambda s: "q quit" not in s, "the session's terminal")
     screen.keys(*"echo INSIDE-$((6*7))", "Enter")
     screen.until(lambda s: "INSIDE-42" in s, "the command run inside the sandbox")
     screen.keys("C-b", "d")  # tmux's detach: the session runs on, the console comes back
-    screen.until(lambda s: "> " + sid in s and "q quit" in s, "the console again")
+    screen.until(lambda s: "▸" + sid in s and "q quit" in s, "the console again")
     screen.keys("q")
     _wait(ended.exists, "the console ended")
     assert ended.read_text() == "rc=0\n"
@@ -192,6 +192,23 @@ def test_q_ends_the_console_while_a_host_does_not_answer_and_gives_the_terminal_
     assert ended.read_text() == "rc=0\n"
     words = modes.read_text().split()
     assert "echo" in words and "icanon" in words and "isig" in words, words  # as it was before
+
+
+def test_sigterm_ends_the_console_with_143_and_gives_the_terminal_back(
+    cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
+) -> None:
+    ended, modes = tmp_path / "ended", tmp_path / "modes"
+    script = console_script(cli, dict(cli.env), local_inventory, ended,
+                            after=f"stty -a > {shlex.quote(str(modes))}\n")  # fmt: skip
+    screen.start(script)
+    screen.until(lambda s: "q quit" in s, "the console")
+    pattern = f"jackin_remote -i {local_inventory} console"
+    killed = subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
+    assert killed.returncode == 0, killed.stderr
+    _wait(ended.exists, "the console ended")
+    assert ended.read_text() == "rc=143\n"
+    words = modes.read_text().split()
+    assert "echo" in words and "icanon" in words and "isig" in words, words
 
 
 def test_the_console_refuses_to_run_without_a_terminal(cli: CLI, local_inventory: Path) -> None:

@@ -121,7 +121,7 @@ def test_the_screen_shows_the_fleet_the_selection_its_links_and_the_keys() -> No
     shown = _screen(rows, ConsoleState(selected="h1/ccc333"))
     assert "fleet: blocked · 3 sessions" in shown
     assert "h1 2/4 running" in shown and "h2 1/4 running (blocked)" in shown
-    assert "> ccc333" in shown and "> aaa111" not in shown
+    assert "▸ccc333" in shown and "▸aaa111" not in shown
     assert "ccc333 on h1 · agent working · tokens 1.5k $0.25" in shown
     assert "pr: https://x.test/pr/1" in shown and "issue: https://x.test/i/2" in shown
     assert "h3: unreachable" in shown and "q quit" in shown
@@ -146,15 +146,29 @@ def test_the_keys_stay_on_screen_and_the_selection_stays_in_view() -> None:
     failed = {f"h{n}": "x" * 5000 for n in range(10)}
     console = Console(file=io.StringIO(), width=100, height=24, color_system=None)
     console.print(render(many, [], failed, ConsoleState(selected=selected, confirm=("stop",
-                         selected)), height=24))  # fmt: skip
+                         selected)), height=24, width=100))  # fmt: skip
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
     assert len(lines) <= 24, len(lines)
     assert "stop s00150 on h1? y to confirm" in lines[1]
-    assert any("> s00150" in each for each in lines)
+    assert any("▸s00150" in each for each in lines)
     assert any("of 200: ↑↓ scroll" in each for each in lines)
     assert sum("xxxx" in each for each in lines) == 3  # three hosts' reasons, one line each
     assert any("7 more hosts did not answer" in each for each in lines)
     assert window(many, many[0], 5) == many[:5] and window(many, many[199], 5) == many[195:]
+
+
+def test_rows_whose_cells_fold_still_leave_the_selection_on_screen() -> None:
+    # At 80 columns a lost session's state cell folds onto several lines; 30 links are many.
+    lost = [_row(f"s{n:05d}", state="lost", last_contact=1.0, workspace="w" * 30)
+            for n in range(60)]  # fmt: skip
+    lost[40]["links"] = {"pr": [f"https://x.test/pr/{n}" for n in range(30)]}
+    console = Console(file=io.StringIO(), width=80, height=24, color_system=None)
+    console.print(render(lost, [], {}, ConsoleState(selected=lost[40]["key"]), now=5000.0,
+                         height=24, width=80))  # fmt: skip
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) <= 24, "\n".join(lines)
+    assert any("▸s00040" in each for each in lines), "\n".join(lines)
+    assert any("25 more links" in each for each in lines)
 
 
 def test_hostile_text_from_a_host_reaches_the_screen_as_visible_characters() -> None:
