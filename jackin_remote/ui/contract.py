@@ -56,13 +56,15 @@ def _identity(data: dict[str, Any]) -> RenderableType:
         shown = ", ".join(_candidate(c) for c in data["candidates"])
         basis = f"; {data['placed_by']}" if data.get("placed_by") else ""
         host += f"  (least loaded of {shown}{basis})"
+    hooks = ("; status hooks added (claude --settings: they write /tmp/jackin-agent-status)"
+             if (data["runtime"], data["mode"]) == ("claude", "interactive") else "")  # fmt: skip
     return _kv([
         ("session", data["session"] + (f" ({data['name']})" if data.get("name") else "")),
         ("host", f"{host}  [{data['transport']}]"),
         ("workspace", f"{ws['name']}  {ws['path']}" + (f"  @ {ws['head'][:12]}" if ws.get("head")
                                                         else "")),
         ("role", f"{role['name']}  {role['source']}  ({role['hash'][:12]})"),
-        ("runtime", f"{data['runtime']}  ({data['mode']} mode)"),
+        ("runtime", f"{data['runtime']}  ({data['mode']} mode){hooks}"),
         ("task", data.get("task")),
         ("image", data["image"]),
         ("container", data["container"]),

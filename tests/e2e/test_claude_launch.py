@@ -126,6 +126,9 @@ def test_interactive_claude_shows_blocked_on_its_question_then_done(
         pytest.skip("Claude Code binary missing: run scripts/prepare-claude-role")
     ws = make_workspace(tmp_path / "ws")
     cli.env["MY_ANTHROPIC_KEY"] = SECRET
+    told = cli.run("-i", str(local_inventory), "explain", "--role", str(ROLE), "--runtime",
+                   "claude", str(ws), check=True).stdout  # fmt: skip
+    assert "status hooks added (claude --settings" in " ".join(told.split())
     with MessagesAPI(QUESTION) as api:
         (session,) = launch(cli, local_inventory, ws, "--role", str(ROLE), "--runtime", "claude",
                             "--key-from", "MY_ANTHROPIC_KEY", "--network", "open", "--env",
