@@ -30,6 +30,7 @@ from jackin_remote.cli.common import fail, load, options, out, run
 from jackin_remote.errors import JackinError, UsageError
 
 INTERACTIVE = {"attach", "logs"}  # these get the terminal while they run
+MAX_DENIALS = 3  # the selected session's latest egress denials shown
 
 
 @contextlib.contextmanager
@@ -168,6 +169,7 @@ class _Screen:
         self.failed: dict[str, str] = {}
         self.before: dict[str, str] = {}
         self.notifying: set[Any] = set()
+        self.denials: list[dict[str, Any]] = []  # the selected session's, newest first
         self.live = Live(console=out, screen=True, auto_refresh=False, transient=True)
 
     def readable(self) -> None:
@@ -182,7 +184,7 @@ class _Screen:
 
         size = out.size
         view = render(self.rows, self.summary, self.failed, self.state, height=size.height,
-                      width=size.width)  # fmt: skip
+                      width=size.width, denials=self.denials)  # fmt: skip
         self.live.update(view, refresh=True)
 
     async def run(self, pool: Any) -> None:
@@ -191,13 +193,36 @@ class _Screen:
         from jackin_remote.sessions import refresh
 
         while True:
-            round_ = asyncio.ensure_future(refresh(pool, self.hosts, self.store))
+            round_ = asyncio.ensure_future(self._round(pool, refresh))
             if await self._keys_until(round_, interrupt=False):
                 return
-            self._take(round_.result())
+            results, self.denials = round_.result()
+            self._take(results)
             pause = asyncio.ensure_future(asyncio.sleep(self.interval))
             if await self._keys_until(pause, interrupt=True):
                 return
+
+    async def _round(self, pool: Any, refresh: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Every host's sessions, then what the selected session's egress proxy denied lately
+        (asked of its host only: one question more per round)."""
+        from agent_host.wire import EgressEntry
+        from jackin_remote.answers import merged_entries
+        from jackin_remote.console import selected_row
+        from jackin_remote.sessions import call
+
+        results = await refresh(pool, self.hosts, self.store)
+        row = selected_row(self.state, self.store.view([host.name for host in self.hosts]))
+        answered = {r.host.name: r.host for r in results if r.ok}
+        if row is None or row["host"] not in answered:
+            return results, []
+        host = answered[row["host"]]
+
+        async def ask(link: Any) -> Any:
+            return await call(pool, link.host, "egress.log", {"id": row["id"]})
+
+        entries, _ = merged_entries(await pool.map([host], ask), EgressEntry.from_wire)
+        denied = [e for e in entries if e["decision"] == "denied"]
+        return results, sorted(denied, key=lambda e: -e["last_seen"])[:MAX_DENIALS]
 
     def _take(self, results: list[Any]) -> None:
         from jackin_remote.console import NOTIFY_PER_ROUND

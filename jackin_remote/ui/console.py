@@ -39,9 +39,9 @@ def _title(rows: Sequence[dict[str, Any]], shown: int, summary: Sequence[dict[st
     return line(*parts, multiline=False)
 
 
-def details(row: Mapping[str, Any]) -> list[Text]:
+def details(row: Mapping[str, Any], denials: Sequence[Mapping[str, Any]] = ()) -> list[Text]:
     """The selected session, beyond the table's cells: its agent, usage, resources, every link
-    it named and why it failed."""
+    it named, what its egress proxy denied lately (`denials`, for this row) and why it failed."""
     status = str(row.get("agent_status") or "unknown")
     live = (row.get("shown_state") or row.get("state")) == "running"
     cpu = row.get("cpu_percent")
@@ -59,6 +59,11 @@ def details(row: Mapping[str, Any]) -> list[Text]:
     if len(named) > MAX_LINK_LINES:
         said.append(line((f"  ... and {len(named) - MAX_LINK_LINES} more links "
                           f"(`jackin-remote ls --json`)", "dim")))  # fmt: skip
+    for entry in denials:
+        if entry.get("session") != row.get("id"):
+            continue  # asked for another row (the selection moved since)
+        said.append(line(("  denied: ", "yellow"), f"{entry['host']}:{entry['port']}",
+                         f" ({entry['count']}x, {entry['rule']})", multiline=False))  # fmt: skip
     error = row.get("error")
     if isinstance(error, str) and error.strip():
         said.append(line(("  error: ", "red"), " ".join(error.split())[:LINE_CHARS],
@@ -112,11 +117,13 @@ def render(
     rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
     failed: Mapping[str, str], state: ConsoleState, now: float | None = None,
     height: int | None = None, width: int | None = None,
+    denials: Sequence[Mapping[str, Any]] = (),
 ) -> RenderableType:  # fmt: skip
     """The whole screen. The keys (or the question asked) come right under the title, so
     nothing a host says can push them off the screen. Given the screen's `height` and `width`,
     the table shows the rows around the selected one that fit (folded cells counted).
-    `failed`: host name to why it did not answer this round."""
+    `failed`: host name to why it did not answer this round; `denials`: the selected session's
+    latest egress denials."""
     shown = filtered(rows, state.filter)
     row = selected_row(state, rows)
     head = [_title(rows, len(shown), summary, state), footer(state, rows)]
@@ -124,7 +131,7 @@ def render(
         head.append(line(state.message[:LINE_CHARS], multiline=False))
     head.append(capacity_line(summary))
     if row is not None:
-        tail = details(row)
+        tail = details(row, denials)
     elif rows:
         tail = [line(("no session matches the filter", "dim"))]
     else:

@@ -174,6 +174,24 @@ def test_a_attaches_to_an_interactive_session_and_detaching_comes_back_to_the_co
     cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
 
 
+def test_the_console_shows_what_the_selected_sessions_proxy_denied(
+    cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
+) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    ask = ("python3 -c \"import urllib.request as u\ntry: u.urlopen('http://blocked.example.test/')"
+           "\nexcept Exception as e: print(e)\"; sleep infinity")  # fmt: skip
+    (session,) = launch(cli, local_inventory, ws, "--runtime", "shell", "--network", "allowlist",
+                        "--task", ask)  # fmt: skip
+    sid = session["id"]
+    ended = tmp_path / "ended"
+    screen.start(console_script(cli, dict(cli.env), local_inventory, ended, "--interval", "0.5"))
+    shown = screen.until(lambda s: "denied: blocked.example.test:80" in s, "the denial")
+    assert "▸" + sid in shown and "deny by default" in shown, shown
+    screen.keys("q")
+    _wait(ended.exists, "the console ended")
+    cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
+
+
 def test_q_ends_the_console_while_a_host_does_not_answer_and_gives_the_terminal_back(
     cli: CLI, local_inventory: Path, tmp_path: Path, screen: Screen
 ) -> None:

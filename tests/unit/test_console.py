@@ -171,6 +171,17 @@ def test_rows_whose_cells_fold_still_leave_the_selection_on_screen() -> None:
     assert any("25 more links" in each for each in lines)
 
 
+def test_the_selected_sessions_latest_egress_denials_are_shown_and_no_other_sessions() -> None:
+    denied = {"session": "aaa111", "host": "evil.example", "port": 443, "decision": "denied",
+              "rule": "no rule allows it (deny by default)", "count": 3}  # fmt: skip
+    other = {**denied, "session": "bbb222", "host": "other.example"}
+    console = Console(file=io.StringIO(), width=120, height=30, color_system=None)
+    console.print(render(ROWS, [], {}, ConsoleState(), denials=[denied, other]))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "denied: evil.example:443 (3x, no rule allows it (deny by default))" in shown
+    assert "other.example" not in shown
+
+
 def test_hostile_text_from_a_host_reaches_the_screen_as_visible_characters() -> None:
     evil = "\x1b]52;c;cm0gLXJm\x07\x1b[2J"
     rows = [_row("aaa111", workspace=evil, error=f"boom {evil}",
