@@ -86,15 +86,12 @@ def tmux_activity(client: Any, container: str, now: Optional[float] = None) -> O
     agent can still keep itself "active" by printing: an idle timeout is for forgotten
     sessions, not a containment)."""
     fmt = "#{session_activity} #{window_activity}"
-    argv = ["timeout", str(ACTIVITY_SECONDS), "tmux", "display-message", "-p", "-t",
-            TMUX_SESSION, fmt]  # fmt: skip
-    try:
-        _, stream = client.containers.get(container).exec_run(argv, stream=True)
-        answer = b""
-        for chunk in stream:
-            answer += chunk
-            if len(answer) >= ACTIVITY_BYTES:
-                break
+    from agent_host.sandbox_exec import bounded_exec
+
+    argv = ["tmux", "display-message", "-p", "-t", TMUX_SESSION, fmt]
+    try:  # bounded by the host, not by a `timeout` the sandbox could stop
+        _, answer = bounded_exec(client.containers.get(container), argv, ACTIVITY_SECONDS,
+                                 ACTIVITY_BYTES)  # fmt: skip
     except Exception:
         return None
     return activity_from(answer[:ACTIVITY_BYTES], time.time() if now is None else now)

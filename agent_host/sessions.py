@@ -1018,27 +1018,31 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
     return {"text": ""}
 
 
-# The screen `ls` reads for a status tag: the last lines only, and bounded in time where the
-# image has `timeout` (the agent owns its tmux server and may stop it). Then the status file
-# its hooks write (wire.STATUS_FILE), if any, after observe.STATUS_FILE_MARK: its tag outranks
-# a tag on the screen.
+# The screen `ls` reads for a status tag: the last lines only. Then the status file its hooks
+# write (wire.STATUS_FILE), if any, after observe.STATUS_FILE_MARK: its tag outranks a tag on
+# the screen. The sandbox owns these processes (it may stop them, or swap the file for a FIFO):
+# the host bounds the read itself (sandbox_exec), in time and size.
 _STATUS_SCREEN = (
-    'if command -v timeout >/dev/null 2>&1; then timeout 3 tmux capture-pane -p -t "$1" -S -200; '
-    'else tmux capture-pane -p -t "$1" -S -200; fi; '
+    'tmux capture-pane -p -t "$1" -S -200; '
     'if [ -f "$2" ]; then printf "%s" "$4"; head -c "$3" "$2"; echo; fi'
 )
+SCREEN_SECONDS = 3.0
 
 
 def _status_screen(container: Any) -> str:
-    result = container.exec_run(["sh", "-c", _STATUS_SCREEN, "sh", TMUX_SESSION, STATUS_FILE,
-                                 str(STATUS_FILE_BYTES), observe.STATUS_FILE_MARK])  # fmt: skip
-    return str(result.output[: 4 * 1024 * 1024].decode(errors="replace"))
+    from agent_host.sandbox_exec import bounded_exec
+
+    _, output = bounded_exec(container, ["sh", "-c", _STATUS_SCREEN, "sh", TMUX_SESSION,
+                                         STATUS_FILE, str(STATUS_FILE_BYTES),
+                                         observe.STATUS_FILE_MARK], SCREEN_SECONDS)  # fmt: skip
+    return output.decode(errors="replace")
 
 
 def _tmux_capture(container: Any) -> str:
+    from agent_host.sandbox_exec import bounded_exec
+
     argv = ["tmux", "capture-pane", "-p", "-t", TMUX_SESSION, "-S", "-2000"]
-    result = container.exec_run(argv)
-    return str(result.output.decode(errors="replace"))
+    return bounded_exec(container, argv, SCREEN_SECONDS)[1].decode(errors="replace")
 
 
 def _follow_pane(
@@ -1050,16 +1054,18 @@ def _follow_pane(
             ";", "capture-pane", "-p", "-t", TMUX_SESSION, "-S", "-"]  # fmt: skip
     from docker.errors import DockerException
 
+    from agent_host.sandbox_exec import bounded_exec
+
     tail: List[str] = []
     end = 0
     while not ctx.cancelled:
         try:
-            result = container.exec_run(argv)
+            code, output = bounded_exec(container, argv, SCREEN_SECONDS)
         except DockerException:
             break  # the sandbox stopped (or is gone) between two looks
-        if result.exit_code != 0:
+        if code is not None and code != 0:
             break  # tmux (the session's main process) is gone
-        head, _, screen = result.output.decode(errors="replace").partition("\n")
+        head, _, screen = output.decode(errors="replace").partition("\n")
         try:
             history, cursor = (int(part) for part in head.split())
         except ValueError:
