@@ -173,11 +173,20 @@ class _Screen:
         self.live = Live(console=out, screen=True, auto_refresh=False, transient=True)
 
     def readable(self) -> None:
-        from jackin_remote.console import decode_keys
+        import asyncio
 
-        with contextlib.suppress(OSError):
-            for key in decode_keys(os.read(self.fd, 1024).decode(errors="replace")):
-                self.keys.put_nowait(key)
+        from jackin_remote.console import INTERRUPT, decode_keys
+
+        try:
+            data = os.read(self.fd, 1024)
+        except OSError:
+            data = b""
+        if not data:  # the terminal is gone: stop reading it (no busy loop), and end
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self.keys.put_nowait(INTERRUPT)
+            return
+        for key in decode_keys(data.decode(errors="replace")):
+            self.keys.put_nowait(key)
 
     def draw(self) -> None:
         from jackin_remote.ui.console import render
