@@ -48,6 +48,9 @@ HOST_STEPS = (
     "host-list",  # sessions.list: before anything is read (a host that does not answer)
 )
 STEPS = CONTROLLER_STEPS + HOST_STEPS
+# The steps a launch passes (tests/e2e/test_resilience.py stops a launch at each); `host-list`
+# belongs to listing, not to a launch.
+LAUNCH_STEPS = (*CONTROLLER_STEPS, "host-create")
 
 
 def _wanted(environ: Mapping[str, str]) -> Optional[str]:

@@ -102,7 +102,7 @@ SETTLED = {
     "host-create": "exited",  # the host got the request: it finishes although the caller died
     "create-reply": "exited",  # the host recorded and answered; only the laptop missed it
 }
-assert set(SETTLED) == set(testhooks.STEPS), "every pause point has its expected state"
+assert set(SETTLED) == set(testhooks.LAUNCH_STEPS), "every launch pause point has its state"
 FLEET_STEPS = ("sync", "host-create", "create-reply")  # where SSH differs from a local pipe
 
 
@@ -229,7 +229,7 @@ def _check_killed_launch_at(cli: CLI, target: Target, ws: Path, step: str) -> No
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("step", testhooks.STEPS)
+@pytest.mark.parametrize("step", testhooks.LAUNCH_STEPS)
 def test_a_controller_killed_mid_launch_leaves_a_clear_state(
     cli: CLI, local_inventory: Path, tmp_path: Path, step: str
 ) -> None:
