@@ -53,7 +53,7 @@ def _feature_modules() -> List[Any]:
 # their handlers: `serve` starts on every command and must stay fast.
 FEATURES: Tuple[str, ...] = (
     "sessions", "workspaces", "roles", "review", "egressd", "audit", "janitor", "snapshots",
-    "disk", "gc",
+    "disk", "gc", "sampler",
 )  # fmt: skip
 
 
@@ -75,10 +75,20 @@ def main(argv: Optional[List[str]] = None, agent_hash: Optional[str] = None) -> 
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="speak JSON-lines RPC on stdio")
     serve.add_argument("--root", required=True)
+    connect = sub.add_parser(
+        "connect", help="relay stdio to this root's resident agent, starting it if needed"
+    )
+    connect.add_argument("--root", required=True)
+    connect.add_argument("--linger", type=float, default=None)
     sub.add_parser("version")
     attach = sub.add_parser("attach", help="attach this terminal to a session's tmux")
     attach.add_argument("--root", required=True)
     attach.add_argument("session")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["jackin-agent-resident"]:
+        from agent_host import resident
+
+        return resident.main(argv)
     args = parser.parse_args(argv)
     if args.command == "attach":
         return _attach(os.path.expanduser(args.root), args.session)
@@ -88,6 +98,11 @@ def main(argv: Optional[List[str]] = None, agent_hash: Optional[str] = None) -> 
         print(AGENT_VERSION, agent_hash or "source")
         return 0
     root = os.path.expanduser(args.root)
+    if args.command == "connect":
+        from agent_host import resident
+
+        linger = resident.LINGER if args.linger is None else args.linger
+        return resident.connect(root, agent_hash, linger)
     server = Server(root, handlers(), sys.stdout.buffer, agent_hash=agent_hash)
     server.serve(sys.stdin.buffer)
     sys.stdout.flush()

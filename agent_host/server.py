@@ -12,7 +12,7 @@ import os
 import threading
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Dict, Optional, Set
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Set
 
 from agent_host import AGENT_VERSION, protocol
 from agent_host.protocol import Message, RemoteError
@@ -25,6 +25,9 @@ class Context:
         self.root = server.root
         self._server = server
         self.request_id = request_id
+        # The resident agent serving this request (agent_host/resident.py), or None when this
+        # process serves one controller on its stdio and ends with it.
+        self.resident = server.resident
 
     def notify(self, method: str, params: Message) -> None:
         """Stream an event to the caller. Raises ChannelClosed once nobody is listening."""
@@ -39,6 +42,11 @@ class Context:
         dies, so a half-made session never exists.
         """
         self._server.abandonable.add(self.request_id)
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from another thread) once the controller goes away: a stream that
+        blocks waiting for data is closed, not left behind in a resident agent."""
+        self._server.on_close(callback)
 
     @property
     def cancelled(self) -> bool:
@@ -60,8 +68,10 @@ class Server:
         out: BinaryIO,
         agent_hash: Optional[str] = None,
         workers: int = 8,
+        resident: Any = None,
     ) -> None:
         self.root = root
+        self.resident = resident
         self.handlers = handlers
         self.agent_hash = agent_hash
         self._out = out
@@ -72,6 +82,21 @@ class Server:
         self.abandonable: Set[Any] = set()
         self.closed = threading.Event()
         self._out_broken = False
+        self._close_callbacks: List[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if not self.closed.is_set():
+                self._close_callbacks.append(callback)
+                return
+        _quietly(callback)
+
+    def _run_close_callbacks(self) -> None:
+        with self._callbacks_lock:
+            callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            _quietly(callback)
 
     def send(self, message: Message) -> None:
         data = protocol.encode(message)
@@ -99,7 +124,9 @@ class Server:
                 if line.strip():
                     self._handle_line(line)
         finally:
-            self.closed.set()
+            with self._callbacks_lock:
+                self.closed.set()
+            self._run_close_callbacks()
             for request_id, future in list(self._futures.items()):
                 if request_id not in self.abandonable:
                     future.exception()  # waits; errors were already reported (or unreachable)
@@ -197,7 +224,13 @@ class Server:
             "agent_hash": self.agent_hash,
             "pid": os.getpid(),
             "methods": sorted(self.handlers),
+            "resident": None if self.resident is None else self.resident.info(),
         }
+
+
+def _quietly(callback: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):  # closing what is closed, say: nobody to tell
+        callback()
 
 
 def disk_full(exc: BaseException) -> Optional[RemoteError]:

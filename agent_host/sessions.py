@@ -894,7 +894,7 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             record["snapshots"] = _snapshot_count(ctx.root, record["id"])
             out.append(public_record(record))
         if running:
-            _attach_stats(running, out)
+            _attach_stats(running, out, getattr(ctx, "resident", None))
         if watched:
             _attach_observations(store, watched, out)
         orphans = [
@@ -925,13 +925,32 @@ def _snapshot_count(root: str, session_id: str) -> int:
     return snapshots.count(root, session_id)
 
 
-def _attach_stats(running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str, Any]]) -> None:
-    """Every running session's use: from their cgroups, all at once (resources.sample: one
-    short wait); docker stats only for those it could not read."""
+FRESH_SAMPLE = 5.0  # seconds: a resident agent's sample younger than this is `ls`'s numbers
+
+
+def _attach_stats(
+    running: List[Tuple[Dict[str, Any], Any]], out: List[Dict[str, Any]], resident: Any = None
+) -> None:
+    """Every running session's use: the resident agent's own sample when it is fresh (no wait
+    at all), else from their cgroups, all at once (resources.sample: one short wait); docker
+    stats only for those it could not read."""
     from concurrent.futures import ThreadPoolExecutor
 
     from agent_host import resources
 
+    sampler = getattr(resident, "sampler", None)
+    if sampler is not None:
+        fresh = {}
+        for record, _ in running:
+            latest = sampler.latest(record["id"], FRESH_SAMPLE)
+            if latest is not None:
+                fresh[record["id"]] = {key: latest.get(key) for key in resources.STAT_KEYS}
+        running = [(record, container) for record, container in running
+                   if record["id"] not in fresh]  # fmt: skip
+        for entry in out:
+            entry.update(fresh.get(entry["id"], {}))
+        if not running:
+            return
     targets = [
         resources.Target(record["id"], ((container.attrs or {}).get("State") or {}).get("Pid"),
                          container.id)
@@ -1007,7 +1026,10 @@ def logs(ctx: Context, params: Message) -> Dict[str, Any]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     hold = max((len(value) for _, value in secrets), default=1) - 1
     pending = ""
-    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail):
+    stream = container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail)
+    if hasattr(stream, "close"):  # a resident agent must not keep the stream once nobody reads
+        ctx.on_cancel(stream.close)
+    for chunk in stream:
         pending = redact(pending + decoder.decode(chunk), secrets)
         cut = max(len(pending) - hold, 0)
         if cut:

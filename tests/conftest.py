@@ -139,6 +139,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "disruptive: stops, pauses or rekeys the fleet's fleet-4")
+    # Resident host agents (agent_host/resident.py) of the tests' many roots leave soon after
+    # their last command, not 15 minutes later; what is left at the end is stopped below.
+    os.environ.setdefault("JACKIN_AGENT_LINGER", "5")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the resident agents this session's tests started under its temporary roots."""
+    import signal
+
+    from agent_host.resident import MARK
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    base = str(factory.getbasetemp()).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if MARK.encode() in argv and any(word.startswith(base) for word in argv):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGTERM)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,9 @@ and renamed into place atomically.
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_host import testhooks
@@ -42,13 +44,38 @@ def root_prelude(root: str) -> str:
     )
 
 
-def serve_script(root: str, artifact: AgentArtifact) -> str:
+# "0": every command starts its own agent process, as before the resident agent existed.
+RESIDENT_ENV = "JACKIN_AGENT_RESIDENT"
+# Seconds the resident agent stays after its last connection (agent_host/resident.py LINGER).
+LINGER_ENV = "JACKIN_AGENT_LINGER"
+
+
+def agent_command(environ: Mapping[str, str] | None = None) -> str:
+    """The agent's words after `--root "$root"`-less `python3 -I "$agent"`: `connect` (the
+    resident agent, started if needed) or `serve` (a process of its own). A command carrying a
+    test hook (a pause step, a clock offset) gets its own process: the hook is for it alone,
+    and a resident agent serves every command. Pure."""
+    environ = os.environ if environ is None else environ
+    if testhooks.agent_env(environ) or environ.get(RESIDENT_ENV) == "0":
+        return "serve"
+    linger = environ.get(LINGER_ENV)
+    if linger is None:
+        return "connect"
+    try:
+        seconds = float(linger)
+    except ValueError:
+        raise ValueError(f"{LINGER_ENV}={linger!r} is not a number of seconds") from None
+    return f"connect --linger {seconds!r}"
+
+
+def serve_script(root: str, artifact: AgentArtifact, command: str | None = None) -> str:
+    command = agent_command() if command is None else command
     return root_prelude(root) + (
         f'agent="$root/agent/{artifact.dirname}"\n'
         f'[ -f "$agent/__main__.py" ] || exit {MISSING}\n'
         f"{REQUIRE_PYTHON}\n"
         f'exec env -i HOME="$HOME" USER="$(id -un)" LANG=C.UTF-8 PATH={CLEAN_PATH} '
-        f'{testhooks.agent_env()}python3 -I "$agent" serve --root "$root"\n'
+        f'{testhooks.agent_env()}python3 -I "$agent" {command} --root "$root"\n'
     )
 
 
