@@ -160,12 +160,33 @@ class Pool:
             self._artifact = build_agent()
         return self._artifact
 
+    def _direct_socket(self, host: Host) -> str | None:
+        """The resident agent's socket to try first, unless agents run one per command."""
+        from jackin_remote.agent import sockets
+        from jackin_remote.agent.deploy import agent_command
+
+        if not agent_command().startswith("connect"):
+            return None
+        return sockets.known(host, self.artifact().content_hash)
+
+    def _learnt(self, link: HostLink) -> None:
+        """Remember where the resident agent listens (or that the host refused the channel)."""
+        from jackin_remote.agent import sockets
+
+        started = link.started
+        if started is None or started.direct or started.channel != "bridge":
+            return
+        sockets.remember(link.host, self.artifact().content_hash, started.socket,
+                         refused=link.transport.unix_refused)  # fmt: skip
+
     async def _start_agent(self, host: Host) -> HostLink:
         from jackin_remote.agent.deploy import DeployError, start_agent
 
         link = await self.link(host)
         try:
-            link.started = await start_agent(link.transport, host.root, self.artifact(), host.name)
+            link.started = await start_agent(link.transport, host.root, self.artifact(), host.name,
+                                             direct=self._direct_socket(host))  # fmt: skip
+            self._learnt(link)
         except (DeployError, AgentClosed) as exc:
             raise HostError(
                 host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
@@ -182,22 +203,24 @@ class Pool:
     async def deployed_agent(self, host: Host) -> HostLink | None:
         """`host`'s agent if this version is already deployed there (then kept, as agent()
         keeps it), else None: nothing is sent or installed. Unreachable hosts raise HostError."""
-        from jackin_remote.agent.deploy import DeployError, StartedAgent, start_deployed_agent
+        from jackin_remote.agent.deploy import DeployError, start_deployed_agent
 
         if host.name not in self._agents:
             link = await self.link(host)
             try:
-                client = await start_deployed_agent(
-                    link.transport, host.root, self.artifact(), host.name
-                )
+                started = await start_deployed_agent(
+                    link.transport, host.root, self.artifact(), host.name,
+                    direct=self._direct_socket(host),
+                )  # fmt: skip
             except (DeployError, AgentClosed) as exc:
                 raise HostError(
                     host.name, HostState.AGENT_ERROR, f"host agent failed to start: {exc}",
                     hint="run `jackin-remote hosts check` for details",
                 ) from None  # fmt: skip
-            if client is None:
+            if started is None:
                 return None
-            link.started = StartedAgent(client, False, 0)
+            link.started = started
+            self._learnt(link)
 
             async def ready() -> HostLink:
                 return link

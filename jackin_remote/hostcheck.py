@@ -177,6 +177,9 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             "hash": started.client.hello.get("agent_hash"),
             "deployed": started.deployed,
             "bytes_sent": started.bytes_sent,
+            "channel": started.channel,
+            "pid": started.client.hello.get("pid"),
+            "streamlocal_refused": link.transport.unix_refused,
         },
     }
 

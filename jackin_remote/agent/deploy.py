@@ -8,6 +8,7 @@ and renamed into place atomically.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 from collections.abc import Mapping
@@ -117,6 +118,22 @@ class StartedAgent:
     client: AgentClient
     deployed: bool  # True when this start had to send the archive
     bytes_sent: int
+    direct: bool = False  # True when reached on the resident agent's socket, no command run
+
+    @property
+    def channel(self) -> str:
+        """How the controller reaches the agent: `direct` (a channel to the resident agent's
+        socket), `bridge` (a command relaying to it), or `exec` (a process of its own)."""
+        if self.direct:
+            return "direct"
+        return "bridge" if self.client.hello.get("resident") else "exec"
+
+    @property
+    def socket(self) -> str | None:
+        """The resident agent's socket on the host, as it reported it."""
+        resident = self.client.hello.get("resident")
+        found = resident.get("socket") if isinstance(resident, dict) else None
+        return found if isinstance(found, str) else None
 
 
 async def _try_start(
@@ -130,9 +147,41 @@ async def _try_start(
     return client
 
 
+DIRECT_HELLO_TIMEOUT = 10.0  # seconds a resident agent's socket has to answer hello
+
+
+async def open_direct(
+    transport: Transport, socket: str, artifact: AgentArtifact, host: str | None
+) -> AgentClient | None:
+    """A client on the resident agent's socket, if one answers there as this very version;
+    None otherwise (no socket, refused, another version, no answer): the caller runs the
+    command instead, which starts what is missing."""
+    channel = await transport.open_unix(socket)
+    if channel is None:
+        return None
+    client = AgentClient(channel, host)
+    try:
+        hello = await asyncio.wait_for(client.start(), DIRECT_HELLO_TIMEOUT)
+    except (AgentCallError, AgentClosed, TimeoutError):
+        await client.close()
+        return None
+    if hello.get("agent_hash") != artifact.content_hash or not hello.get("resident"):
+        await client.close()
+        return None
+    return client
+
+
 async def start_agent(
-    transport: Transport, root: str, artifact: AgentArtifact, host: str | None = None
+    transport: Transport,
+    root: str,
+    artifact: AgentArtifact,
+    host: str | None = None,
+    direct: str | None = None,
 ) -> StartedAgent:
+    """The agent, reached on the resident agent's socket `direct` when given and it answers,
+    else by a command (which deploys the agent first when this version is not there)."""
+    if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
+        return StartedAgent(client, False, 0, direct=True)
     try:
         return StartedAgent(await _try_start(transport, root, artifact, host), False, 0)
     except AgentClosed as exc:
@@ -150,12 +199,18 @@ async def start_agent(
 
 
 async def start_deployed_agent(
-    transport: Transport, root: str, artifact: AgentArtifact, host: str | None = None
-) -> AgentClient | None:
+    transport: Transport,
+    root: str,
+    artifact: AgentArtifact,
+    host: str | None = None,
+    direct: str | None = None,
+) -> StartedAgent | None:
     """Start this agent version only if it is already on the host; None when it is not.
     Sends and installs nothing (placement asks hosts before any contract is resolved)."""
+    if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
+        return StartedAgent(client, False, 0, direct=True)
     try:
-        return await _try_start(transport, root, artifact, host)
+        return StartedAgent(await _try_start(transport, root, artifact, host), False, 0)
     except AgentClosed as exc:
         if exc.returncode == MISSING:
             return None

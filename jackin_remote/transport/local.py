@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from agent_host.protocol import MAX_LINE_BYTES
-from jackin_remote.transport.base import Channel, Completed, Transport
+from jackin_remote.transport.base import Channel, Completed, StreamChannel, Transport
 
 
 class LocalChannel(Channel):
@@ -80,6 +81,23 @@ class LocalTransport(Transport):
             limit=MAX_LINE_BYTES,
         )  # fmt: skip
         return LocalChannel(process)
+
+    async def open_unix(self, path: str) -> Channel | None:
+        """Through the socket's directory: the path may be longer than a socket address holds."""
+        directory, name = os.path.split(path)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                f"/proc/self/fd/{fd}/{name}", limit=MAX_LINE_BYTES
+            )
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return StreamChannel(reader, writer, MAX_LINE_BYTES)
 
     async def close(self) -> None:
         return None

@@ -23,7 +23,7 @@ from agent_host.protocol import MAX_LINE_BYTES
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.errors import HostError, HostKeyError
 from jackin_remote.inventory.model import Host
-from jackin_remote.transport.base import Channel, Completed, Transport
+from jackin_remote.transport.base import Channel, Completed, StreamChannel, Transport
 from jackin_remote.transport.hostkeys import (
     KeyWitness,
     TrustSources,
@@ -478,6 +478,19 @@ class SSHTransport(Transport):
         except (asyncssh.Error, OSError) as exc:
             raise unreachable(self.host, exc) from None
         return SSHChannel(process)
+
+    async def open_unix(self, path: str) -> Channel | None:
+        """A direct-streamlocal channel: the host's sshd connects to the socket (OpenSSH allows
+        it unless AllowStreamLocalForwarding says no; then None)."""
+        try:
+            reader, writer = await self.conn.open_unix_connection(path, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                self.unix_refused = True
+            return None
+        except (asyncssh.Error, OSError):
+            return None
+        return StreamChannel(reader, writer, MAX_LINE_BYTES)
 
     async def close(self) -> None:
         self.conn.close()

@@ -117,6 +117,20 @@ CHECK_COLUMNS = (
 )
 
 
+# How a command reached the host agent (agent/deploy.py StartedAgent.channel): the resident
+# agent's socket over a direct channel, the resident agent through an exec bridge, or a process
+# of its own. Our words, whatever the entry holds.
+CHANNEL_WORDS = {"direct": "direct", "bridge": "bridge", "exec": "exec"}
+REFUSED_NOTE = (
+    "sshd refuses channels to Unix sockets (AllowStreamLocalForwarding): commands reach the "
+    "resident agent through an exec bridge, one process start each"
+)
+
+
+def _channel(agent: dict[str, Any]) -> str:
+    return CHANNEL_WORDS.get(str(agent.get("channel")), "unknown")
+
+
 def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> RenderableType:
     rows: list[list[Text]] = []
     notes: list[Text] = []
@@ -146,9 +160,12 @@ def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> Ren
             text(_resources(facts)),
             tools,
             _backends_cell(entry.get("backends")),
-            text(f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'})"),
+            text(f"{agent['version']} ({'deployed' if agent['deployed'] else 'current'}, "
+                 f"{_channel(agent)})"),
             text(_number(entry.get("clock_skew_s"), "+.2f", "s")),
         ])  # fmt: skip
+        if agent.get("streamlocal_refused"):
+            notes.append(line((f"{entry['name']}: ", "bold"), (REFUSED_NOTE, "dim")))
         for problem in entry.get("problems", []):
             style = "red" if problem["severity"] == "fail" else "yellow"
             notes.append(line((f"{entry['name']}: ", "bold"), (problem["message"], style)))

@@ -180,19 +180,31 @@ def check_entry(**facts: Any) -> dict[str, Any]:
     return {
         "name": "web-1", "status": "ok", "verdict": "ready", "latency_ms": 1.25,
         "clock_skew_s": -0.5, "facts": base, "problems": [],
-        "agent": {"version": "0.4.0", "deployed": False},
+        "agent": {"version": "0.4.0", "deployed": False, "channel": "direct"},
     }  # fmt: skip
 
 
 def test_check_table_resources_with_and_without_load() -> None:
-    with_load = render(check_table([check_entry(load=[0.52, 0.4, 0.3])]), 200)
+    with_load = render(check_table([check_entry(load=[0.52, 0.4, 0.3])]), 220)
     assert "4 cpu, 8.0G mem, 50.0G free, load 0.52" in with_load
     # A missing load used to swallow the whole cell ("load -" alone).
-    without = render(check_table([check_entry()]), 200)
+    without = render(check_table([check_entry()]), 220)
     assert "4 cpu, 8.0G mem, 50.0G free, load -" in without
     assert "Debian 12, 6.1.0, x86_64" in without
     assert "python 3.11.2  docker 24.0.5  rsync 3.2.7  git 2.39.2" in without
-    assert "1.2ms" in without and "-0.50s" in without and "0.4.0 (current)" in without
+    assert "1.2ms" in without and "-0.50s" in without and "0.4.0 (current, direct)" in without
+
+
+def test_check_table_says_how_the_agent_was_reached_in_its_own_words() -> None:
+    entry = check_entry()
+    entry["agent"].update(channel="bridge\x1b[31m", streamlocal_refused=True)
+    shown = render(check_table([entry]), 240)
+    assert "0.4.0 (current, unknown)" in shown
+    assert "web-1: sshd refuses channels to Unix sockets" in shown
+    assert "\x1b[31m" not in shown
+    entry["agent"].update(channel="bridge", streamlocal_refused=False)
+    shown = render(check_table([entry]), 240)
+    assert "0.4.0 (current, bridge)" in shown and "refuses" not in shown
 
 
 @pytest.mark.parametrize("width", WIDTHS)

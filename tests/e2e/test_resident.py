@@ -1,0 +1,89 @@
+"""The resident host agent, end to end, on the laptop and on a real SSH host: commands reach it
+on its socket (a direct-streamlocal channel over SSH), a killed one is started again by the next
+command with every session still there, and an agent per command gives the same answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jackin_remote.agent.deploy import RESIDENT_ENV
+from tests import fleet as fleet_mod
+from tests.conftest import CLI, add_host_copy
+from tests.e2e.helpers import launch, make_workspace, wait_for
+
+
+@pytest.fixture(params=["local", "fleet-1"])
+def target(
+    request: pytest.FixtureRequest, local_inventory: Path, tmp_path: Path
+) -> tuple[str, Path]:
+    """(inventory name, inventory): the laptop, or fleet-1 under a root of this test's own."""
+    if request.param == "local":
+        return "local", local_inventory
+    inventory: Path = request.getfixturevalue("fleet_inventory")
+    root = f"/home/jackin/resident-{tmp_path.name[-12:]}-{os.urandom(3).hex()}"
+    add_host_copy(inventory, "fleet-1", "resident", root)
+    return "resident", inventory
+
+
+def _agent(cli: CLI, inventory: Path, name: str, **env: str) -> dict[str, Any]:
+    """The agent part of `hosts check` for `name`, run with `env` added."""
+    (entry,) = _json(cli, env, "-i", str(inventory), "hosts", "check", "--on", name)["hosts"]
+    return entry["agent"]  # type: ignore[no-any-return]
+
+
+def _json(cli: CLI, env: dict[str, str], *args: str) -> dict[str, Any]:
+    return CLI({**cli.env, **env}, cli.cwd).json(*args)
+
+
+# A process is gone (its files, its socket, closed) once it is a zombie or no more.
+GONE = 'while [ -e /proc/$1 ] && [ "$(cut -d" " -f3 /proc/$1/stat)" != Z ]; do sleep 0.05; done'
+
+
+def _kill(name: str, pid: int) -> None:
+    """SIGKILL the resident agent, and wait (for a state) until it is gone."""
+    if name == "local":
+        os.kill(pid, signal.SIGKILL)
+        subprocess.run(["sh", "-c", GONE, "sh", str(pid)], check=True, timeout=120)
+        return
+    box = fleet_mod.container("fleet-1")
+    fleet_mod.docker_exec(box, "kill", "-KILL", str(pid))
+    fleet_mod.docker_exec(box, "sh", "-c", GONE, "sh", str(pid))
+
+
+def test_a_killed_resident_agent_comes_back_with_every_session(
+    cli: CLI, target: tuple[str, Path], tmp_path: Path
+) -> None:
+    name, inventory = target
+    ws = make_workspace(tmp_path / "ws")
+    (session,) = launch(cli, inventory, ws, "--on", name, "--runtime", "shell", "--network",
+                        "none", "--task", "sleep infinity")  # fmt: skip
+    sid = session["id"]
+    wait_for(cli, inventory, sid, {"running"}, on=name)
+    # The launch found the resident agent's socket: this command opens it directly.
+    first = _agent(cli, inventory, name)
+    assert first["channel"] == "direct", first
+    _kill(name, first["pid"])
+    # The next command finds nobody on the socket, runs the bridge, which starts a new one.
+    listed = cli.json("-i", str(inventory), "ls", "--on", name)["sessions"]
+    (row,) = [r for r in listed if r["id"] == sid]
+    assert row["state"] == "running", row
+    again = _agent(cli, inventory, name)
+    assert again["pid"] != first["pid"], again
+    assert again["channel"] == "direct", again  # the new one listens where the old one did
+    # An agent of its own per command (no resident) answers the same.
+    own = _agent(cli, inventory, name, **{RESIDENT_ENV: "0"})
+    assert own["channel"] == "exec" and own["pid"] != again["pid"], own
+    without = _json(cli, {RESIDENT_ENV: "0"}, "-i", str(inventory), "ls", "--on", name)["sessions"]
+    with_it = cli.json("-i", str(inventory), "ls", "--on", name)["sessions"]
+
+    def same(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((r["id"], r["state"], r["host"], r["agent_status"]) for r in rows)
+
+    assert same(without) == same(with_it)
+    cli.run("-i", str(inventory), "rm", "--force", sid, check=True)
