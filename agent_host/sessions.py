@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -1378,8 +1379,32 @@ def address(ctx: Context, params: Message) -> Dict[str, Any]:
     return {"address": ip, "network": wanted}
 
 
+PUSH_EVERY = 2.0  # seconds between a watch's looks at the sessions (the sampler's pace)
+
+
+def watch(ctx: Context, params: Message) -> Dict[str, Any]:
+    """Push `session.list`'s answer to the caller whenever it changes, looking every PUSH_EVERY
+    seconds, until the caller goes away. Only a resident agent watches: an agent of its own
+    per command would be a process held open for one caller (the caller asks instead)."""
+    if getattr(ctx, "resident", None) is None:
+        raise RemoteError(E_FAILED, "only the resident host agent pushes session changes",
+                          {"hint": "ask session.list instead"})  # fmt: skip
+    ctx.streaming()
+    wake = threading.Event()
+    ctx.on_cancel(wake.set)
+    last: Optional[Dict[str, Any]] = None
+    while not ctx.cancelled:
+        answer = list_sessions(ctx, {"all": bool(params.get("all"))})
+        if answer != last:
+            ctx.notify("session.list", answer)
+            last = answer
+        wake.wait(PUSH_EVERY)
+    return {}
+
+
 HANDLERS = {
     "session.address": address,
+    "session.watch": watch,
     "session.create": create,
     "session.list": list_sessions,
     "session.logs": logs,

@@ -200,6 +200,15 @@ class Pool:
             self._agents[host.name] = asyncio.ensure_future(self._start_agent(host))
         return await self._agents[host.name]
 
+    def is_resident(self, host: Host) -> bool:
+        """Whether `host`'s agent, already started by this pool, is a resident one (it can
+        push: agent_host/resident.py)."""
+        task = self._agents.get(host.name)
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return False
+        started = task.result().started
+        return started is not None and started.channel != "exec"
+
     async def deployed_agent(self, host: Host) -> HostLink | None:
         """`host`'s agent if this version is already deployed there (then kept, as agent()
         keeps it), else None: nothing is sent or installed. Unreachable hosts raise HostError."""

@@ -12,12 +12,11 @@ as arguments or through a shell).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jackin_remote.errors import UsageError
@@ -72,12 +71,12 @@ async def watch(
     hosts: Sequence[Any],
     interval: float,
     show: Callable[[list[dict[str, Any]], list[Any], list[dict[str, Any]]], None],
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Refresh every `interval` seconds until interrupted (or a test hook's end): `show(rows,
-    failed host results, rows newly blocked)` after each round."""
+    """Refresh until interrupted (or a test hook's end): `show(rows, failed host results, rows
+    newly blocked)` after each round. A round ends when a host pushes a change, or every
+    `interval` seconds for hosts that cannot push (jackin_remote/feed.py)."""
+    from jackin_remote.feed import Feed
     from jackin_remote.fleet import Pool
-    from jackin_remote.sessions import refresh
 
     rounds = int(os.environ.get(ROUNDS_ENV) or 0)
     until_blocked = bool(os.environ.get(UNTIL_BLOCKED_ENV))
@@ -86,13 +85,17 @@ async def watch(
     before: dict[str, str] = {}
     done = 0
     async with Pool(inventory) as pool:
-        while True:
-            failed = [result for result in await refresh(pool, hosts, store) if not result.ok]
-            rows = store.view(names)
-            blocked = newly_blocked(before, rows)
-            before = statuses(rows)
-            show(rows, failed, blocked)
-            done += 1
-            if (rounds and done >= rounds) or (until_blocked and blocked):
-                return
-            await sleep(max(interval, MIN_INTERVAL))
+        feed = Feed(pool, hosts, store)
+        try:
+            while True:
+                results = await feed.round(max(interval, MIN_INTERVAL))
+                failed = [result for result in results if not result.ok]
+                rows = store.view(names)
+                blocked = newly_blocked(before, rows)
+                before = statuses(rows)
+                show(rows, failed, blocked)
+                done += 1
+                if (rounds and done >= rounds) or (until_blocked and blocked):
+                    return
+        finally:
+            await feed.close()

@@ -169,6 +169,7 @@ class _Screen:
         self.failed: dict[str, str] = {}
         self.before: dict[str, str] = {}
         self.notifying: set[Any] = set()
+        self.feed: Any = None  # jackin_remote/feed.py, once the loop runs
         self.denials: list[dict[str, Any]] = []  # the selected session's, newest first
         self.live = Live(console=out, screen=True, auto_refresh=False, transient=True)
 
@@ -197,29 +198,32 @@ class _Screen:
         self.live.update(view, refresh=True)
 
     async def run(self, pool: Any) -> None:
+        """Rounds of the feed (pushed changes, or every interval), keys read meanwhile; after an
+        action, the hosts that do not push are asked at once."""
         import asyncio
 
-        from jackin_remote.sessions import refresh
+        from jackin_remote.feed import Feed
 
-        while True:
-            round_ = asyncio.ensure_future(self._round(pool, refresh))
-            if await self._keys_until(round_, interrupt=False):
-                return
-            results, self.denials = round_.result()
-            self._take(results)
-            pause = asyncio.ensure_future(asyncio.sleep(self.interval))
-            if await self._keys_until(pause, interrupt=True):
-                return
+        self.feed = feed = Feed(pool, self.hosts, self.store)
+        try:
+            while True:
+                round_ = asyncio.ensure_future(self._round(pool, feed))
+                if await self._keys_until(round_):
+                    return
+                results, self.denials = round_.result()
+                self._take(results)
+        finally:
+            await feed.close()
 
-    async def _round(self, pool: Any, refresh: Any) -> tuple[list[Any], list[dict[str, Any]]]:
-        """Every host's sessions, then what the selected session's egress proxy denied lately
-        (asked of its host only: one question more per round)."""
+    async def _round(self, pool: Any, feed: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Every host's sessions (jackin_remote/feed.py), then what the selected session's egress
+        proxy denied lately (asked of its host only: one question more per round)."""
         from agent_host.wire import EgressEntry
         from jackin_remote.answers import merged_entries
         from jackin_remote.console import selected_row
         from jackin_remote.sessions import call
 
-        results = await refresh(pool, self.hosts, self.store)
+        results = await feed.round(self.interval)
         row = selected_row(self.state, self.store.view([host.name for host in self.hosts]))
         answered = {r.host.name: r.host for r in results if r.ok}
         if row is None or row["host"] not in answered:
@@ -279,9 +283,10 @@ class _Screen:
         getter.cancel()
         return None
 
-    async def _keys_until(self, pending: Any, *, interrupt: bool) -> bool:
-        """Handle keys until `pending` is done (or, if `interrupt`, until an action ran: the
-        view is refreshed right after). True when the operator quit."""
+    async def _keys_until(self, pending: Any) -> bool:
+        """Handle keys until `pending` (a round) is done; an action makes the round end at once
+        (its effect is shown right after). True when the operator quit. The round is never
+        cancelled: it may be inside the pool's shared agent start, which must survive."""
         from jackin_remote.console import on_key
 
         while not pending.done():
@@ -293,9 +298,8 @@ class _Screen:
                 if action.verb == "quit" or await self._act(action.verb, action.row or {}):
                     pending.cancel()
                     return True
-                if interrupt:
-                    pending.cancel()
-                    break
+                if self.feed is not None:
+                    self.feed.ask_now()
             self.draw()
         return False
 

@@ -4,6 +4,7 @@ command with every session still there, and an agent per command gives the same 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -87,3 +88,47 @@ def test_a_killed_resident_agent_comes_back_with_every_session(
 
     assert same(without) == same(with_it)
     cli.run("-i", str(inventory), "rm", "--force", sid, check=True)
+
+
+def test_a_resident_agent_pushes_session_changes_without_being_asked(
+    cli: CLI, local_inventory: Path, tmp_path: Path
+) -> None:
+    """A feed that would ask the hosts only once an hour still sees a new session and its end:
+    the resident agent pushed them (jackin_remote/feed.py, session.watch)."""
+    from jackin_remote.feed import Feed
+    from jackin_remote.fleet import Pool
+    from jackin_remote.inventory.loader import load_inventory
+    from jackin_remote.store import Store
+
+    inventory = load_inventory(local_inventory)
+    hosts = list(inventory.hosts.values())
+    ws = make_workspace(tmp_path / "ws")
+
+    async def until(feed: Feed, store: Store, wanted: Any) -> list[dict[str, Any]]:
+        while not wanted(rows := store.view(["local"])):
+            await feed.round(HOUR)
+        return rows
+
+    async def go() -> str:
+        store = Store()
+        async with Pool(inventory) as pool:
+            feed = Feed(pool, hosts, store)
+            await feed.round(HOUR)  # the first round asks
+            assert feed.pushing == {"local"}
+            (session,) = await asyncio.to_thread(
+                launch, cli, local_inventory, ws, "--on", "local", "--runtime", "shell",
+                "--network", "none", "--task", "echo pushed",
+            )  # fmt: skip
+            sid = session["id"]
+            rows = await until(feed, store, lambda rows: any(
+                r["id"] == sid and r["state"] == "exited" for r in rows))  # fmt: skip
+            assert [r["exit_code"] for r in rows if r["id"] == sid] == [0]
+            assert feed.pushes >= 1
+            await feed.close()
+            return str(sid)
+
+    sid = asyncio.run(asyncio.wait_for(go(), 600))
+    cli.run("-i", str(local_inventory), "rm", "--force", sid, check=True)
+
+
+HOUR = 3600.0
