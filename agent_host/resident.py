@@ -193,12 +193,14 @@ class Resident:
         self.connections = 0
         self.served = 0
         self.last_closed = time.monotonic()
+        self.started_at = time.time()
         self.stopping = threading.Event()
         self.sampler: Any = None
 
     def info(self) -> Dict[str, Any]:
         with self._lock:
             return {"pid": os.getpid(), "connections": self.connections, "served": self.served,
+                    "started_at": self.started_at,
                     "socket": socket_path(self.root, self.agent_hash)}  # fmt: skip
 
     def serve_connection(self, conn: socket.socket) -> None:

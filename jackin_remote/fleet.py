@@ -176,8 +176,8 @@ class Pool:
         started = link.started
         if started is None or started.direct or started.channel != "bridge":
             return
-        sockets.remember(link.host, self.artifact().content_hash, started.socket,
-                         refused=link.transport.unix_refused)  # fmt: skip
+        refused = link.transport.unix_refused or sockets.refused(link.host)  # still refused
+        sockets.remember(link.host, self.artifact().content_hash, started.socket, refused=refused)
 
     async def _start_agent(self, host: Host) -> HostLink:
         from jackin_remote.agent.deploy import DeployError, start_agent

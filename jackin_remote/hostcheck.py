@@ -178,10 +178,29 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             "deployed": started.deployed,
             "bytes_sent": started.bytes_sent,
             "channel": started.channel,
-            "pid": started.client.hello.get("pid"),
-            "streamlocal_refused": link.transport.unix_refused,
+            "pid": _number(started.client.hello.get("pid")),
+            "started_at": _number(_resident(started.client.hello).get("started_at")),
+            "streamlocal_refused": link.transport.unix_refused or _refused(link),
         },
     }
+
+
+def _refused(link: HostLink) -> bool:
+    from jackin_remote.agent import sockets
+
+    return not link.host.is_local and sockets.refused(link.host)
+
+
+def _resident(hello: dict[str, Any]) -> dict[str, Any]:
+    found = hello.get("resident")
+    return found if isinstance(found, dict) else {}
+
+
+def _number(value: Any) -> float | int | None:
+    """A number the host sent, or None: nothing else reaches the report."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
 
 
 def report(

@@ -174,6 +174,22 @@ def rekeyed(name: str) -> Iterator[str]:
         _reload_sshd(box)
 
 
+@contextlib.contextmanager
+def sshd_option(name: str, line: str) -> Iterator[None]:
+    """One more sshd_config line (first, so no Match block holds it) for a with-block, then the
+    file as it was; sshd is reloaded each way."""
+    box = container(name)
+    docker_exec(box, "sh", "-c", "cp -p /etc/ssh/sshd_config /etc/ssh/sshd_config.saved && "
+                "{ printf '%s\\n' \"$1\"; cat /etc/ssh/sshd_config.saved; } > /etc/ssh/sshd_config",
+                "sh", line)  # fmt: skip
+    try:
+        _reload_sshd(box)
+        yield
+    finally:
+        docker_exec(box, "sh", "-c", "mv /etc/ssh/sshd_config.saved /etc/ssh/sshd_config")
+        _reload_sshd(box)
+
+
 def _reload_sshd(container: str, timeout: float = 120) -> str:
     """SIGHUPs sshd (PID 1, it re-execs itself) and waits until it serves the key on disk."""
     pub = docker_exec(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout

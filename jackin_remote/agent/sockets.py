@@ -5,7 +5,7 @@ A local host's socket is known without asking: its root is on this machine. A re
 what its resident agent reported (the root may start with `~`, which only the host can expand);
 it is kept per host and agent version, and only a hello from that very version on that socket
 is ever believed (agent/deploy.py open_direct). A host whose sshd refused the channel is
-remembered too, so the command goes straight to the exec bridge next time.
+remembered too, so commands go straight to the exec bridge for the next hour.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from agent_host import resident
@@ -20,6 +21,7 @@ from jackin_remote import paths
 from jackin_remote.inventory.model import Host
 
 MAX_SOCKET_PATH = 104  # what a sockaddr_un holds on every system sshd runs on, with its NUL
+RETRY_REFUSED = 3600.0  # seconds before a host whose sshd refused the channel is tried again
 
 
 def cache_file() -> Path:
@@ -49,15 +51,29 @@ def _read() -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
-def known(host: Host, agent_hash: str) -> str | None:
+def known(host: Host, agent_hash: str, now: float | None = None) -> str | None:
     """The socket to try first for `host`'s agent of this version, or None (run the command)."""
     if host.is_local:
         return resident.socket_path(os.path.expanduser(host.root), agent_hash)
     entry = _read().get(_key(host))
-    if not isinstance(entry, dict) or entry.get("hash") != agent_hash or entry.get("refused"):
+    if not isinstance(entry, dict) or entry.get("hash") != agent_hash:
+        return None
+    if refused(host, now):
         return None
     socket = entry.get("socket")
     return socket if isinstance(socket, str) and usable(socket) else None
+
+
+def refused(host: Host, now: float | None = None) -> bool:
+    """Whether `host`'s sshd refused a socket channel within the last RETRY_REFUSED seconds."""
+    entry = _read().get(_key(host))
+    if not isinstance(entry, dict) or not entry.get("refused"):
+        return False
+    return _recent(entry.get("at"), time.time() if now is None else now)
+
+
+def _recent(at: object, now: float) -> bool:
+    return isinstance(at, (int, float)) and now - at < RETRY_REFUSED
 
 
 def remember(host: Host, agent_hash: str, socket: str | None, refused: bool = False) -> None:
@@ -67,8 +83,12 @@ def remember(host: Host, agent_hash: str, socket: str | None, refused: bool = Fa
         return
     data = _read()
     entry: dict[str, object] = {"hash": agent_hash, "socket": socket, "refused": refused}
-    if data.get(_key(host)) == entry:
-        return
+    old = data.get(_key(host))
+    now = time.time()
+    if isinstance(old, dict) and {k: old.get(k) for k in entry} == entry:
+        if not refused or _recent(old.get("at"), now):
+            return  # unchanged: a refusal keeps its time until it is seen again after an hour
+    entry["at"] = now
     data[_key(host)] = entry
     target = cache_file()
     with contextlib.suppress(OSError):

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,13 @@ def _next_launch_works(cli: CLI, inventory: Path, name: str, ws: Path) -> None:
     cli.run("-i", str(inventory), "rm", "--force", again["id"], check=True)
 
 
+def _resident_agent(cli: CLI, inventory: Path, name: str) -> dict[str, Any]:
+    (entry,) = cli.json("-i", str(inventory), "hosts", "check", "--on", name)["hosts"]
+    agent: dict[str, Any] = entry["agent"]
+    assert agent["channel"] in ("direct", "bridge") and agent["started_at"], agent
+    return agent
+
+
 def _no_session_left(cli: CLI, inventory: Path, name: str, box: str) -> set[str]:
     listed = cli.json("-i", str(inventory), "ls", "--on", name)["sessions"]
     assert all(row["state"] != "starting" for row in listed), listed
@@ -141,6 +149,7 @@ def test_a_host_stopped_and_started_shows_its_session_crashed_and_start_brings_i
     sid = session["id"]
     assert session["contract"]["network"]["policy"] == "allowlist"  # its proxy dies too
     wait_for(cli, fleet_inventory, sid, {"running"}, on=name)
+    before = _resident_agent(cli, fleet_inventory, name)
     fleet_mod.stop_host(DISRUPTIVE_HOST)
     try:
         lost = cli.json("-i", str(fleet_inventory), "ls", "--on", name, ok_codes=(3,))
@@ -150,6 +159,11 @@ def test_a_host_stopped_and_started_shows_its_session_crashed_and_start_brings_i
         fleet_mod.start_host(DISRUPTIVE_HOST)
     row = wait_for(cli, fleet_inventory, sid, on=name)
     assert (row["state"], row["reason"]) == ("crashed", "engine_restart"), row
+    # The resident agent came back with the host: a new one (started by the first command),
+    # reached on its socket again, with the session reconciled above.
+    after = _resident_agent(cli, fleet_inventory, name)
+    assert after["started_at"] > before["started_at"], (before, after)
+    assert after["channel"] == "direct", after
     human = " ".join(cli.run("-i", str(fleet_inventory), "ls", "--on", name).stdout.split())
     assert "crashed (engine_restart)" in human and "docker engine stopped" in human, human
     # Its work is all there, and it runs again, proxy and all.

@@ -132,3 +132,30 @@ def test_a_resident_agent_pushes_session_changes_without_being_asked(
 
 
 HOUR = 3600.0
+
+
+@pytest.mark.disruptive
+def test_an_sshd_that_refuses_socket_channels_gets_the_exec_bridge_and_says_so(
+    cli: CLI, fleet_inventory: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import DISRUPTIVE_HOST
+
+    root = f"/home/jackin/refuses-{tmp_path.name[-12:]}-{os.urandom(3).hex()}"
+    add_host_copy(fleet_inventory, DISRUPTIVE_HOST, "refuses", root)
+    assert _agent(cli, fleet_inventory, "refuses")["channel"] == "bridge"  # learns the socket
+    assert _agent(cli, fleet_inventory, "refuses")["channel"] == "direct"
+    with fleet_mod.sshd_option(DISRUPTIVE_HOST, "AllowStreamLocalForwarding no"):
+        # sshd re-execs on SIGHUP: until the new one answers, a check may still go direct.
+        deadline = 60
+        while (agent := _agent(cli, fleet_inventory, "refuses"))["channel"] == "direct":
+            deadline -= 1
+            assert deadline, "sshd never refused the channel"
+        assert agent["channel"] == "bridge" and agent["streamlocal_refused"], agent
+        # Remembered: the next command does not try again, and still says why.
+        again = _agent(cli, fleet_inventory, "refuses")
+        assert again["channel"] == "bridge" and again["streamlocal_refused"], again
+        human = cli.run("-i", str(fleet_inventory), "hosts", "check", "--on", "refuses").stdout
+        assert "sshd refuses channels to Unix sockets" in " ".join(human.split()), human
+        # Sessions work as ever through the bridge.
+        listed = cli.json("-i", str(fleet_inventory), "ls", "--on", "refuses")
+        assert listed["sessions"] == []

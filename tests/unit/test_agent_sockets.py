@@ -4,6 +4,7 @@ usable path a host reported, only for that agent version, and never after sshd r
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,10 @@ def test_a_remembered_socket_serves_only_its_version_and_only_until_refused() ->
     other = Host(name="web-1", address="10.0.0.6", port=2222, user="dev")
     assert sockets.known(other, "v1") is None  # the name now points at another machine
     sockets.remember(WEB, "v1", "/home/dev/.jackin/run/agent-v1.sock", refused=True)
-    assert sockets.known(WEB, "v1") is None
+    assert sockets.known(WEB, "v1") is None and sockets.refused(WEB)
+    later = time.time() + sockets.RETRY_REFUSED + 1  # tried again after an hour
+    assert sockets.known(WEB, "v1", now=later) == "/home/dev/.jackin/run/agent-v1.sock"
+    assert not sockets.refused(WEB, now=later)
 
 
 def test_what_a_host_reports_or_a_damaged_file_never_becomes_a_path() -> None:
