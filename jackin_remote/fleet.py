@@ -83,6 +83,7 @@ class Pool:
         self._conns: dict[str, asyncio.Task[asyncssh.SSHClientConnection]] = {}
         self._handshakes = asyncio.Semaphore(self.settings.max_handshakes)
         self._artifact: AgentArtifact | None = None
+        self._daemon_asked = False  # this command started (or stopped) the laptop daemon
         self.recorded_keys: list[RecordedKey] = []  # what --accept-new recorded, to be shown
 
     # -- connections ---------------------------------------------------------------------
@@ -179,9 +180,53 @@ class Pool:
         refused = link.transport.unix_refused or sockets.refused(link.host)  # still refused
         sockets.remember(link.host, self.artifact().content_hash, started.socket, refused=refused)
 
+    async def _held_agent(self, host: Host) -> HostLink | None:
+        """`host`'s resident agent through the laptop daemon (jackin_remote/daemon.py), or None:
+        then this command connects itself (and starts the daemon for the next one)."""
+        from jackin_remote import daemon
+        from jackin_remote.agent.deploy import DIRECT_HELLO_TIMEOUT, StartedAgent
+        from jackin_remote.errors import AgentCallError
+        from jackin_remote.transport.base import StreamChannel
+        from jackin_remote.transport.held import HeldTransport
+
+        if host.is_local or self.settings.accept_new or not daemon.enabled():
+            return None
+        start = time.perf_counter()
+        agent_hash = self.artifact().content_hash
+        jump = (self.inventory.host(host.jump) or _adhoc_jump_host(host)) if host.jump else None
+        got = await daemon.ask_agent(host, jump, agent_hash, daemon.version_key(agent_hash))
+        if isinstance(got, str):
+            if got != daemon.DECLINED and not self._daemon_asked:
+                self._daemon_asked = True  # once per command, however many hosts
+                if got == daemon.OTHER_VERSION:
+                    await daemon.request("stop")  # left by an older jackin-remote
+                daemon.start_detached()
+            return None
+        reader, writer, answer = got
+        client = AgentClient(StreamChannel(reader, writer, daemon.MAX_LINE), host.name)
+        try:
+            hello = await asyncio.wait_for(client.start(), DIRECT_HELLO_TIMEOUT)
+        except (AgentCallError, AgentClosed, TimeoutError):
+            await client.close()
+            return None
+        if hello.get("agent_hash") != agent_hash or not hello.get("resident"):
+            await client.close()
+            return None
+        started = StartedAgent(client, False, 0, direct=answer.get("channel") == "direct",
+                               held=True)  # fmt: skip
+
+        async def own_connection() -> Transport:
+            return (await self.link(host)).transport
+
+        transport = HeldTransport(own_connection, answer.get("unix_refused") is True)
+        return HostLink(host, transport, time.perf_counter() - start, started)
+
     async def _start_agent(self, host: Host) -> HostLink:
         from jackin_remote.agent.deploy import DeployError, start_agent
 
+        held = await self._held_agent(host)
+        if held is not None:
+            return held
         link = await self.link(host)
         try:
             link.started = await start_agent(link.transport, host.root, self.artifact(), host.name,

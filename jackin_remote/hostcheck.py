@@ -178,6 +178,7 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             "deployed": started.deployed,
             "bytes_sent": started.bytes_sent,
             "channel": started.channel,
+            "daemon": started.held,
             "pid": _number(started.client.hello.get("pid")),
             "started_at": _number(_resident(started.client.hello).get("started_at")),
             "streamlocal_refused": link.transport.unix_refused or _refused(link),

@@ -142,6 +142,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Resident host agents (agent_host/resident.py) of the tests' many roots leave soon after
     # their last command, not 15 minutes later; what is left at the end is stopped below.
     os.environ.setdefault("JACKIN_AGENT_LINGER", "5")
+    # The laptop daemon (jackin_remote/daemon.py) is per laptop home: each test has its own, and
+    # one daemon per test would hold connections for ten minutes. tests/e2e/test_daemon.py
+    # turns it on where it is under test.
+    os.environ.setdefault("JACKIN_DAEMON", "off")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -119,6 +119,7 @@ class StartedAgent:
     deployed: bool  # True when this start had to send the archive
     bytes_sent: int
     direct: bool = False  # True when reached on the resident agent's socket, no command run
+    held: bool = False  # True when the channel came through the laptop daemon
 
     @property
     def channel(self) -> str:

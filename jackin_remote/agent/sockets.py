@@ -85,9 +85,9 @@ def remember(host: Host, agent_hash: str, socket: str | None, refused: bool = Fa
     entry: dict[str, object] = {"hash": agent_hash, "socket": socket, "refused": refused}
     old = data.get(_key(host))
     now = time.time()
-    if isinstance(old, dict) and {k: old.get(k) for k in entry} == entry:
-        if not refused or _recent(old.get("at"), now):
-            return  # unchanged: a refusal keeps its time until it is seen again after an hour
+    same = isinstance(old, dict) and {k: old.get(k) for k in entry} == entry
+    if same and (not refused or _recent(old.get("at") if isinstance(old, dict) else None, now)):
+        return  # unchanged: a refusal keeps its time until it is seen again after an hour
     entry["at"] = now
     data[_key(host)] = entry
     target = cache_file()

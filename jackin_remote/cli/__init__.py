@@ -30,6 +30,7 @@ def _build() -> "typer.Typer":
         audit,
         config,
         console,
+        daemon,
         disk,
         hosts,
         policy,
@@ -50,6 +51,7 @@ def _build() -> "typer.Typer":
     app.add_typer(hosts.app, name="hosts")
     app.add_typer(config.app, name="config")
     app.add_typer(policy.app, name="policy")
+    app.add_typer(daemon.app, name="daemon")
     sessions.register(app)
     disk.register(app)
     snapshots.register(app)

@@ -128,7 +128,8 @@ REFUSED_NOTE = (
 
 
 def _channel(agent: dict[str, Any]) -> str:
-    return CHANNEL_WORDS.get(str(agent.get("channel")), "unknown")
+    word = CHANNEL_WORDS.get(str(agent.get("channel")), "unknown")
+    return f"{word} via daemon" if agent.get("daemon") is True else word
 
 
 def check_table(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> RenderableType:

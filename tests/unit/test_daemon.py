@@ -1,0 +1,76 @@
+"""The laptop daemon's pure parts (jackin_remote/daemon.py): a host crosses its socket whole,
+a malformed one is refused, and each host definition gets a connection of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jackin_remote import daemon
+from jackin_remote.inventory.model import Host, Limits
+
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+
+
+@given(
+    name=NAMES,
+    port=st.none() | st.integers(1, 65535),
+    labels=st.lists(NAMES, max_size=3),
+    egress=st.lists(st.tuples(st.sampled_from(["allow", "deny"]), NAMES, NAMES), max_size=3),
+    memory=st.none() | st.sampled_from(["1g", "512m"]),
+)
+def test_a_host_crosses_the_socket_whole(
+    name: str, port: int | None, labels: list[str], egress: list[tuple[str, str, str]],
+    memory: str | None,
+) -> None:  # fmt: skip
+    host = Host(name=name, address="10.0.0.5", port=port, user="dev", labels=tuple(labels),
+                egress=tuple(egress), limits=Limits(memory=memory), host_mounts=("/srv",),
+                snapshot_excludes=("node_modules",), source_line=3)  # fmt: skip
+    assert daemon.host_from_wire(daemon.host_to_wire(host)) == host
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{}, {"address": "x"}, {"name": "a", "evil": 1}, {"name": "a", "limits": {"rm": 1}}, [],
+     {"name": "a", "port": "22", "labels": 5}],
+)  # fmt: skip
+def test_a_malformed_host_is_refused(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        daemon.host_from_wire(bad)  # type: ignore[arg-type]
+
+
+def test_each_definition_of_a_name_has_its_own_connection() -> None:
+    web = Host(name="web", address="10.0.0.5")
+    assert daemon.pool_key(web, None) == daemon.pool_key(Host(name="web", address="10.0.0.5"),
+                                                         None)  # fmt: skip
+    for other in (dataclasses.replace(web, address="10.0.0.6"), dataclasses.replace(web, port=2),
+                  dataclasses.replace(web, user="root"),
+                  dataclasses.replace(web, host_key="ssh-ed25519 AAAA")):  # fmt: skip
+        assert daemon.pool_key(other, None) != daemon.pool_key(web, None)
+    assert daemon.pool_key(web, Host(name="bastion")) != daemon.pool_key(web, None)
+
+
+def test_a_long_socket_path_is_reached_through_its_directory(tmp_path: Path) -> None:
+    short = tmp_path / "d.sock"
+    with daemon.unix_address(short) as address:
+        assert address == str(short) or address.startswith("/proc/self/fd/")
+    deep = tmp_path / ("x" * 120)
+    deep.mkdir()
+    with daemon.unix_address(deep / "daemon.sock") as address:
+        assert address.startswith("/proc/self/fd/") and address.endswith("/daemon.sock")
+        assert len(address) < 100
+
+
+def test_the_daemon_is_off_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert daemon.enabled({}) and daemon.enabled({daemon.DAEMON_ENV: "auto"})
+    assert not daemon.enabled({daemon.DAEMON_ENV: "off"})
+    assert daemon.idle_seconds({}) == daemon.IDLE
+    assert daemon.idle_seconds({daemon.IDLE_ENV: "5"}) == 5.0
+    from jackin_remote.errors import UsageError
+
+    with pytest.raises(UsageError, match="JACKIN_DAEMON_IDLE"):
+        daemon.idle_seconds({daemon.IDLE_ENV: "soon"})
