@@ -18,6 +18,7 @@ never started).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -135,6 +136,49 @@ async def ask_agent(
 OTHER_VERSION = "another version"
 
 
+async def run_command(
+    host: Host,
+    jump: Host | None,
+    version: str,
+    command: str,
+    input: bytes | None,
+    timeout: float | None,
+) -> Any:
+    """`command` run on the daemon's held connection to `host`: a transport Completed, or None
+    when the daemon cannot (the caller runs it on a connection of its own)."""
+    from jackin_remote.transport.base import Completed
+
+    request = {"op": "run", "version": version, "host": host_to_wire(host),
+               "jump": jump and host_to_wire(jump), "command": command, "timeout": timeout,
+               "input": None if input is None else base64.b64encode(input).decode()}  # fmt: skip
+    answer = await _one_answer(request, None if timeout is None else timeout + ANSWER_TIMEOUT)
+    if answer is None or answer.get("ok") is not True:
+        return None
+    try:
+        return Completed(int(answer["returncode"]), base64.b64decode(answer["stdout"]),
+                         base64.b64decode(answer["stderr"]))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def _one_answer(request: dict[str, Any], timeout: float | None) -> dict[str, Any] | None:
+    try:
+        with unix_address(socket_path()) as address:
+            reader, writer = await asyncio.open_unix_connection(address, limit=MAX_LINE)
+    except OSError:
+        return None
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        answer = json.loads(line) if line else None
+    except (OSError, ValueError, TimeoutError):
+        answer = None
+    finally:
+        writer.close()
+    return answer if isinstance(answer, dict) else None
+
+
 def start_detached() -> None:
     """Start `daemon run` in the background (its own session, output to its log); the caller
     does not wait for it: this command goes direct, the next one finds the daemon."""
@@ -148,20 +192,7 @@ def start_detached() -> None:
 
 async def request(op: str) -> dict[str, Any] | None:
     """A one-line request (`status`, `stop`) to the running daemon; None when none runs."""
-    path = socket_path()
-    if not path.exists():
-        return None
-    try:
-        with unix_address(path) as address:
-            reader, writer = await asyncio.open_unix_connection(address)
-        writer.write(json.dumps({"op": op}).encode() + b"\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT)
-        writer.close()
-        answer = json.loads(line)
-    except (OSError, ValueError, TimeoutError):
-        return None
-    return answer if isinstance(answer, dict) else None
+    return await _one_answer({"op": op}, ANSWER_TIMEOUT)
 
 
 MAX_LINE = 64 * 1024 * 1024  # agent_host.protocol.MAX_LINE_BYTES, without importing it here
@@ -190,6 +221,8 @@ class Daemon:
             op = message.get("op") if isinstance(message, dict) else None
             if op == "agent":
                 await self._agent(message, reader, writer)
+            elif op == "run":
+                await _answer(writer, await self._run(message))
             elif op == "status":
                 await _answer(writer, self.status())
             elif op == "stop":
@@ -210,32 +243,58 @@ class Daemon:
         return {"ok": True, "pid": os.getpid(), "version": self.version, "hosts": hosts,
                 "relayed": self.relayed, "idle_after": self.idle}  # fmt: skip
 
+    async def _link(self, message: dict[str, Any]) -> tuple[Any, Host, Host | None] | str:
+        """The held link for the host a request names, or why not."""
+        from jackin_remote.errors import HostError
+
+        if message.get("version") != self.version:
+            return OTHER_VERSION
+        try:
+            host = host_from_wire(message.get("host") or {})
+            jump = host_from_wire(message["jump"]) if message.get("jump") else None
+        except (TypeError, ValueError, KeyError):
+            return "a malformed request"
+        if host.is_local:
+            return "a local host"
+        try:
+            return await self._pool(host, jump).link(host), host, jump
+        except HostError as exc:
+            self._drop(host, jump)
+            return exc.reason
+
+    async def _run(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A command run on the held connection: what `transport.run` returns, as base64."""
+        got = await self._link(message)
+        if isinstance(got, str):
+            return {"ok": False, "why": got}
+        link, host, jump = got
+        try:
+            data = message.get("input")
+            timeout = message.get("timeout")
+            done = await link.transport.run(
+                str(message["command"]),
+                input=base64.b64decode(data) if isinstance(data, str) else None,
+                timeout=float(timeout) if isinstance(timeout, int | float) else None,
+            )
+        except Exception as exc:  # the connection broke, a timeout: the command runs it itself
+            self._drop(host, jump)
+            return {"ok": False, "why": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True, "returncode": done.returncode,
+                "stdout": base64.b64encode(done.stdout).decode(),
+                "stderr": base64.b64encode(done.stderr).decode()}  # fmt: skip
+
     async def _agent(self, message: dict[str, Any], reader: Any, writer: Any) -> None:
         from jackin_remote.agent import sockets
         from jackin_remote.agent.build import AgentArtifact
         from jackin_remote.agent.deploy import serve_script
         from jackin_remote.errors import HostError
 
-        if message.get("version") != self.version:
-            await _answer(writer, {"ok": False, "why": OTHER_VERSION})
+        got = await self._link(message)
+        if isinstance(got, str):
+            await _answer(writer, {"ok": False, "why": got})
             return
-        try:
-            host = host_from_wire(message.get("host") or {})
-            jump = host_from_wire(message["jump"]) if message.get("jump") else None
-            agent_hash = str(message["agent_hash"])
-        except (TypeError, ValueError, KeyError):
-            await _answer(writer, {"ok": False, "why": "a malformed request"})
-            return
-        if host.is_local:
-            await _answer(writer, {"ok": False, "why": "a local host"})
-            return
-        pool = self._pool(host, jump)
-        try:
-            link = await pool.link(host)
-        except HostError as exc:
-            self._drop(host, jump)
-            await _answer(writer, {"ok": False, "why": exc.reason})
-            return
+        link, host, jump = got
+        agent_hash = str(message.get("agent_hash"))
         known = sockets.known(host, agent_hash)
         channel = await link.transport.open_unix(known) if known else None
         kind = "direct"
@@ -245,12 +304,13 @@ class Daemon:
                 channel = await link.transport.spawn(serve_script(host.root, artifact, "connect"))
             kind = "bridge"
         if channel is None:
-            if link.transport.unix_refused is False and known:
+            if not link.transport.unix_refused and known:
                 self._drop(host, jump)  # the connection may be gone: made afresh next time
             await _answer(writer, {"ok": False, "why": "no resident agent known there"})
             return
-        await _answer(writer, {"ok": True, "channel": kind, "connect_ms": 0.0,
-                               "unix_refused": link.transport.unix_refused})  # fmt: skip
+        await _answer(writer, {"ok": True, "channel": kind,
+                               "unix_refused": link.transport.unix_refused,
+                               "host_key": link.transport.verified_key()})  # fmt: skip
         self.relayed += 1
         await _relay(reader, writer, channel)
 

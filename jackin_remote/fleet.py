@@ -218,7 +218,13 @@ class Pool:
         async def own_connection() -> Transport:
             return (await self.link(host)).transport
 
-        transport = HeldTransport(own_connection, answer.get("unix_refused") is True)
+        async def on_daemon(command: str, data: bytes | None, timeout: float | None) -> Any:
+            return await daemon.run_command(host, jump, daemon.version_key(agent_hash), command,
+                                            data, timeout)  # fmt: skip
+
+        key = answer.get("host_key")
+        transport = HeldTransport(own_connection, answer.get("unix_refused") is True,
+                                  key if isinstance(key, str) else None, on_daemon)  # fmt: skip
         return HostLink(host, transport, time.perf_counter() - start, started)
 
     async def _start_agent(self, host: Host) -> HostLink:

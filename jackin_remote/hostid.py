@@ -10,14 +10,9 @@ from jackin_remote.fleet import HostLink
 
 
 def verified_host_key(link: HostLink) -> str | None:
-    """ "ssh-ed25519 SHA256:..." of the key asyncssh verified; None for the local host."""
-    conn = getattr(link.transport, "conn", None)
-    key = conn.get_server_host_key() if conn is not None else None
-    if key is None:
-        return None
-    from jackin_remote.transport.hostkeys import describe_key
-
-    return describe_key(key)
+    """ "ssh-ed25519 SHA256:..." of the key asyncssh verified (this command's connection, or the
+    laptop daemon's); None for the local host."""
+    return link.transport.verified_key()
 
 
 async def host_identity(link: HostLink) -> Identity:

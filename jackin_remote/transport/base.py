@@ -115,6 +115,11 @@ class Transport(abc.ABC):
         """A TCP connection made from the host to address:port: (reader, writer), with the
         asyncio stream methods read, write, drain, write_eof and close."""
 
+    def verified_key(self) -> str | None:
+        """ "ssh-ed25519 SHA256:..." of the host key this transport's connection verified;
+        None where nothing was verified (the local host)."""
+        return None
+
     async def open_unix(self, path: str) -> Channel | None:
         """A channel to the Unix socket `path` on the host, or None when this transport cannot
         open one (or the host refused): the caller then runs a command instead."""

@@ -11,17 +11,34 @@ from typing import Any
 
 from jackin_remote.transport.base import Channel, Completed, Transport
 
+Runner = Callable[[str, "bytes | None", "float | None"], Awaitable["Completed | None"]]
+
 
 class HeldTransport(Transport):
     kind = "ssh"
 
-    def __init__(self, connect: Callable[[], Awaitable[Transport]], unix_refused: bool) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Transport]],
+        unix_refused: bool,
+        verified_key: str | None,
+        runner: Runner,
+    ) -> None:
         self._connect = connect
+        self._runner = runner
+        self._verified_key = verified_key
         self.unix_refused = unix_refused
+
+    def verified_key(self) -> str | None:
+        return self._verified_key
 
     async def run(
         self, command: str, *, input: bytes | None = None, timeout: float | None = None
     ) -> Completed:
+        """On the daemon's connection; on the command's own when the daemon cannot."""
+        done = await self._runner(command, input, timeout)
+        if done is not None:
+            return done
         return await (await self._connect()).run(command, input=input, timeout=timeout)
 
     async def spawn(self, command: str) -> Channel:

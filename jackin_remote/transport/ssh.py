@@ -479,6 +479,10 @@ class SSHTransport(Transport):
             raise unreachable(self.host, exc) from None
         return SSHChannel(process)
 
+    def verified_key(self) -> str | None:
+        key = self.conn.get_server_host_key()
+        return describe_key(key) if key is not None else None
+
     async def open_unix(self, path: str) -> Channel | None:
         """A direct-streamlocal channel: the host's sshd connects to the socket (OpenSSH allows
         it unless AllowStreamLocalForwarding says no; then None)."""
