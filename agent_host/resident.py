@@ -95,10 +95,28 @@ def _connect(root: str, agent_hash: Optional[str]) -> Optional[socket.socket]:
     return sock
 
 
+def private_run_dir(root: str) -> str:
+    """`<root>/run`, made if missing, and refused unless it is a directory of ours that nobody
+    else may enter (no symlink): whoever could, could put their socket in place of ours."""
+    directory = run_dir(root)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError("%s is not a directory of this user's" % directory)
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
+
 def start(root: str, agent_hash: Optional[str], linger: float) -> str:
     """Start the resident agent detached (its own session, stdio away from the caller's);
     its first line: `ready PID`, `busy` (another holds the lock) or why it could not start."""
-    os.makedirs(run_dir(root), mode=0o700, exist_ok=True)
+    try:
+        private_run_dir(root)
+    except OSError as exc:
+        return str(exc)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     words = [MARK, "--root", root, "--hash", agent_hash or "source", "--linger", repr(linger)]
     if os.path.isfile(os.path.join(package_parent, "__main__.py")):  # the deployed agent
@@ -130,13 +148,20 @@ def connect(root: str, agent_hash: Optional[str], linger: float) -> int:
     """The exec bridge: relay this process's stdin/stdout to the resident agent, starting it
     when none answers. Exits 0 when the agent closes the connection after our stdin ended."""
     sock = _connect(root, agent_hash)
-    if sock is None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    said = ""
+    while sock is None:
+        # Nobody answers: start one. "busy": another holds the lock, still starting or just
+        # leaving; either way a look again settles it (bounded).
         said = start(root, agent_hash, linger)
         sock = _connect(root, agent_hash)
-        if sock is None:
+        if sock is None and (not said.startswith(("ready ", "busy"))
+                             or time.monotonic() > deadline):  # fmt: skip
             sys.stderr.write("jackin: the resident agent did not start: %s (log: %s)\n"
                              % (said, log_path(root)))  # fmt: skip
             return 1
+        if sock is None:
+            time.sleep(0.05)
     return relay(sock, 0, 1)
 
 
@@ -236,11 +261,29 @@ class Resident:
                 continue
             except OSError:
                 continue
-            conn.settimeout(None)
-            with self._lock:
-                self.connections += 1
-                self.served += 1
-            threading.Thread(target=self.serve_connection, args=(conn,), daemon=True).start()
+            self._serve_in_thread(conn)
+        # Leaving: the socket's name goes first (a command from now on starts a new agent, which
+        # waits for our lock), then whatever queued meanwhile is served, not reset.
+        _unlink_socket(self.root, self.agent_hash)
+        listener.setblocking(False)
+        threads = []
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                break
+            threads.append(self._serve_in_thread(conn))
+        for thread in threads:
+            thread.join()
+
+    def _serve_in_thread(self, conn: socket.socket) -> threading.Thread:
+        conn.setblocking(True)
+        with self._lock:
+            self.connections += 1
+            self.served += 1
+        thread = threading.Thread(target=self.serve_connection, args=(conn,), daemon=True)
+        thread.start()
+        return thread
 
     def _should_exit(self) -> bool:
         with self._lock:
@@ -274,6 +317,15 @@ def _say(text: str) -> None:
     os.close(devnull)
 
 
+def _unlink_socket(root: str, agent_hash: Optional[str]) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(run_dir(root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.unlink(socket_name(agent_hash), dir_fd=fd)
+        finally:
+            os.close(fd)
+
+
 def _listen(root: str, agent_hash: Optional[str]) -> socket.socket:
     """Bind the socket (we hold the lock: a file there is a dead agent's), via the directory."""
     directory = run_dir(root)
@@ -303,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = args.root
     agent_hash = None if args.hash == "source" else args.hash
-    os.makedirs(run_dir(root), mode=0o700, exist_ok=True)
+    private_run_dir(root)
     with open(lock_path(root, agent_hash), "a") as lock:  # held for the agent's life
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -321,12 +373,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             resident.run(listener)
         finally:
-            with contextlib.suppress(OSError):
-                fd = os.open(run_dir(root), os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.unlink(socket_name(agent_hash), dir_fd=fd)
-                finally:
-                    os.close(fd)
+            _unlink_socket(root, agent_hash)
             listener.close()
             _log(root, "stopped pid %d after %d connections" % (os.getpid(), resident.served))
     sys.stderr.flush()

@@ -853,6 +853,7 @@ def _stats(container: Any) -> Dict[str, Any]:
 def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
     testhooks.pause_host("host-list", ctx.root)  # tests: a host that does not answer
     store = Store(ctx.root)
+    client = None
     try:
         client = _docker()
         containers = _container_states(client)
@@ -909,6 +910,8 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
         return {"sessions": out, "orphans": orphans, "running": store.running_count()}
     finally:
         store.close()
+        if client is not None:  # a resident agent lists every 2 s per watcher: never leak one
+            client.close()
 
 
 def _ensure_janitor(root: str) -> None:

@@ -38,7 +38,7 @@ DAEMON_ENV = "JACKIN_DAEMON"  # "off": commands never use or start the daemon
 IDLE = 600.0
 IDLE_ENV = "JACKIN_DAEMON_IDLE"
 ANSWER_TIMEOUT = 20.0  # seconds a command waits for the daemon's answer before going direct
-MAX_REQUEST = 64 * 1024
+STOP_GRACE = 300.0  # seconds a stopping daemon lets the commands under way finish
 CHUNK = 65536
 
 
@@ -92,11 +92,37 @@ def host_from_wire(data: dict[str, Any]) -> Host:
     return Host(**values)
 
 
-def pool_key(host: Host, jump: Host | None) -> str:
-    """One held connection per host definition (and jump): a name that now means another
-    machine, port, user or key gets a connection of its own."""
-    text = json.dumps([host_to_wire(host), jump and host_to_wire(jump)], sort_keys=True)
+def _connection_fields(host: Host) -> dict[str, Any]:
+    """What decides where and how a connection is made (not where the host was declared)."""
+    return {"name": host.name, "address": host.address, "port": host.port, "user": host.user,
+            "identity_file": host.identity_file, "jump": host.jump,
+            "host_key": host.host_key}  # fmt: skip
+
+
+def pool_key(host: Host, jump: Host | None, trust: str = "") -> str:
+    """One held connection per connection definition (host and jump) and state of the trust
+    files: a name that now means another machine, port, user or key, or a known_hosts or
+    ssh_config that changed since, gets a connection of its own."""
+    text = json.dumps([_connection_fields(host), jump and _connection_fields(jump), trust],
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def trust_state(environ: dict[str, str] | None = None) -> str:
+    """The files and agent that decide whom a connection trusts and how it logs in, as they
+    are now: ~/.ssh/known_hosts, jackin's known_hosts, ~/.ssh/config (their size and mtime),
+    and SSH_AUTH_SOCK. A change to any makes the next command connect afresh."""
+    environ = dict(os.environ) if environ is None else environ
+    parts = []
+    for path in (paths.user_known_hosts_file(), paths.known_hosts_file(),
+                 Path.home() / ".ssh" / "config"):  # fmt: skip
+        try:
+            st = path.stat()
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:-")
+    parts.append(environ.get("SSH_AUTH_SOCK", ""))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 # -- the command's side -------------------------------------------------------------------------
@@ -117,7 +143,7 @@ async def ask_agent(
             )
     except (OSError, TimeoutError):
         return ABSENT
-    request = {"op": "agent", "version": version, "agent_hash": agent_hash,
+    request = {"op": "agent", "version": version, "agent_hash": agent_hash, "trust": trust_state(),
                "host": host_to_wire(host), "jump": jump and host_to_wire(jump)}  # fmt: skip
     try:
         writer.write(json.dumps(request).encode() + b"\n")
@@ -148,7 +174,7 @@ async def run_command(
     when the daemon cannot (the caller runs it on a connection of its own)."""
     from jackin_remote.transport.base import Completed
 
-    request = {"op": "run", "version": version, "host": host_to_wire(host),
+    request = {"op": "run", "version": version, "trust": trust_state(), "host": host_to_wire(host),
                "jump": jump and host_to_wire(jump), "command": command, "timeout": timeout,
                "input": None if input is None else base64.b64encode(input).decode()}  # fmt: skip
     answer = await _one_answer(request, None if timeout is None else timeout + ANSWER_TIMEOUT)
@@ -186,8 +212,20 @@ def start_detached() -> None:
     with open(log_path(), "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "jackin_remote", "daemon", "run"], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            stdout=log, stderr=log, start_new_session=True, close_fds=True, env=daemon_env(),
         )  # fmt: skip
+
+
+# What the daemon keeps of the starting command's environment: where its files are and how to
+# reach the SSH agent. Never the command's tokens (a launch's ANTHROPIC_API_KEY, say).
+KEPT_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "USER", "LOGNAME", "TMPDIR", "JACKIN_HOME",
+            "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR",
+            "SSH_AUTH_SOCK", IDLE_ENV, "JACKIN_AGENT_LINGER", "JACKIN_AGENT_RESIDENT")  # fmt: skip
+
+
+def daemon_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = dict(os.environ) if environ is None else environ
+    return {name: environ[name] for name in KEPT_ENV if name in environ}
 
 
 async def request(op: str) -> dict[str, Any] | None:
@@ -243,7 +281,9 @@ class Daemon:
         return {"ok": True, "pid": os.getpid(), "version": self.version, "hosts": hosts,
                 "relayed": self.relayed, "idle_after": self.idle}  # fmt: skip
 
-    async def _link(self, message: dict[str, Any]) -> tuple[Any, Host, Host | None] | str:
+    async def _link(
+        self, message: dict[str, Any]
+    ) -> tuple[Any, Host, tuple[Host | None, str]] | str:
         """The held link for the host a request names, or why not."""
         from jackin_remote.errors import HostError
 
@@ -256,10 +296,11 @@ class Daemon:
             return "a malformed request"
         if host.is_local:
             return "a local host"
+        trust = str(message.get("trust") or "")
         try:
-            return await self._pool(host, jump).link(host), host, jump
+            return await self._pool(host, jump, trust).link(host), host, (jump, trust)
         except HostError as exc:
-            self._drop(host, jump)
+            self._drop(host, jump, trust)
             return exc.reason
 
     async def _run(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +308,7 @@ class Daemon:
         got = await self._link(message)
         if isinstance(got, str):
             return {"ok": False, "why": got}
-        link, host, jump = got
+        link, host, (jump, trust) = got
         try:
             data = message.get("input")
             timeout = message.get("timeout")
@@ -277,7 +318,7 @@ class Daemon:
                 timeout=float(timeout) if isinstance(timeout, int | float) else None,
             )
         except Exception as exc:  # the connection broke, a timeout: the command runs it itself
-            self._drop(host, jump)
+            self._drop(host, jump, trust)
             return {"ok": False, "why": f"{type(exc).__name__}: {exc}"}
         return {"ok": True, "returncode": done.returncode,
                 "stdout": base64.b64encode(done.stdout).decode(),
@@ -293,7 +334,7 @@ class Daemon:
         if isinstance(got, str):
             await _answer(writer, {"ok": False, "why": got})
             return
-        link, host, jump = got
+        link, host, (jump, trust) = got
         agent_hash = str(message.get("agent_hash"))
         known = sockets.known(host, agent_hash)
         channel = await link.transport.open_unix(known) if known else None
@@ -304,33 +345,42 @@ class Daemon:
                 channel = await link.transport.spawn(serve_script(host.root, artifact, "connect"))
             kind = "bridge"
         if channel is None:
-            if not link.transport.unix_refused and known:
-                self._drop(host, jump)  # the connection may be gone: made afresh next time
+            if known or kind == "bridge":  # a channel failed: the connection may be gone
+                self._drop(host, jump, trust)
             await _answer(writer, {"ok": False, "why": "no resident agent known there"})
             return
-        await _answer(writer, {"ok": True, "channel": kind,
-                               "unix_refused": link.transport.unix_refused,
-                               "host_key": link.transport.verified_key()})  # fmt: skip
-        self.relayed += 1
-        await _relay(reader, writer, channel)
+        try:
+            await _answer(writer, {"ok": True, "channel": kind,
+                                   "unix_refused": link.transport.unix_refused,
+                                   "host_key": link.transport.verified_key()})  # fmt: skip
+            self.relayed += 1
+            await _relay(reader, writer, channel)
+        finally:
+            channel.kill()  # the command gave up before the answer, say: never left open
 
-    def _pool(self, host: Host, jump: Host | None) -> Any:
+    def _pool(self, host: Host, jump: Host | None, trust: str) -> Any:
         from jackin_remote.fleet import Pool
 
-        key = pool_key(host, jump)
+        key = pool_key(host, jump, trust)
         if key not in self.pools:
+            for old_key, pool in list(self.pools.items()):
+                if pool.held_host.name == host.name:  # redefined, or the trust files changed
+                    self._close(self.pools.pop(old_key))
             hosts = {host.name: host, **({jump.name: jump} if jump else {})}
             pool = Pool(Inventory(hosts, {}))
             pool.held_host = host  # type: ignore[attr-defined]
             self.pools[key] = pool
         return self.pools[key]
 
-    def _drop(self, host: Host, jump: Host | None) -> None:
-        pool = self.pools.pop(pool_key(host, jump), None)
+    def _drop(self, host: Host, jump: Host | None, trust: str) -> None:
+        pool = self.pools.pop(pool_key(host, jump, trust), None)
         if pool is not None:
-            closing = asyncio.ensure_future(pool.close())
-            self.closing.add(closing)
-            closing.add_done_callback(self.closing.discard)
+            self._close(pool)
+
+    def _close(self, pool: Any) -> None:
+        closing = asyncio.ensure_future(pool.close())
+        self.closing.add(closing)
+        closing.add_done_callback(self.closing.discard)
 
     async def watch_idle(self) -> None:
         while not self.stop.is_set():
@@ -405,7 +455,10 @@ async def serve(idle: float) -> int:
     try:
         await daemon.watch_idle()
     finally:
-        server.close()
+        server.close()  # no new command; those under way finish (a launch mid-create)
+        deadline = time.monotonic() + STOP_GRACE
+        while daemon.active > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         await daemon.close()

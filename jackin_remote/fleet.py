@@ -177,6 +177,8 @@ class Pool:
         started = link.started
         if started is None or started.direct or started.channel != "bridge":
             return
+        if started.client.hello.get("agent_hash") != self.artifact().content_hash:
+            return  # another version's socket: never tried as ours
         refused = link.transport.unix_refused or sockets.refused(link.host)  # still refused
         sockets.remember(link.host, self.artifact().content_hash, started.socket, refused=refused)
 
@@ -184,23 +186,27 @@ class Pool:
         """`host`'s resident agent through the laptop daemon (jackin_remote/daemon.py), or None:
         then this command connects itself (and starts the daemon for the next one)."""
         from jackin_remote import daemon
-        from jackin_remote.agent.deploy import DIRECT_HELLO_TIMEOUT, StartedAgent
+        from jackin_remote.agent.deploy import DIRECT_HELLO_TIMEOUT, StartedAgent, agent_command
         from jackin_remote.errors import AgentCallError
         from jackin_remote.transport.base import StreamChannel
         from jackin_remote.transport.held import HeldTransport
 
-        if host.is_local or self.settings.accept_new or not daemon.enabled():
-            return None
+        if (host.is_local or self.settings != PoolSettings() or not daemon.enabled()
+                or not agent_command().startswith("connect")):  # fmt: skip
+            return None  # trust settings of its own, or an agent of its own: connect itself
+        jump = (self.inventory.host(host.jump) or _adhoc_jump_host(host)) if host.jump else None
+        if jump is not None and jump.jump:
+            return None  # a chain of jumps: the daemon holds one hop's definition only
         start = time.perf_counter()
         agent_hash = self.artifact().content_hash
-        jump = (self.inventory.host(host.jump) or _adhoc_jump_host(host)) if host.jump else None
         got = await daemon.ask_agent(host, jump, agent_hash, daemon.version_key(agent_hash))
         if isinstance(got, str):
             if got != daemon.DECLINED and not self._daemon_asked:
                 self._daemon_asked = True  # once per command, however many hosts
                 if got == daemon.OTHER_VERSION:
-                    await daemon.request("stop")  # left by an older jackin-remote
-                daemon.start_detached()
+                    await daemon.request("stop")  # left by an older jackin-remote; the next
+                else:  # command starts a new one (this one would lose the lock race)
+                    daemon.start_detached()
             return None
         reader, writer, answer = got
         client = AgentClient(StreamChannel(reader, writer, daemon.MAX_LINE), host.name)

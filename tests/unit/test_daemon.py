@@ -74,3 +74,29 @@ def test_the_daemon_is_off_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> N
 
     with pytest.raises(UsageError, match="JACKIN_DAEMON_IDLE"):
         daemon.idle_seconds({daemon.IDLE_ENV: "soon"})
+
+
+def test_a_connection_is_kept_across_edits_that_change_nothing_of_it() -> None:
+    web = Host(name="web", address="10.0.0.5", source_file="a.toml", source_line=3)
+    moved = dataclasses.replace(web, source_file="b.toml", source_line=40, labels=("x",))
+    assert daemon.pool_key(moved, None) == daemon.pool_key(web, None)
+    assert daemon.pool_key(web, None, "trust-1") != daemon.pool_key(web, None, "trust-2")
+
+
+def test_the_trust_state_follows_known_hosts_ssh_config_and_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JACKIN_HOME", str(tmp_path / "jackin"))
+    before = daemon.trust_state({})
+    assert daemon.trust_state({}) == before
+    assert daemon.trust_state({"SSH_AUTH_SOCK": "/run/agent.sock"}) != before
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text("web ssh-ed25519 AAAA\n")
+    assert daemon.trust_state({}) != before
+
+
+def test_the_daemon_keeps_no_token_of_the_command_that_started_it() -> None:
+    env = daemon.daemon_env({"HOME": "/h", "PATH": "/bin", "ANTHROPIC_API_KEY": "sk-ant-x",
+                             "GITHUB_TOKEN": "ghp_x", "SSH_AUTH_SOCK": "/s"})  # fmt: skip
+    assert env == {"HOME": "/h", "PATH": "/bin", "SSH_AUTH_SOCK": "/s"}
