@@ -309,6 +309,16 @@ def _log(root: str, message: str) -> None:
         handle.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message[:2000]))
 
 
+def _audit(root: str, action: str, target: str, undo: str) -> None:
+    """A host-side change in the root's audit (`jackin-remote audit`): it never stops the agent."""
+    try:
+        from agent_host import audit
+
+        audit.record(root, None, action, target, undo)
+    except Exception as exc:  # a full disk, say: the log still says it
+        _log(root, "audit: %s: %s" % (type(exc).__name__, exc))
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -369,6 +379,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         resident.sampler = sampler.start(root)
         _log(root, "started pid %d (%s)" % (os.getpid(), socket_name(agent_hash)))
+        _audit(root, "resident.start", "pid %d on %s (stop it: kill %d; it also leaves by "
+               "itself once idle)" % (os.getpid(), socket_path(root, agent_hash), os.getpid()),
+               "rm -rf %s" % run_dir(root))  # fmt: skip
         _say("ready %d" % os.getpid())
         try:
             resident.run(listener)
@@ -376,5 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _unlink_socket(root, agent_hash)
             listener.close()
             _log(root, "stopped pid %d after %d connections" % (os.getpid(), resident.served))
+            _audit(root, "resident.stop", "pid %d after %d connections"
+                   % (os.getpid(), resident.served), "")  # fmt: skip
     sys.stderr.flush()
     os._exit(0)  # streams a closed connection abandoned (logs -f) end with the process

@@ -10,8 +10,10 @@ root of the bench's own. Every cold run is a whole, fresh process (new interpret
 connections), and the tools take turns within each run so that load from other users of the
 machine hits them alike. Medians (and p95) of --runs:
 
-  jackin check  `jackin-remote -i bench.toml hosts check --on bench --json`: connect, start the
-                host agent (deployed by an untimed warm-up check), 3 pings and the facts RPC
+  jackin check  `jackin-remote -i bench.toml hosts check --on bench --json`: connect, reach the
+                resident host agent (deployed and started by an untimed warm-up check), 3 pings
+                and the facts RPC. Twice: as by default, with the laptop daemon that an earlier
+                command started (P1), and with JACKIN_DAEMON=off (P1')
   fabric        `fabric.ThreadingGroup(...).run("uptime")` in a fresh python, host keys checked
                 against .fleet/known_hosts (RejectPolicy instead of Fabric's AutoAddPolicy)
   ansible       `ansible all -m ping -f N` (ansible-core in its own venv, .bench/ansible-venv,
@@ -66,6 +68,7 @@ from bench_common import (
 
 sys.path.insert(0, str(ROOT))
 
+from jackin_remote.daemon import DAEMON_ENV
 from jackin_remote.fleet import Pool
 from jackin_remote.inventory import load_inventory, select_hosts
 from tests import fleet as fleet_mod
@@ -76,7 +79,12 @@ WARM_SIZE = 20  # the issue states the warm-round goal for 20 hosts
 WARM_GOAL_S = 0.020
 ANSIBLE_OVER_JACKIN_GOAL = 10.0
 ANSIBLE_DEFAULT_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"  # ansible's own
-TOOLS = ("jackin", "fabric", "ansible")
+TOOLS = ("jackin", "jackin_direct", "fabric", "ansible")
+FABRIC_GOAL = 1.0  # P1: hosts check (daemon left running by an earlier command) / Fabric
+DIRECT_FABRIC_GOAL = 1.5  # P1': no laptop daemon, agents resident on the hosts
+ANSIBLE_RATIO_GOAL = 0.10  # P1: hosts check / ansible ping
+LS_WALL_GOAL_S = 1.0  # P7: ls over the --ls-hosts fleet with the daemon warm
+LS_CPU_GOAL_S = 0.5
 
 FABRIC_DRIVER = """
 import json, sys, time
@@ -103,6 +111,7 @@ print(json.dumps({"imports_s": t1 - t0, "run_s": t2 - t1, "ok": ok}))
 PHASES_DRIVER = """
 import asyncio, json, sys, time
 t0 = time.perf_counter()
+from jackin_remote.daemon import DAEMON_ENV
 from jackin_remote.fleet import Pool
 from jackin_remote.inventory import load_inventory, select_hosts
 
@@ -195,6 +204,18 @@ async def warm_rounds(inventory: Path, selector: str, rounds: int) -> tuple[floa
             await asyncio.gather(*(link.agent.call("ping") for link in links))
             samples.append(time.perf_counter() - start)
     return setup, samples
+
+
+def daemon_up(env: dict[str, str]) -> None:
+    """The laptop daemon running (what the check before left behind), before any timed run."""
+    timed_run([jackin_cli(), "daemon", "start"], env=env, cwd=ROOT, what="daemon start")
+    for _ in range(600):
+        _, done = timed_run([jackin_cli(), "daemon", "status", "--json"], env=env, cwd=ROOT,
+                            what="daemon status")  # fmt: skip
+        if json.loads(done.stdout)["daemon"]["running"]:
+            return
+        time.sleep(0.1)
+    raise SystemExit("the laptop daemon did not come up")
 
 
 # -- Fabric ------------------------------------------------------------------------------------
@@ -296,28 +317,47 @@ def verdict(ok: bool) -> str:
 
 def goals(result: dict[str, Any]) -> list[dict[str, str]]:
     jackin = result["jackin_check"]["median_s"]
+    direct = result["jackin_direct_check"]["median_s"]
     fabric = result["fabric_uptime"]["median_s"]
-    ratio = result["ratio_ansible_over_jackin"]
+    ansible = result["ansible_ping"]["median_s"]
     out = [
         {
-            "goal": "hosts check no slower than Fabric's bare uptime",
-            "measured": f"{jackin:.2f} s vs {fabric:.2f} s",
-            "verdict": verdict(jackin <= fabric),
+            "goal": f"P1 hosts check (daemon running) <= {FABRIC_GOAL:.1f}x Fabric's uptime",
+            "measured": f"{jackin:.2f} s vs {fabric:.2f} s = {jackin / fabric:.2f}x",
+            "verdict": verdict(jackin <= FABRIC_GOAL * fabric),
         },
         {
-            "goal": f"hosts check >= {ANSIBLE_OVER_JACKIN_GOAL:.0f}x faster than ansible ping",
-            "measured": f"{ratio:.1f}x",
-            "verdict": verdict(ratio >= ANSIBLE_OVER_JACKIN_GOAL),
+            "goal": f"P1 hosts check <= {ANSIBLE_RATIO_GOAL:.2f}x ansible ping",
+            "measured": f"{jackin / ansible:.3f}x",
+            "verdict": verdict(jackin <= ANSIBLE_RATIO_GOAL * ansible),
+        },
+        {
+            "goal": f"P1' hosts check, no daemon, agents resident <= {DIRECT_FABRIC_GOAL:.1f}x "
+            "Fabric",
+            "measured": f"{direct:.2f} s = {direct / fabric:.2f}x",
+            "verdict": verdict(direct <= DIRECT_FABRIC_GOAL * fabric),
         },
     ]
     warm = result["warm"].get(str(WARM_SIZE))
     if warm is not None:
         out.append(
             {
-                "goal": f"warm RPC round to {WARM_SIZE} hosts <= {WARM_GOAL_S * 1000:.0f} ms",
+                "goal": f"P2 warm RPC round to {WARM_SIZE} hosts <= {WARM_GOAL_S * 1000:.0f} ms",
                 "measured": f"median {warm['median_s'] * 1000:.1f} ms, "
                 f"p95 {warm['p95_s'] * 1000:.1f} ms",
                 "verdict": verdict(warm["median_s"] <= WARM_GOAL_S),
+            }
+        )
+    ls = result.get("ls_daemon")
+    if ls is not None:
+        out.append(
+            {
+                "goal": f"P7 ls over {result['ls_hosts']} hosts, daemon warm: <= "
+                f"{LS_WALL_GOAL_S:.1f} s and <= {LS_CPU_GOAL_S:.1f} CPU-s here",
+                "measured": f"{ls['median_s']:.2f} s, {ls['cpu_local_median_s']:.2f} CPU-s",
+                "verdict": verdict(
+                    ls["median_s"] <= LS_WALL_GOAL_S and ls["cpu_local_median_s"] <= LS_CPU_GOAL_S
+                ),
             }
         )
     return out
@@ -331,7 +371,8 @@ def cpu_text(row: dict[str, Any]) -> str:
 
 def report(result: dict[str, Any]) -> str:
     rows = [
-        ("jackin hosts check (cold process)", result["jackin_check"]),
+        ("jackin hosts check (daemon running)", result["jackin_check"]),
+        ("jackin hosts check (no daemon)", result["jackin_direct_check"]),
         ("fabric ThreadingGroup uptime", result["fabric_uptime"]),
         ("ansible all -m ping", result["ansible_ping"]),
     ]
@@ -345,6 +386,7 @@ def report(result: dict[str, Any]) -> str:
             for name, s in rows
         ),
         f"  jackin / fabric = {result['ratio_jackin_over_fabric']:.2f}x   "
+        f"no daemon / fabric = {result['ratio_direct_over_fabric']:.2f}x   "
         f"ansible / jackin = {result['ratio_ansible_over_jackin']:.2f}x   (wall medians)",
         f"  first check (agent deployed on {result['warmup']['deployed']} hosts): "
         f"{result['warmup']['wall_s']:.2f} s",
@@ -358,6 +400,12 @@ def report(result: dict[str, Any]) -> str:
             f"  fleet-1..{size:<3} {warm['median_s'] * 1000:7.2f} ms / "
             f"{warm['p95_s'] * 1000:6.2f} ms   (connect + start agents first: "
             f"{warm['setup_s']:.2f} s)"
+        )
+    ls = result.get("ls_daemon")
+    if ls is not None:
+        lines.append(
+            f"ls over {result['ls_hosts']} hosts, daemon warm: median {ls['median_s']:.2f} s, "
+            f"p95 {ls['p95_s']:.2f} s, CPU here {ls['cpu_local_median_s']:.2f} s"
         )
     lines.append("goals:")
     lines += [f"  {g['verdict']}  {g['goal']}: {g['measured']}" for g in result["goals"]]
@@ -379,7 +427,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     inventory = work / "bench.toml"
     inventory.write_text(bench_inventory(hosts, info.identity_file))
     env = dict(os.environ, JACKIN_HOME=str(work / "jh"))
+    env.pop(DAEMON_ENV, None)  # the default behaviour: the daemon an earlier command started
+    direct_env = dict(env, **{DAEMON_ENV: "off"})
     os.environ["JACKIN_HOME"] = env["JACKIN_HOME"]  # this process's own Pool, for warm rounds
+    os.environ[DAEMON_ENV] = "off"
     ansible_inv = work / "ansible-hosts.ini"
     ansible_inv.write_text(ansible_inventory(info, hosts))
     meter = CpuMeter([h.container for h in hosts])
@@ -391,23 +442,28 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"warm-up check: {warm_wall:.2f} s (agent deployed on {deployed} hosts)", flush=True)
     fabric_run(info, hosts)
     ansible_ping(ansible, ansible_inv, info.known_hosts, len(hosts), work, 0)
+    daemon_up(env)
 
     samples: dict[str, list[Sample]] = {tool: [] for tool in TOOLS}
     phases: list[dict[str, float]] = []
     redeployed = 0  # stays 0 unless the agent code changed while the bench ran
 
-    def check() -> float:
+    def check(environ: dict[str, str], through_daemon: bool) -> float:
         nonlocal redeployed
-        wall, checked = jackin_check(inventory, len(hosts), env)
+        wall, checked = jackin_check(inventory, len(hosts), environ)
         redeployed += sum(1 for h in checked if h["agent"]["deployed"])
+        held = sum(1 for h in checked if h["agent"].get("daemon"))
+        if held != (len(hosts) if through_daemon else 0):
+            raise SystemExit(f"hosts check: {held} of {len(hosts)} hosts through the daemon")
         return wall
 
     for run in range(1, args.runs + 1):
-        samples["jackin"].append(metered(meter, check))
+        samples["jackin"].append(metered(meter, lambda: check(env, True)))
+        samples["jackin_direct"].append(metered(meter, lambda: check(direct_env, False)))
         samples["fabric"].append(metered(meter, lambda: fabric_run(info, hosts)))
         ping = partial(ansible_ping, ansible, ansible_inv, info.known_hosts, len(hosts), work, run)
         samples["ansible"].append(metered(meter, ping))
-        phases.append(jackin_phases(inventory, env))
+        phases.append(jackin_phases(inventory, direct_env))
         print(f"run {run}: " + ", ".join(
             f"{tool} {samples[tool][-1].wall_s:.2f} s" for tool in TOOLS), flush=True)  # fmt: skip
 
@@ -417,6 +473,24 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         warm_inventory.write_text(bench_inventory(info.hosts[:size], info.identity_file))
         setup, rounds = asyncio.run(warm_rounds(warm_inventory, "bench", args.rounds))
         warm[str(size)] = {**Stats.of(rounds).as_dict(), "setup_s": setup}
+
+    ls_stats = None
+    if args.ls_hosts:
+        ls_info = fleet_mod.fleet_up(args.ls_hosts)
+        ls_inventory = work / "ls.toml"
+        ls_inventory.write_text(bench_inventory(ls_info.hosts[: args.ls_hosts],
+                                                ls_info.identity_file))  # fmt: skip
+        ls_meter = CpuMeter([h.container for h in ls_info.hosts[: args.ls_hosts]])
+        argv = [jackin_cli(), "-i", str(ls_inventory), "ls", "--on", "bench", "--json"]
+        for _ in range(2):  # deploys the agent, learns every socket, the daemon connects
+            timed_run(argv, env=env, cwd=ROOT, what="ls warm-up")
+
+        def one_ls() -> float:
+            return timed_run(argv, env=env, cwd=ROOT, what="ls")[0]
+
+        ls_samples = [metered(ls_meter, one_ls) for _ in range(args.runs)]
+        ls_stats = summary(ls_samples)
+    timed_run([jackin_cli(), "daemon", "stop"], env=env, cwd=ROOT, what="daemon stop")
 
     stats = {tool: summary(samples[tool]) for tool in TOOLS}
     result["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -431,6 +505,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "warmup": {"wall_s": warm_wall, "deployed": deployed},
             "deploys_in_timed_runs": redeployed,
             "jackin_check": stats["jackin"],
+            "jackin_direct_check": stats["jackin_direct"],
+            "ratio_direct_over_fabric": stats["jackin_direct"]["median_s"]
+            / stats["fabric"]["median_s"],
+            "ls_hosts": args.ls_hosts,
+            "ls_daemon": ls_stats,
             "fabric_uptime": stats["fabric"],
             "ansible_ping": stats["ansible"],
             "ratio_jackin_over_fabric": stats["jackin"]["median_s"] / stats["fabric"]["median_s"],
@@ -449,6 +528,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="cold runs per tool")
     parser.add_argument("--rounds", type=int, default=50, help="warm RPC rounds")
     parser.add_argument("--first-host", type=int, default=5, help="cold runs on fleet-K..")
+    parser.add_argument(
+        "--ls-hosts",
+        type=int,
+        default=0,
+        help="P7: time `ls` over fleet-1..N with the daemon warm (0: skip)",
+    )
     args = parser.parse_args()
     if min(args.hosts, args.runs, args.rounds, args.first_host) < 1:
         parser.error("--hosts, --runs, --rounds and --first-host must be at least 1")
