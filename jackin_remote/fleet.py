@@ -179,7 +179,8 @@ class Pool:
             return
         if started.client.hello.get("agent_hash") != self.artifact().content_hash:
             return  # another version's socket: never tried as ours
-        refused = link.transport.unix_refused or sockets.refused(link.host)  # still refused
+        refused = (link.transport.unix_refused or started.direct_refused
+                   or sockets.refused(link.host))  # fmt: skip
         sockets.remember(link.host, self.artifact().content_hash, started.socket, refused=refused)
 
     async def _held_agent(self, host: Host) -> HostLink | None:

@@ -181,7 +181,9 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             "daemon": started.held,
             "pid": _number(started.client.hello.get("pid")),
             "started_at": _number(_resident(started.client.hello).get("started_at")),
-            "streamlocal_refused": link.transport.unix_refused or _refused(link),
+            "streamlocal_refused": link.transport.unix_refused
+            or started.direct_refused
+            or _refused(link),
         },
     }
 

@@ -120,6 +120,16 @@ class StartedAgent:
     bytes_sent: int
     direct: bool = False  # True when reached on the resident agent's socket, no command run
     held: bool = False  # True when the channel came through the laptop daemon
+    direct_failed: bool = False  # a channel to the resident agent's socket was tried, and failed
+
+    @property
+    def direct_refused(self) -> bool:
+        """The socket channel failed although a resident agent was already listening there (it
+        had served others before this command's bridge): the host refuses such channels.
+        OpenSSH says "open failed" alike for a refusal and for nobody listening."""
+        resident = self.client.hello.get("resident")
+        served = resident.get("served") if isinstance(resident, dict) else None
+        return self.direct_failed and isinstance(served, int) and served > 1
 
     @property
     def channel(self) -> str:
@@ -184,7 +194,8 @@ async def start_agent(
     if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
         return StartedAgent(client, False, 0, direct=True)
     try:
-        return StartedAgent(await _try_start(transport, root, artifact, host), False, 0)
+        started = await _try_start(transport, root, artifact, host)
+        return StartedAgent(started, False, 0, direct_failed=direct is not None)
     except AgentClosed as exc:
         if exc.returncode != MISSING:
             raise DeployError(_explain(exc)) from None
@@ -211,7 +222,8 @@ async def start_deployed_agent(
     if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
         return StartedAgent(client, False, 0, direct=True)
     try:
-        return StartedAgent(await _try_start(transport, root, artifact, host), False, 0)
+        started = await _try_start(transport, root, artifact, host)
+        return StartedAgent(started, False, 0, direct_failed=direct is not None)
     except AgentClosed as exc:
         if exc.returncode == MISSING:
             return None

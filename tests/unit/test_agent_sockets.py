@@ -76,3 +76,28 @@ def _written() -> str:
     sockets.cache_file().unlink()
     sockets.remember(WEB, "v1", "/ok.sock")
     return sockets.cache_file().read_text()
+
+
+class _Hello:
+    def __init__(self, hello: dict[str, object]) -> None:
+        self.hello = hello
+
+
+@pytest.mark.parametrize(
+    ("failed", "resident", "refused"),
+    [
+        (True, {"served": 3}, True),  # it was listening, and the channel still failed
+        (True, {"served": 1}, False),  # this command's bridge started it: nobody listened
+        (False, {"served": 9}, False),  # no socket channel was tried
+        (True, None, False),  # an agent of its own: nothing to conclude
+        (True, {"served": "9"}, False),  # the host's claim is not a count
+    ],
+)
+def test_a_refused_socket_channel_is_told_from_nobody_listening(
+    failed: bool, resident: object, refused: bool
+) -> None:
+    from jackin_remote.agent.deploy import StartedAgent
+
+    started = StartedAgent(_Hello({"resident": resident}), False, 0,  # type: ignore[arg-type]
+                           direct_failed=failed)  # fmt: skip
+    assert started.direct_refused is refused
