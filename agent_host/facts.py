@@ -194,6 +194,37 @@ def kvm_facts(device: str = KVM_DEVICE) -> Dict[str, bool]:
     return {"present": present, "access": present and os.access(device, os.R_OK | os.W_OK)}
 
 
+TOOL_VERSION_TTL = 60.0  # seconds a resident agent keeps a tool's version before asking again
+_tool_versions: Dict[str, Tuple[float, Optional[str]]] = {}
+
+
+def _tool_version(tool: str) -> Optional[str]:
+    """`tool --version`'s version word; a resident agent asks once a minute, not per check."""
+    now = time.monotonic()
+    cached = _tool_versions.get(tool)
+    if cached is not None and now - cached[0] < TOOL_VERSION_TTL:
+        return cached[1]
+    version = version_word(_first_line([tool, "--version"]), 2)
+    _tool_versions[tool] = (now, version)
+    return version
+
+
+def usable_cpus() -> Optional[int]:
+    """The CPUs this process may run on (what `nproc` says), or None."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def pid_max() -> Optional[int]:
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as fh:
+            return int(fh.read(32).strip())
+    except (OSError, ValueError):
+        return None
+
+
 def collect(root: str) -> Dict[str, Any]:
     uname = platform.uname()
     try:
@@ -213,8 +244,10 @@ def collect(root: str) -> Dict[str, Any]:
         "python_executable": sys.executable,
         "docker": docker_facts(),
         "kvm": kvm_facts(),
-        "rsync": version_word(_first_line(["rsync", "--version"]), 2),
-        "git": version_word(_first_line(["git", "--version"]), 2),
+        "cpus_usable": usable_cpus(),
+        "pid_max": pid_max(),
+        "rsync": _tool_version("rsync"),
+        "git": _tool_version("git"),
         "agent_version": AGENT_VERSION,
         "user": _user(),
         "time": time.time(),

@@ -14,7 +14,13 @@ from typing import Any
 
 from jackin_remote.agent.deploy import CLEAN_PATH, root_prelude
 from jackin_remote.core.aliases import Alias, aliases
-from jackin_remote.core.capacity import Capacity, Misfit, limit_misfits, parse_probe
+from jackin_remote.core.capacity import (
+    Capacity,
+    Misfit,
+    capacity_from_facts,
+    limit_misfits,
+    parse_probe,
+)
 from jackin_remote.core.hoststate import HostState
 from jackin_remote.core.tiers import BackendOrigin, backend_misfits, host_backends
 from jackin_remote.core.verdict import alias_problems, misfit_problems, problems, verdict
@@ -159,7 +165,11 @@ async def _probe_agent(link: HostLink) -> dict[str, Any]:
             best = (rtt, float(reply["time"]) - (sent + received) / 2)
     facts = await link.agent.call("facts")
     identity = await host_identity(link)
-    capacity = await read_capacity(link)
+    # The agent's facts hold what the probe reads (no command on the host), unless a disk
+    # budget asks for the root's usage (du) or the agent is older.
+    capacity = None if link.host.disk_budget else capacity_from_facts(facts)
+    if capacity is None:
+        capacity = await read_capacity(link)
     misfits = host_misfits(link.host, capacity) + host_backend_misfits(link.host, capacity)
     misfits += host_disk_misfits(link.host, capacity)
     assert best is not None

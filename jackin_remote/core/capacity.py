@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent_host.wire import memory_bytes
 
@@ -107,6 +108,39 @@ def parse_probe(output: str) -> Capacity:
         root_usage=None if usage_kb is None else usage_kb * 1024,
         root_usage_error=found.get("root_usage_error", "").strip() or None,
     )
+
+
+def capacity_from_facts(facts: object) -> Capacity | None:
+    """What the probe would read, from the host agent's `facts` (no command run on the host);
+    None from an agent that does not say it all (an older one: the caller runs the probe).
+    The host's answer is typed here, value by value. Pure."""
+    if not isinstance(facts, dict) or "pid_max" not in facts or "cpus_usable" not in facts:
+        return None
+    memory, disk, docker, kvm = (_object(facts.get(key)) for key in ("memory", "disk", "docker",
+                                                                      "kvm"))  # fmt: skip
+    runtimes = parse_runtimes(docker.get("runtimes"))
+    error = docker.get("runtimes_error") or docker.get("error")
+    path = disk.get("path")
+    present = kvm.get("present")
+    return Capacity(
+        cpus=_count(facts.get("cpus_usable")),
+        memory=_count(memory.get("total")),
+        pid_max=_count(facts.get("pid_max")),
+        disk_path=path if isinstance(path, str) and path else None,
+        disk_free=_count(disk.get("free")),
+        runtimes=runtimes,
+        runtimes_error=None if runtimes is not None else
+        (str(error)[:300] if error else "the engine listed no runtimes"),
+        kvm=present if isinstance(present, bool) else None,
+    )  # fmt: skip
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def parse_runtimes(value: object) -> tuple[EngineRuntime, ...] | None:
