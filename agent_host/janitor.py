@@ -10,13 +10,15 @@ snapshots and its record stay (`jackin-remote start` brings it back). Idle means
 - task: it has exited. A task that ended is "done": the reconciliation `ls` does (stop the
   proxy and the daemon of every session that is no longer active) handles it, at once.
 
-The host agent is not resident (it runs per controller connection), so the host runs one small
-detached janitor process per host root, started when a session with an idle timeout is created
-or started (and by `ls` if it is missing): `python3 -I -c ... jackin-janitor --root ROOT`. It
-runs a pass every PASS_EVERY seconds: the reconciliation of `session.list`, then `decide` (pure:
-records + now + activity -> which to stop) and the stops, each recorded in the audit. It exits
-once no session of the root is active. One per root: it holds `<root>/janitor/lock` (flock) for
-its life; its pid file is trusted only if /proc/<pid>/cmdline carries MARK and the root.
+The resident host agent (agent_host/resident.py) runs the passes on a thread of its own
+(`run_in_resident`). Beside an agent per command (JACKIN_AGENT_RESIDENT=0, a test hook) the host
+runs one small detached janitor process per host root instead, started when a session with an
+idle timeout is created or started (and by `ls` if it is missing): `python3 -I -c ...
+jackin-janitor --root ROOT`. Either runs a pass every PASS_EVERY seconds: the reconciliation
+of `session.list`, then `decide` (pure: records + now + activity -> which to stop) and the
+stops, each recorded in the audit. It exits once no session of the root is active. One per
+root: it holds `<root>/janitor/lock` (flock) for its life; its pid file is trusted only if
+/proc/<pid>/cmdline carries MARK (or the resident agent's) and the root.
 
 RPC `host.janitor` runs one pass now. Tests never wait for time to pass: they set
 JACKIN_TEST_CLOCK_OFFSET (agent_host/testhooks.py) for that one command, and the pass sees a
@@ -42,6 +44,7 @@ from agent_host.protocol import RemoteError
 from agent_host.wire import ACTIVE_STATES, TMUX_SESSION, EndReason
 
 MARK = "jackin-janitor"  # in the janitor's argv: a pid is the janitor only if its cmdline says so
+RESIDENT_MARK = "jackin-agent-resident"  # agent_host/resident.py MARK: it runs the passes itself
 PASS_EVERY = 60.0  # seconds between two passes of the resident janitor
 READY_TIMEOUT = 30.0  # the janitor says `ready` (or `busy`) at once; this bounds a loaded host
 MAX_LOG = 1 << 20  # the janitor's log is emptied at its start once it is larger than this
@@ -206,7 +209,8 @@ def running_pid(root: str) -> Optional[int]:
             argv = handle.read().split(b"\0")
     except (OSError, ValueError):
         return None
-    if MARK.encode() not in argv or root.encode() not in argv:
+    marks = (MARK.encode(), RESIDENT_MARK.encode())  # its own process, or the resident agent
+    if not any(mark in argv for mark in marks) or root.encode() not in argv:
         return None
     return pid if _lock_held(root) else None  # argv can be copied by any process; the lock not
 
@@ -308,6 +312,28 @@ def _serve(root: str) -> int:
     _say("ready %d" % os.getpid())
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    return serve_passes(root, done)
+
+
+def run_in_resident(root: str, done: threading.Event) -> None:
+    """The resident agent's janitor thread: the same passes, under the same lock and pid file
+    (the pid is the resident agent's), until no session of the root is active. Returns at once
+    when another janitor holds the lock."""
+    os.makedirs(janitor_dir(root), mode=0o700, exist_ok=True)
+    with open(lock_file(root), "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return
+        audit.record(root, None, "janitor.start", "pid %d (%s)" % (os.getpid(), janitor_dir(root)),
+                     "kill %d (it exits by itself once no session is active); rm -rf %s"
+                     % (os.getpid(), janitor_dir(root)))  # fmt: skip
+        _write_pid(root)
+        serve_passes(root, done)
+
+
+def serve_passes(root: str, done: threading.Event) -> int:
+    """A pass every PASS_EVERY seconds until `done`, the code is replaced, or nothing is active."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     while not done.is_set() and os.path.isdir(package_parent):  # gone: a newer agent took over
         try:

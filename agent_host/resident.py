@@ -221,6 +221,21 @@ class Resident:
         self.started_at = time.time()
         self.stopping = threading.Event()
         self.sampler: Any = None
+        self._janitor: Optional[threading.Thread] = None
+
+    def ensure_janitor(self) -> None:
+        """Idle cleanup in this process (agent_host/janitor.py), on a thread of its own, while
+        a session of the root is active: no separate janitor process next to a resident agent."""
+        from agent_host import janitor
+
+        with self._lock:
+            if self._janitor is not None and self._janitor.is_alive():
+                return
+            self._janitor = threading.Thread(
+                target=janitor.run_in_resident, args=(self.root, self.stopping), name="janitor",
+                daemon=True,
+            )  # fmt: skip
+            self._janitor.start()
 
     def info(self) -> Dict[str, Any]:
         with self._lock:

@@ -184,7 +184,7 @@ def create(ctx: Context, params: Message) -> Dict[str, Any]:
             agent_status=agent_status(SessionState.RUNNING.value, spec.mode.value),
         )
         if spec.idle_timeout is not None:
-            _ensure_janitor(ctx.root)
+            _ensure_janitor(ctx.root, getattr(ctx, "resident", None))
         entry = public_record(_existing(store.get(session_id)))
         entry["container_id"] = container.id[:12]
         return entry
@@ -906,7 +906,9 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
         ]
         if any(r["state"] in ACTIVE_STATES and (r.get("spec") or {}).get("idle_timeout")
                for r in records):  # fmt: skip
-            _ensure_janitor(ctx.root)  # it stops idle sessions with no controller connected
+            _ensure_janitor(
+                ctx.root, getattr(ctx, "resident", None)
+            )  # it stops idle sessions with no controller connected
         return {"sessions": out, "orphans": orphans, "running": store.running_count()}
     finally:
         store.close()
@@ -914,11 +916,15 @@ def list_sessions(ctx: Context, params: Message) -> Dict[str, Any]:
             client.close()
 
 
-def _ensure_janitor(root: str) -> None:
-    """This root's idle janitor (agent_host/janitor.py), started if missing. Never fails the
+def _ensure_janitor(root: str, resident: Any = None) -> None:
+    """This root's idle janitor (agent_host/janitor.py), started if missing: a thread of the
+    resident agent, or a process of its own beside an agent per command. Never fails the
     request: without it, idle sessions are stopped at the next `host.janitor` or `ls`."""
     from agent_host import janitor
 
+    if resident is not None:
+        resident.ensure_janitor()
+        return
     with contextlib.suppress(OSError):
         janitor.ensure_running(root)
 
@@ -1214,7 +1220,7 @@ def start(ctx: Context, params: Message) -> Dict[str, Any]:
             scan=observe.restarted(record.get("scan")),  # its output is read again, from there
         )
         if spec.idle_timeout is not None:
-            _ensure_janitor(ctx.root)
+            _ensure_janitor(ctx.root, getattr(ctx, "resident", None))
         return public_record(_existing(store.get(record["id"])))
     finally:
         store.close()

@@ -66,11 +66,14 @@ def _janitor(cli: CLI, inventory: Path, on: str, offset: float) -> dict[str, Any
 
 
 def _janitor_alive(machine: str, root: str) -> bool:
-    """The root's janitor runs: its pid file names a live process carrying the mark."""
+    """The root's janitor runs: its pid file names a live process carrying the mark, the
+    janitor's own or (it runs the passes on a thread) the resident agent's."""
     script = (f'pid=$(cat {root}/janitor/pid 2>/dev/null) && tr "\\0" " " < /proc/$pid/cmdline '
               "2>/dev/null || true")  # fmt: skip
     argv = _on_host(machine, script)
-    return "jackin-janitor" in argv and root in argv
+    return any(mark in argv for mark in ("jackin-janitor", "jackin-agent-resident")) and (
+        root in argv
+    )
 
 
 def _proxy_alive(machine: str, root: str, sid: str) -> bool:
@@ -98,6 +101,11 @@ def test_an_idle_session_is_stopped_by_its_host_and_kept(
         note = contract["recovery"]["idle_timeout"]
         assert note.startswith("1h (idle_timeout in the inventory): the host stops"), note
         assert _janitor_alive(machine, root)
+        # The resident host agent runs the passes itself, on a thread: no process beside it.
+        (checked,) = cli.json("-i", str(inventory), "hosts", "check", "--on", name)["hosts"]
+        janitor_pid = _on_host(machine, f"cat {root}/janitor/pid").strip()
+        assert checked["agent"]["channel"] != "exec", checked["agent"]
+        assert janitor_pid == str(checked["agent"]["pid"]), (janitor_pid, checked["agent"])
         assert _proxy_alive(machine, root, sid) and _status(machine, sidecar) == "running"
 
         # Half an hour on: not idle yet; nothing stops.
