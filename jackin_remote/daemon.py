@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -425,8 +425,9 @@ async def _relay(reader: Any, writer: Any, channel: Any) -> None:
             writer.close()
 
 
-async def serve(idle: float) -> int:
-    """`daemon run`: one per state directory (a lock), until idle or stopped."""
+async def serve(idle: float, say: Callable[[dict[str, Any]], None]) -> int:
+    """`daemon run`: one per state directory (a lock), until idle or stopped. `say` gets
+    `{"ready": True, "pid", "socket"}` once it serves, or `{"ready": False, "why"}`."""
     import fcntl
 
     from jackin_remote.agent.build import build_agent
@@ -438,7 +439,7 @@ async def serve(idle: float) -> int:
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        print("another daemon runs", file=sys.stderr)
+        say({"ready": False, "why": "another daemon runs"})
         return 0
     daemon = Daemon(idle, version_key(build_agent().content_hash))
     path = socket_path()
@@ -451,7 +452,7 @@ async def serve(idle: float) -> int:
     finally:
         os.umask(old)
     (directory / "daemon.pid").write_text(f"{os.getpid()}\n")
-    print(f"ready {os.getpid()}", flush=True)
+    say({"ready": True, "pid": os.getpid(), "socket": str(path)})
     try:
         await daemon.watch_idle()
     finally:

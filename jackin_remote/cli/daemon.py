@@ -4,9 +4,12 @@ these subcommands run it in the foreground, start, stop and describe it."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
-from jackin_remote.cli.common import out, print_json, run
+from jackin_remote.cli.common import err, out, print_json, run
 
 app = typer.Typer(help="The laptop daemon: SSH connections held between commands.",
                   no_args_is_help=True)  # fmt: skip
@@ -17,11 +20,24 @@ IDLE_HELP = "Seconds without a command before it exits (default 600, or JACKIN_D
 
 
 @app.command("run")
-def run_daemon(idle: float = typer.Option(None, "--idle", help=IDLE_HELP)) -> None:
-    """Run the daemon in the foreground (what a command starts in the background)."""
+def run_daemon(
+    idle: float = typer.Option(None, "--idle", help=IDLE_HELP), as_json: bool = JSON
+) -> None:
+    """Run the daemon in the foreground (what a command starts in the background). Says
+    `ready PID` (with --json, a JSON line) once it serves, and exits when idle or stopped."""
     from jackin_remote import daemon
 
-    raise typer.Exit(run(daemon.serve(daemon.idle_seconds() if idle is None else idle)))
+    def say(state: dict[str, Any]) -> None:
+        if as_json:
+            print_json(daemon=state)
+        elif state["ready"]:
+            out.print(f"ready {state['pid']}", markup=False, highlight=False)
+        else:
+            err.print(str(state["why"]), markup=False, highlight=False)
+        sys.stdout.flush()
+
+    seconds = daemon.idle_seconds() if idle is None else idle
+    raise typer.Exit(run(daemon.serve(seconds, say)))
 
 
 @app.command("start")
