@@ -100,3 +100,56 @@ def test_the_daemon_keeps_no_token_of_the_command_that_started_it() -> None:
     env = daemon.daemon_env({"HOME": "/h", "PATH": "/bin", "ANTHROPIC_API_KEY": "sk-ant-x",
                              "GITHUB_TOKEN": "ghp_x", "SSH_AUTH_SOCK": "/s"})  # fmt: skip
     assert env == {"HOME": "/h", "PATH": "/bin", "SSH_AUTH_SOCK": "/s"}
+
+
+def test_a_daemon_answers_on_its_socket_refuses_what_it_cannot_serve_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `daemon run` in a fresh laptop home (no host needed for these answers)."""
+    import asyncio
+    import json
+    import os
+    import socket
+    import stat
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JACKIN_HOME": str(tmp_path / "jh"), daemon.IDLE_ENV: "600"}
+    proc = subprocess.Popen([sys.executable, "-m", "jackin_remote", "daemon", "run"], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("ready ")
+        path = tmp_path / "jh" / "state" / "daemon" / "daemon.sock"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+        def ask(line: bytes) -> dict[str, object]:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                sock.sendall(line)
+                answer: dict[str, object] = json.loads(sock.makefile("rb").readline())
+                return answer
+
+        assert ask(b"not json\n") == {"ok": False, "why": "unknown request"}
+        wire = daemon.host_to_wire(Host(name="web", address="10.0.0.5"))
+        other = ask(json.dumps({"op": "agent", "version": "0.0.0+old", "host": wire}).encode()
+                    + b"\n")  # fmt: skip
+        assert other == {"ok": False, "why": daemon.OTHER_VERSION}
+        status = ask(b'{"op": "status"}\n')
+        assert status["ok"] is True and status["pid"] == proc.pid and status["hosts"] == []
+        mine = str(status["version"])
+        local = daemon.host_to_wire(Host(name="local", transport="local"))
+        answer = ask(json.dumps({"op": "agent", "version": mine, "host": local}).encode() + b"\n")
+        assert answer == {"ok": False, "why": "a local host"}
+        broken = ask(json.dumps({"op": "run", "version": mine, "host": {"evil": 1}}).encode()
+                     + b"\n")  # fmt: skip
+        assert broken == {"ok": False, "why": "a malformed request"}
+        monkeypatch.setenv("JACKIN_HOME", env["JACKIN_HOME"])
+        assert asyncio.run(daemon.request("stop")) == {"ok": True, "pid": proc.pid}
+        assert proc.wait(timeout=60) == 0
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
