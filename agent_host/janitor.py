@@ -315,21 +315,31 @@ def _serve(root: str) -> int:
     return serve_passes(root, done)
 
 
-def run_in_resident(root: str, done: threading.Event) -> None:
-    """The resident agent's janitor thread: the same passes, under the same lock and pid file
-    (the pid is the resident agent's), until no session of the root is active. Returns at once
-    when another janitor holds the lock."""
+def claim_for_resident(root: str) -> Optional[Any]:
+    """The janitor's lock and pid file taken for the resident agent, before it returns to the
+    request that asked (so whoever looks next finds the janitor running); the lock's file, to
+    hand to `run_in_resident`. None when another janitor holds the lock."""
     os.makedirs(janitor_dir(root), mode=0o700, exist_ok=True)
-    with open(lock_file(root), "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return
-        audit.record(root, None, "janitor.start", "pid %d (%s)" % (os.getpid(), janitor_dir(root)),
-                     "kill %d (it exits by itself once no session is active); rm -rf %s"
-                     % (os.getpid(), janitor_dir(root)))  # fmt: skip
-        _write_pid(root)
+    lock = open(lock_file(root), "a")  # noqa: SIM115 - held until run_in_resident ends
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    audit.record(root, None, "janitor.start", "pid %d (%s)" % (os.getpid(), janitor_dir(root)),
+                 "kill %d (it exits by itself once no session is active); rm -rf %s"
+                 % (os.getpid(), janitor_dir(root)))  # fmt: skip
+    _write_pid(root)
+    return lock
+
+
+def run_in_resident(root: str, lock: Any, done: threading.Event) -> None:
+    """The resident agent's janitor thread: the passes, under the lock `claim_for_resident`
+    took, until no session of the root is active (or the agent stops)."""
+    try:
         serve_passes(root, done)
+    finally:
+        lock.close()  # releases the flock
 
 
 def serve_passes(root: str, done: threading.Event) -> int:

@@ -231,9 +231,12 @@ class Resident:
         with self._lock:
             if self._janitor is not None and self._janitor.is_alive():
                 return
+            lock = janitor.claim_for_resident(self.root)
+            if lock is None:
+                return  # a janitor process of an earlier agent runs: it does the passes
             self._janitor = threading.Thread(
-                target=janitor.run_in_resident, args=(self.root, self.stopping), name="janitor",
-                daemon=True,
+                target=janitor.run_in_resident, args=(self.root, lock, self.stopping),
+                name="janitor", daemon=True,
             )  # fmt: skip
             self._janitor.start()
 
