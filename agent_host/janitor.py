@@ -110,21 +110,22 @@ def activity_from(answer: bytes, now: float) -> Optional[float]:
 class _Context:
     """What the session handlers read from a request's context: the root (no streaming)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, resident: Any = None) -> None:
         self.root = root
+        self.resident = resident  # the resident agent whose thread runs the pass, if any
         self.cancelled = False
 
     def streaming(self) -> None:
         pass
 
 
-def run_pass(root: str, now: Optional[float] = None) -> Dict[str, Any]:
+def run_pass(root: str, now: Optional[float] = None, resident: Any = None) -> Dict[str, Any]:
     """One pass: reconcile (as `ls` does), then stop the idle sessions. What it stopped, and
     whether any session of the root is still active."""
     from agent_host import sessions
     from agent_host.state import Store
 
-    ctx: Any = _Context(root)
+    ctx: Any = _Context(root, resident)
     sessions.list_sessions(ctx, {"stats": False})
     store = Store(root)
     try:
@@ -326,28 +327,49 @@ def claim_for_resident(root: str) -> Optional[Any]:
     except OSError:
         lock.close()
         return None
-    audit.record(root, None, "janitor.start", "pid %d (%s)" % (os.getpid(), janitor_dir(root)),
-                 "kill %d (it exits by itself once no session is active); rm -rf %s"
-                 % (os.getpid(), janitor_dir(root)))  # fmt: skip
-    _write_pid(root)
+    try:
+        _write_pid(root)
+        audit.record(root, None, "janitor.start", "pid %d (%s), a thread of the resident agent"
+                     % (os.getpid(), janitor_dir(root)),
+                     "rm -rf %s (it stops by itself once no session is active)"
+                     % janitor_dir(root))  # fmt: skip
+    except BaseException:
+        release_claim(root, lock)
+        raise
     return lock
 
 
-def run_in_resident(root: str, lock: Any, done: threading.Event) -> None:
+def release_claim(root: str, lock: Any) -> None:
+    """Undo `claim_for_resident` (its thread could not start, say): pid file and lock."""
+    if running_pid(root) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.unlink(pid_file(root))
+    lock.close()
+
+
+def run_in_resident(
+    root: str, lock: Any, done: threading.Event, quitting: threading.Event, resident: Any
+) -> None:
     """The resident agent's janitor thread: the passes, under the lock `claim_for_resident`
-    took, until no session of the root is active (or the agent stops)."""
+    took, until no session of the root is active (or the agent stops). `quitting` is set while
+    it decides to leave: whoever wants a janitor then waits for this one to end."""
     try:
-        serve_passes(root, done)
+        serve_passes(root, done, quitting, resident)
     finally:
         lock.close()  # releases the flock
 
 
-def serve_passes(root: str, done: threading.Event) -> int:
+def serve_passes(
+    root: str,
+    done: threading.Event,
+    quitting: Optional[threading.Event] = None,
+    resident: Any = None,
+) -> int:
     """A pass every PASS_EVERY seconds until `done`, the code is replaced, or nothing is active."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     while not done.is_set() and os.path.isdir(package_parent):  # gone: a newer agent took over
         try:
-            active = run_pass(root)["active"]
+            active = run_pass(root, resident=resident)["active"]
         except Exception as exc:  # the engine down, say: tried again at the next pass
             _log(root, "pass failed: %s: %s" % (type(exc).__name__, exc))
             active = True
@@ -356,8 +378,12 @@ def serve_passes(root: str, done: threading.Event) -> int:
             # janitor (which waits for our lock), or it was already recorded and is seen here.
             with contextlib.suppress(OSError):
                 os.unlink(pid_file(root))
-            if not _any_active(root):
+            if quitting is not None:
+                quitting.set()  # from here, whoever wants a janitor waits for this one to end
+            if not _any_active(root):  # read after `quitting`: a session made before is seen
                 break
+            if quitting is not None:
+                quitting.clear()
             _write_pid(root)
         done.wait(PASS_EVERY)
     if running_pid(root) == os.getpid():
@@ -379,7 +405,7 @@ def janitor_pass(ctx: Any, params: Any) -> Dict[str, Any]:
     """Run one pass now (what the resident janitor does every PASS_EVERY seconds). A test may
     move this pass's clock ahead (testhooks.CLOCK_ENV); nothing else can."""
     now = time.time() + testhooks.clock_offset()
-    result = run_pass(ctx.root, now)
+    result = run_pass(ctx.root, now, getattr(ctx, "resident", None))
     result["janitor"] = running_pid(ctx.root)
     return result
 

@@ -39,6 +39,7 @@ LINGER_ENV = "JACKIN_AGENT_LINGER"  # tests shorten it; reaches the agent as --l
 CHECK_EVERY = 1.0  # seconds between the accept loop's looks at whether it should exit
 READY_TIMEOUT = 20.0  # seconds `connect` waits for a starting agent to say "ready"
 CHUNK = 65536
+JANITOR_JOIN = 120.0  # seconds a leaving agent waits for a janitor pass under way
 
 
 def run_dir(root: str) -> str:
@@ -222,23 +223,41 @@ class Resident:
         self.stopping = threading.Event()
         self.sampler: Any = None
         self._janitor: Optional[threading.Thread] = None
+        self._janitor_lock = threading.Lock()
+        self._janitor_quitting = threading.Event()
 
     def ensure_janitor(self) -> None:
         """Idle cleanup in this process (agent_host/janitor.py), on a thread of its own, while
         a session of the root is active: no separate janitor process next to a resident agent."""
         from agent_host import janitor
 
-        with self._lock:
-            if self._janitor is not None and self._janitor.is_alive():
-                return
+        with self._janitor_lock:  # not self._lock: connections never wait on this file work
+            running = self._janitor
+            if running is not None and running.is_alive():
+                if not self._janitor_quitting.is_set():
+                    return
+                running.join(JANITOR_JOIN)  # it is leaving: a new one follows it
             lock = janitor.claim_for_resident(self.root)
             if lock is None:
                 return  # a janitor process of an earlier agent runs: it does the passes
-            self._janitor = threading.Thread(
-                target=janitor.run_in_resident, args=(self.root, lock, self.stopping),
-                name="janitor", daemon=True,
+            self._janitor_quitting = threading.Event()
+            thread = threading.Thread(
+                target=janitor.run_in_resident, name="janitor", daemon=True,
+                args=(self.root, lock, self.stopping, self._janitor_quitting, self),
             )  # fmt: skip
-            self._janitor.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread left (a pids limit): nobody holds the claim
+                janitor.release_claim(self.root, lock)
+                raise
+            self._janitor = thread
+
+    def finish_janitor(self) -> None:
+        """Let a pass under way end (its stops recorded) before the process goes."""
+        self.stopping.set()
+        thread = self._janitor
+        if thread is not None and thread.is_alive():
+            thread.join(JANITOR_JOIN)
 
     def info(self) -> Dict[str, Any]:
         with self._lock:
@@ -397,12 +416,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         resident.sampler = sampler.start(root)
         _log(root, "started pid %d (%s)" % (os.getpid(), socket_name(agent_hash)))
+        _say("ready %d" % os.getpid())  # first: a busy database must not outlast READY_TIMEOUT
         _audit(root, "resident.start", "pid %d on %s (stop it: kill %d; it also leaves by "
                "itself once idle)" % (os.getpid(), socket_path(root, agent_hash), os.getpid()),
                "rm -rf %s" % run_dir(root))  # fmt: skip
-        _say("ready %d" % os.getpid())
         try:
             resident.run(listener)
+            resident.finish_janitor()
         finally:
             _unlink_socket(root, agent_hash)
             listener.close()

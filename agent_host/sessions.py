@@ -922,11 +922,11 @@ def _ensure_janitor(root: str, resident: Any = None) -> None:
     request: without it, idle sessions are stopped at the next `host.janitor` or `ls`."""
     from agent_host import janitor
 
-    if resident is not None:
-        resident.ensure_janitor()
-        return
-    with contextlib.suppress(OSError):
-        janitor.ensure_running(root)
+    with contextlib.suppress(OSError, RuntimeError):  # a full disk, no thread left: later
+        if resident is not None:
+            resident.ensure_janitor()
+        else:
+            janitor.ensure_running(root)
 
 
 def _snapshot_count(root: str, session_id: str) -> int:

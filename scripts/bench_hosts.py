@@ -428,7 +428,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     inventory.write_text(bench_inventory(hosts, info.identity_file))
     env = dict(os.environ, JACKIN_HOME=str(work / "jh"))
     env.pop(DAEMON_ENV, None)  # the default behaviour: the daemon an earlier command started
-    direct_env = dict(env, **{DAEMON_ENV: "off"})
     os.environ["JACKIN_HOME"] = env["JACKIN_HOME"]  # this process's own Pool, for warm rounds
     os.environ[DAEMON_ENV] = "off"
     ansible_inv = work / "ansible-hosts.ini"
@@ -443,6 +442,17 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     fabric_run(info, hosts)
     ansible_ping(ansible, ansible_inv, info.known_hosts, len(hosts), work, 0)
     daemon_up(env)
+    try:
+        return _timed(args, work, result, info, hosts, inventory, env, ansible, ansible_inv,
+                      meter, warm_wall, deployed)  # fmt: skip
+    finally:  # whatever happened, no daemon is left holding the bench's connections
+        timed_run([jackin_cli(), "daemon", "stop"], env=env, cwd=ROOT, what="daemon stop")
+
+
+def _timed(args: argparse.Namespace, work: Path, result: dict[str, Any], info: Any,
+           hosts: Any, inventory: Path, env: dict[str, str], ansible: Path, ansible_inv: Path,
+           meter: CpuMeter, warm_wall: float, deployed: int) -> dict[str, Any]:  # fmt: skip
+    direct_env = dict(env, **{DAEMON_ENV: "off"})
 
     samples: dict[str, list[Sample]] = {tool: [] for tool in TOOLS}
     phases: list[dict[str, float]] = []
@@ -468,7 +478,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             f"{tool} {samples[tool][-1].wall_s:.2f} s" for tool in TOOLS), flush=True)  # fmt: skip
 
     warm: dict[str, Any] = {}
-    for size in sizes:
+    for size in sorted({args.hosts, WARM_SIZE}):
         warm_inventory = work / f"warm{size}.toml"
         warm_inventory.write_text(bench_inventory(info.hosts[:size], info.identity_file))
         setup, rounds = asyncio.run(warm_rounds(warm_inventory, "bench", args.rounds))
@@ -490,8 +500,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         ls_samples = [metered(ls_meter, one_ls) for _ in range(args.runs)]
         ls_stats = summary(ls_samples)
-    timed_run([jackin_cli(), "daemon", "stop"], env=env, cwd=ROOT, what="daemon stop")
-
     stats = {tool: summary(samples[tool]) for tool in TOOLS}
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result.update(

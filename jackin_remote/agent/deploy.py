@@ -120,7 +120,7 @@ class StartedAgent:
     bytes_sent: int
     direct: bool = False  # True when reached on the resident agent's socket, no command run
     held: bool = False  # True when the channel came through the laptop daemon
-    direct_failed: bool = False  # a channel to the resident agent's socket was tried, and failed
+    direct_failed: bool = False  # a channel to the resident agent's socket could not be opened
 
     @property
     def direct_refused(self) -> bool:
@@ -167,19 +167,27 @@ async def open_direct(
     """A client on the resident agent's socket, if one answers there as this very version;
     None otherwise (no socket, refused, another version, no answer): the caller runs the
     command instead, which starts what is missing."""
+    client, _ = await _open_direct(transport, socket, artifact, host)
+    return client
+
+
+async def _open_direct(
+    transport: Transport, socket: str, artifact: AgentArtifact, host: str | None
+) -> tuple[AgentClient | None, bool]:
+    """open_direct's client, and whether the channel itself could not be opened."""
     channel = await transport.open_unix(socket)
     if channel is None:
-        return None
+        return None, True
     client = AgentClient(channel, host)
     try:
         hello = await asyncio.wait_for(client.start(), DIRECT_HELLO_TIMEOUT)
     except (AgentCallError, AgentClosed, TimeoutError):
         await client.close()
-        return None
+        return None, False
     if hello.get("agent_hash") != artifact.content_hash or not hello.get("resident"):
         await client.close()
-        return None
-    return client
+        return None, False
+    return client, False
 
 
 async def start_agent(
@@ -191,11 +199,14 @@ async def start_agent(
 ) -> StartedAgent:
     """The agent, reached on the resident agent's socket `direct` when given and it answers,
     else by a command (which deploys the agent first when this version is not there)."""
-    if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
-        return StartedAgent(client, False, 0, direct=True)
+    channel_failed = False
+    if direct is not None:
+        client, channel_failed = await _open_direct(transport, direct, artifact, host)
+        if client is not None:
+            return StartedAgent(client, False, 0, direct=True)
     try:
         started = await _try_start(transport, root, artifact, host)
-        return StartedAgent(started, False, 0, direct_failed=direct is not None)
+        return StartedAgent(started, False, 0, direct_failed=channel_failed)
     except AgentClosed as exc:
         if exc.returncode != MISSING:
             raise DeployError(_explain(exc)) from None
@@ -219,11 +230,14 @@ async def start_deployed_agent(
 ) -> StartedAgent | None:
     """Start this agent version only if it is already on the host; None when it is not.
     Sends and installs nothing (placement asks hosts before any contract is resolved)."""
-    if direct is not None and (client := await open_direct(transport, direct, artifact, host)):
-        return StartedAgent(client, False, 0, direct=True)
+    channel_failed = False
+    if direct is not None:
+        client, channel_failed = await _open_direct(transport, direct, artifact, host)
+        if client is not None:
+            return StartedAgent(client, False, 0, direct=True)
     try:
         started = await _try_start(transport, root, artifact, host)
-        return StartedAgent(started, False, 0, direct_failed=direct is not None)
+        return StartedAgent(started, False, 0, direct_failed=channel_failed)
     except AgentClosed as exc:
         if exc.returncode == MISSING:
             return None

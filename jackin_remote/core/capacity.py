@@ -74,7 +74,7 @@ class Misfit:
 
 def _int(text: str) -> int | None:
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    return _count(int(text)) if text.isdigit() and len(text) <= 20 else None
 
 
 def parse_probe(output: str) -> Capacity:
@@ -126,7 +126,8 @@ def capacity_from_facts(facts: object) -> Capacity | None:
         cpus=_count(facts.get("cpus_usable")),
         memory=_count(memory.get("total")),
         pid_max=_count(facts.get("pid_max")),
-        disk_path=path if isinstance(path, str) and path else None,
+        disk_path=path if isinstance(path, str) and 0 < len(path) <= MAX_PATH
+        and path.isprintable() else None,
         disk_free=_count(disk.get("free")),
         runtimes=runtimes,
         runtimes_error=None if runtimes is not None else
@@ -139,8 +140,14 @@ def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+MAX_COUNT = 2**62  # larger than any real CPU count, memory or disk: a host that says more lies
+MAX_PATH = 4096
+
+
 def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def parse_runtimes(value: object) -> tuple[EngineRuntime, ...] | None:

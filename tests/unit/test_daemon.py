@@ -119,6 +119,11 @@ def test_a_daemon_answers_on_its_socket_refuses_what_it_cannot_serve_and_stops(
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
+        import selectors
+
+        with selectors.DefaultSelector() as waiting:  # a daemon that never says ready fails
+            waiting.register(proc.stdout, selectors.EVENT_READ)
+            assert waiting.select(120), "the daemon never said ready"
         assert proc.stdout.readline().startswith("ready ")
         path = tmp_path / "jh" / "state" / "daemon" / "daemon.sock"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
