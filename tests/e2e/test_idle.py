@@ -153,9 +153,10 @@ def test_a_task_that_ended_is_cleaned_up_by_the_janitor_pass_without_an_idle_sto
         assert session["contract"]["spec"]["idle_timeout"] == 2 * HOUR
         assert "(--idle-timeout)" in session["contract"]["recovery"]["idle_timeout"]
         container = session["contract"]["identity"]["container"]
-        # The task ends by itself; docker says so (no `ls`: it would reconcile first).
+        # The task ends by itself; docker says so (no `ls`: it would reconcile first). The
+        # resident agent's janitor thread may already have run a pass since (its first pass
+        # comes at once): either way, after a pass its proxy is gone, and nothing is "idle".
         _on_host(machine, f"docker wait {container}")
-        assert _proxy_alive(machine, root, sid)
         entry = _janitor(cli, inventory, name, 0)
         assert entry["stopped"] == [] and entry["active"] is False, entry
         assert not _proxy_alive(machine, root, sid)
