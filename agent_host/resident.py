@@ -298,6 +298,15 @@ class Resident:
                 continue
             except OSError:
                 continue
+            if not os.path.isdir(self.package_parent):
+                # Our code was removed (an upgrade, or by hand): serve nobody new. The socket's
+                # name goes at once, so the next command's bridge starts a new agent (which
+                # waits for our lock); we leave once the connections under way end.
+                conn.close()
+                _unlink_socket(self.root, self.agent_hash)
+                if self._should_exit():
+                    break
+                continue
             self._serve_in_thread(conn)
         # Leaving: the socket's name goes first (a command from now on starts a new agent, which
         # waits for our lock), then whatever queued meanwhile is served, not reset.
