@@ -281,7 +281,9 @@ def _log(root: str, message: str) -> None:
             handle.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message[:2000]))
 
 
-def _say(text: str) -> None:
+def say_to_starter(text: str) -> None:
+    """A detached process's one line to whoever started it, then stdout goes nowhere (the
+    starter stopped reading). The janitor's and the resident agent's `ready`/`busy`."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -303,14 +305,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            _say("busy")
+            say_to_starter("busy")
             return 0
         return _serve(root)
 
 
 def _serve(root: str) -> int:
     _write_pid(root)
-    _say("ready %d" % os.getpid())
+    say_to_starter("ready %d" % os.getpid())
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     return serve_passes(root, done)

@@ -366,11 +366,9 @@ def _audit(root: str, action: str, target: str, undo: str) -> None:
 
 
 def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # the starter stops reading: nothing else goes there
-    os.close(devnull)
+    from agent_host.janitor import say_to_starter
+
+    say_to_starter(text)
 
 
 def _unlink_socket(root: str, agent_hash: Optional[str]) -> None:
