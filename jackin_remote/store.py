@@ -1,4 +1,5 @@
-"""The laptop's merged view of every host's sessions (sqlite-utils). A cache: the hosts are the
+"""The laptop's merged view of every host's sessions (SQLite, through the standard library's
+sqlite3: see `Tables` and docs/ARCHITECTURE.md for why not sqlite-utils). A cache: the hosts are the
 source of truth, and `ls --rebuild` recreates it from them at any time.
 
 Except for what only the laptop knows: where on this laptop a session's workspace lives
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from agent_host.procs import pid_alive
 from jackin_remote import paths
@@ -53,6 +54,90 @@ APPROVAL_TABLE = "egress_approvals"
 APPROVAL_COLUMNS = {"workspace": str, "file": str, "sha256": str, "approved_at": float}
 
 
+SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "FLOAT"}  # the types sqlite-utils gave them
+
+
+class Tables:
+    """The few table operations the store needs, on one sqlite3 connection. Table and column
+    names come only from this module's constants, never from a host; values are always bound
+    parameters. (sqlite-utils did this before, but importing it, with click, dateutil and
+    pluggy, cost every command about 0.15 CPU-s: docs/benchmarks.md, P3.)"""
+
+    def __init__(self, path: Path) -> None:
+        # Every write goes through `transaction()` (or `upsert`, which uses it).
+        self.conn = sqlite3.connect(str(path), timeout=5.0)
+        self.conn.row_factory = sqlite3.Row
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the block: all of its writes land, or none (nested: the
+        outer one decides)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, tuple(params))
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
+        for row in self.conn.execute(sql, tuple(params)):
+            yield dict(row)
+
+    def exists(self, table: str) -> bool:
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        )
+        return found.fetchone() is not None
+
+    def columns(self, table: str) -> set[str]:
+        return {str(row[1]) for row in self.conn.execute(f"PRAGMA table_info([{table}])")}
+
+    def create(self, table: str, columns: Mapping[str, type], pk: str) -> None:
+        """`table` if missing; else the columns an older version's table lacks, added. A
+        table that is already whole costs one read, no write lock."""
+        if self.exists(table) and set(columns) <= self.columns(table):
+            return
+        with self.transaction():
+            if not self.exists(table):
+                spec = ", ".join(
+                    f"[{name}] {SQL_TYPES[kind]}" + (" PRIMARY KEY" if name == pk else "")
+                    for name, kind in columns.items()
+                )
+                self.conn.execute(f"CREATE TABLE [{table}] ({spec})")
+                return
+            have = self.columns(table)
+            for name, kind in columns.items():
+                if name not in have:
+                    self.conn.execute(
+                        f"ALTER TABLE [{table}] ADD COLUMN [{name}] {SQL_TYPES[kind]}"
+                    )
+
+    def upsert(self, table: str, row: Mapping[str, Any], pk: str) -> None:
+        """Insert `row`, or update only the columns it names in the row with its `pk`. Inside a
+        caller's `transaction()` it lands with it, else at once."""
+        names = list(row)
+        if not all(name.isidentifier() for name in names):  # the module's own names only
+            raise ValueError(f"not a column name among {names!r}")
+        marks = ", ".join("?" for _ in names)
+        updates = ", ".join(f"[{name}] = excluded.[{name}]" for name in names if name != pk)
+        sql = f"INSERT INTO [{table}] ({', '.join(f'[{n}]' for n in names)}) VALUES ({marks})"
+        sql += (
+            f" ON CONFLICT([{pk}]) DO UPDATE SET {updates}"
+            if updates
+            else " ON CONFLICT DO NOTHING"
+        )
+        values = [_cell(row[name]) for name in names]
+        with self.transaction():
+            self.conn.execute(sql, values)
+
+
 def db_path() -> Path:
     return paths.state_dir() / "jackin.db"
 
@@ -61,48 +146,33 @@ class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
+        self.db = Tables(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
-        sessions = self.db.table("sessions")
-        if not sessions.exists():
-            sessions.create(SESSION_COLUMNS, pk="key")
-            sessions.create_index(["id"])
-        else:  # a cache made by an older version: add what it lacks
-            have = sessions.columns_dict
-            for column, kind in SESSION_COLUMNS.items():
-                if column not in have:
-                    sessions.add_column(column, kind)
-        hosts = self.db.table("hosts")
-        if not hosts.exists():
-            hosts.create(HOST_COLUMNS, pk="name")
-        else:
-            for column, kind in HOST_COLUMNS.items():
-                if column not in hosts.columns_dict:
-                    hosts.add_column(column, kind)
-        launches = self.db.table("launches")
-        if not launches.exists():
-            launches.create(LAUNCH_COLUMNS, pk="key")
-        if not self.db.table("ports").exists():
-            self.db.table("ports").create(PORT_COLUMNS, pk="key")
+        self.db.create("sessions", SESSION_COLUMNS, pk="key")
+        self.db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_id ON sessions (id)")
+        self.db.create("hosts", HOST_COLUMNS, pk="name")
+        self.db.create("launches", LAUNCH_COLUMNS, pk="key")
+        self.db.create("ports", PORT_COLUMNS, pk="key")
 
     # -- published ports (`ports --publish`) -------------------------------------------------
     def add_port(self, host: str, session: str, local: str, remote_port: int) -> None:
-        self.db.table("ports").upsert(
+        self.db.upsert(
+            "ports",
             {"key": f"{host}/{session}/{local}", "host": host, "id": session, "local": local,
              "remote_port": remote_port, "pid": os.getpid(), "started": time.time()},
             pk="key",
         )  # fmt: skip
 
     def remove_ports(self, host: str, session: str, pid: int) -> None:
-        self.db.execute("DELETE FROM ports WHERE host = ? AND id = ? AND pid = ?",
-                        [host, session, pid])  # fmt: skip
-        self.db.conn.commit()
+        with self.db.transaction():
+            self.db.execute("DELETE FROM ports WHERE host = ? AND id = ? AND pid = ?",
+                            [host, session, pid])  # fmt: skip
 
     def active_ports(
         self, host: str | None = None, session: str | None = None
     ) -> list[dict[str, Any]]:
         """Mappings whose forwarding process still runs (a killed one leaves a stale row)."""
-        rows = list(self.db.table("ports").rows) if self.db.table("ports").exists() else []
+        rows = list(self.db.query("SELECT * FROM ports"))
         return [
             {k: row[k] for k in ("host", "id", "local", "remote_port", "started")}
             for row in rows
@@ -112,22 +182,28 @@ class Store:
 
     # -- approved workspace egress rules (`policy approve`) ----------------------------------
     def approve_workspace_rules(self, workspace: str, file: str, digest: str) -> None:
-        table = self.db.table(APPROVAL_TABLE)
-        if not table.exists():  # made on first use: explain never writes it
-            table.create(APPROVAL_COLUMNS, pk="workspace")
-        table.upsert({"workspace": workspace, "file": file, "sha256": digest,
-                      "approved_at": time.time()}, pk="workspace")  # fmt: skip
+        self.db.create(APPROVAL_TABLE, APPROVAL_COLUMNS, pk="workspace")  # on first use only:
+        self.db.upsert(
+            APPROVAL_TABLE,
+            {
+                "workspace": workspace,
+                "file": file,  # explain never
+                "sha256": digest,
+                "approved_at": time.time(),
+            },
+            pk="workspace",
+        )  # writes
 
     def revoke_workspace_rules(self, workspace: str) -> bool:
         """Forget the approval; False when there was none."""
         if self.workspace_rules_digest(workspace) is None:
             return False
-        with self.db.conn:
+        with self.db.transaction():
             self.db.execute(f"DELETE FROM {APPROVAL_TABLE} WHERE workspace = ?", [workspace])
         return True
 
     def workspace_rules_digest(self, workspace: str) -> str | None:
-        if not self.db.table(APPROVAL_TABLE).exists():
+        if not self.db.exists(APPROVAL_TABLE):
             return None
         query = f"SELECT sha256 FROM {APPROVAL_TABLE} WHERE workspace = ?"
         row = next(self.db.query(query, [workspace]), None)
@@ -150,9 +226,10 @@ class Store:
                 row[name] = json.dumps(row[name], sort_keys=True)
         key = f"{host}/{entry['id']}"
         row.update(key=key, host=host, host_state="ok", last_seen=time.time())
-        self.db.table("sessions").upsert(row, pk="key", alter=False)
+        self.db.upsert("sessions", row, pk="key")
         if extra.get("workspace_path"):
-            self.db.table("launches").upsert(
+            self.db.upsert(
+                "launches",
                 {"key": key, "host": host, "id": entry["id"],
                  "workspace_path": str(extra["workspace_path"]), "launched_at": time.time()},
                 pk="key",
@@ -165,7 +242,7 @@ class Store:
         groups = self.root_groups()
         keys = {key} | {f"{name}/{session}" for name, leader in groups.items()
                         if host in groups and leader == groups[host]}  # fmt: skip
-        with self.db.conn:
+        with self.db.transaction():
             for each in sorted(keys):
                 self.db.execute("DELETE FROM sessions WHERE key = ?", [each])
                 self.db.execute("DELETE FROM launches WHERE key = ?", [each])
@@ -174,7 +251,7 @@ class Store:
         """Replace what we know of `host` with what it just told us."""
         now = time.time()
         seen = []
-        with self.db.conn:
+        with self.db.transaction():
             for entry in entries:
                 self.record(host, entry)
                 seen.append(f"{host}/{entry['id']}")
@@ -182,17 +259,19 @@ class Store:
             self.db.execute(
                 f"DELETE FROM sessions WHERE host = ? AND key NOT IN ({marks})", [host, *seen]
             )
-            self.db.table("hosts").upsert(
+            self.db.upsert(
+                "hosts",
                 {"name": host, "state": "ok", "last_contact": now, "error": None, "checked": now},
                 pk="name",
             )
 
     def record_identity(self, identity: Identity) -> None:
         """Who `identity.name` proved to be, at its last answer (kept while it is silent)."""
-        self.db.table("hosts").upsert(
+        self.db.upsert(
+            "hosts",
             {"name": identity.name, "host_key": identity.host_key,
              "machine_id": identity.machine_id, "root_id": identity.root_id},
-            pk="name", alter=False,
+            pk="name",
         )  # fmt: skip
 
     def root_groups(self) -> dict[str, str]:
@@ -203,16 +282,17 @@ class Store:
     def mark_unreachable(self, host: str, state: str, error: str) -> None:
         """The host did not answer: its sessions become `lost`, keeping their last-known data."""
         now = time.time()
-        with self.db.conn:
+        with self.db.transaction():
             self.db.execute("UPDATE sessions SET host_state = ? WHERE host = ?", [state, host])
-            self.db.table("hosts").upsert(
-                {"name": host, "state": state, "error": error, "checked": now}, pk="name"
+            self.db.upsert(
+                "hosts", {"name": host, "state": state, "error": error, "checked": now}, pk="name"
             )
 
     def clear(self) -> None:
         """Drop what the hosts told us (not `launches`: that is the laptop's own)."""
-        self.db.execute("DELETE FROM sessions")
-        self.db.execute("DELETE FROM hosts")
+        with self.db.transaction():
+            self.db.execute("DELETE FROM sessions")
+            self.db.execute("DELETE FROM hosts")
 
     def _laptop_fields(
         self, row: dict[str, Any], groups: dict[str, str] | None = None
@@ -315,7 +395,7 @@ class Store:
     def forget_host(self, host: str) -> None:
         """A host removed from the inventory: its cached sessions and state (not `launches`,
         the laptop's own record, should the host come back)."""
-        with self.db.conn:
+        with self.db.transaction():
             self.db.execute("DELETE FROM sessions WHERE host = ?", [host])
             self.db.execute("DELETE FROM hosts WHERE name = ?", [host])
 
@@ -325,3 +405,10 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for name in JSON_SESSION_COLUMNS:
         row[name] = json.loads(row[name]) if row.get(name) else None
     return row
+
+
+def _cell(value: Any) -> Any:
+    """A value as SQLite stores it: a structure as JSON text (as sqlite-utils stored it)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
