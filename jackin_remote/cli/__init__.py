@@ -22,22 +22,60 @@ if TYPE_CHECKING:
 _app: "typer.Typer | None" = None
 
 
-def _build() -> "typer.Typer":
+# Each top-level command -> the module that defines it. A run builds only the module of the
+# command it names (`_invoked`): typer makes the click parameters of every command it is given
+# at start, and the others' cost every command about 50 ms of CPU (docs/benchmarks.md, P3).
+# tests/unit/test_cli_build.py keeps this equal to what the whole app holds.
+COMMANDS = {
+    **dict.fromkeys(("explain", "launch", "ls", "logs", "attach", "stop", "start", "rm",
+                     "pull", "diff"), "sessions"),
+    **dict.fromkeys(("du", "gc"), "disk"),
+    **dict.fromkeys(("snapshot", "snapshots", "restore"), "snapshots"),
+    **dict.fromkeys(("usage", "open"), "agents"),
+    **{name: name for name in ("console", "ports", "audit", "hosts", "config", "policy",
+                               "daemon")},
+}  # fmt: skip
+GROUPS = ("hosts", "config", "policy", "daemon")  # sub-apps (`jackin-remote hosts check`)
+# Every module, in the order `--help` lists their commands.
+MODULES = (*GROUPS, "sessions", "disk", "snapshots", "agents", "console", "ports", "audit")
+ROOT_VALUE_OPTIONS = ("-i", "--inventory")  # the root's options that take a value
+
+
+def _invoked(argv: "list[str]") -> "str | None":
+    """The module of the command `argv` names, or None for the whole app: no command, an
+    unknown one, help or any other option before it, or a shell completion request."""
+    if "_JACKIN_REMOTE_COMPLETE" in os.environ:
+        return None
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg in ROOT_VALUE_OPTIONS:
+            rest = rest[1:]
+        elif arg.startswith("--inventory=") or (arg.startswith("-i") and arg != "-i"):
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            return COMMANDS.get(arg)
+    return None
+
+
+def _register(app: "typer.Typer", module: str) -> None:
+    import importlib
+
+    code = importlib.import_module(f"jackin_remote.cli.{module}")
+    if module in GROUPS:
+        app.add_typer(code.app, name=module)
+    elif module in ("ports", "audit"):
+        app.command(module)(getattr(code, module))
+    else:
+        code.register(app)
+
+
+def _build(only: "str | None" = None) -> "typer.Typer":
+    """The app with every command, or with the commands of module `only` (see COMMANDS)."""
     import typer
 
-    from jackin_remote.cli import (
-        agents,
-        audit,
-        config,
-        console,
-        daemon,
-        disk,
-        hosts,
-        policy,
-        ports,
-        sessions,
-        snapshots,
-    )
     from jackin_remote.cli.common import Options
 
     app = typer.Typer(
@@ -48,18 +86,8 @@ def _build() -> "typer.Typer":
         # Plain help: rich's option table marks flags `<bool>` and cuts long help at 80 columns.
         rich_markup_mode=None,
     )
-    app.add_typer(hosts.app, name="hosts")
-    app.add_typer(config.app, name="config")
-    app.add_typer(policy.app, name="policy")
-    app.add_typer(daemon.app, name="daemon")
-    sessions.register(app)
-    disk.register(app)
-    snapshots.register(app)
-    agents.register(app)
-    console.register(app)
-    app.command("ports")(ports.ports)
-    app.command("audit")(audit.audit)
-    hosts.app.command("janitor")(audit.janitor)
+    for module in MODULES if only is None else (only,):
+        _register(app, module)
 
     def _version(value: bool) -> None:
         if value:
@@ -103,7 +131,7 @@ def main() -> None:
     from jackin_remote.cli.common import fail
     from jackin_remote.errors import JackinError
 
-    app = __getattr__("app")
+    app = _app if _app is not None else _build(_invoked(sys.argv[1:]))
     try:
         # One name however it is started (`python -m jackin_remote` too): shell completion is
         # keyed by it (_JACKIN_REMOTE_COMPLETE).

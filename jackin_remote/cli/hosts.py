@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from jackin_remote.cli import audit
 from jackin_remote.cli.common import (
     EXIT_SOME_HOSTS_FAILED,
     err,
@@ -350,3 +351,7 @@ def trust(
                    file=str(paths.known_hosts_file()))  # fmt: skip
     else:
         out.print(line(f"{name}: recorded {shown} in {paths.known_hosts_file()}"))
+
+
+# The idle-cleanup pass the resident host agent runs, for a cron job or by hand.
+app.command("janitor")(audit.janitor)
