@@ -365,12 +365,6 @@ def _audit(root: str, action: str, target: str, undo: str) -> None:
         _log(root, "audit: %s: %s" % (type(exc).__name__, exc))
 
 
-def _say(text: str) -> None:
-    from agent_host.janitor import say_to_starter
-
-    say_to_starter(text)
-
-
 def _unlink_socket(root: str, agent_hash: Optional[str]) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(run_dir(root), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -407,6 +401,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--hash", required=True)
     parser.add_argument("--linger", type=float, default=LINGER)
     args = parser.parse_args(argv)
+    from agent_host.janitor import say_to_starter  # the janitor's own `ready`/`busy` line
+
     root = args.root
     agent_hash = None if args.hash == "source" else args.hash
     private_run_dir(root)
@@ -414,7 +410,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            _say("busy")
+            say_to_starter("busy")
             return 0
         resident = Resident(root, agent_hash, args.linger)
         listener = _listen(root, agent_hash)
@@ -423,7 +419,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         resident.sampler = sampler.start(root)
         _log(root, "started pid %d (%s)" % (os.getpid(), socket_name(agent_hash)))
-        _say("ready %d" % os.getpid())  # first: a busy database must not outlast READY_TIMEOUT
+        # First: a busy database must not outlast READY_TIMEOUT.
+        say_to_starter("ready %d" % os.getpid())
         _audit(root, "resident.start", "pid %d on %s (stop it: kill %d; it also leaves by "
                "itself once idle)" % (os.getpid(), socket_path(root, agent_hash), os.getpid()),
                "rm -rf %s" % run_dir(root))  # fmt: skip

@@ -163,18 +163,11 @@ DIRECT_HELLO_TIMEOUT = 10.0  # seconds a resident agent's socket has to answer h
 
 async def open_direct(
     transport: Transport, socket: str, artifact: AgentArtifact, host: str | None
-) -> AgentClient | None:
+) -> tuple[AgentClient | None, bool]:
     """A client on the resident agent's socket, if one answers there as this very version;
     None otherwise (no socket, refused, another version, no answer): the caller runs the
-    command instead, which starts what is missing."""
-    client, _ = await _open_direct(transport, socket, artifact, host)
-    return client
-
-
-async def _open_direct(
-    transport: Transport, socket: str, artifact: AgentArtifact, host: str | None
-) -> tuple[AgentClient | None, bool]:
-    """open_direct's client, and whether the channel itself could not be opened."""
+    command instead, which starts what is missing. Also: whether the channel itself could not
+    be opened (StartedAgent.direct_failed)."""
     channel = await transport.open_unix(socket)
     if channel is None:
         return None, True
@@ -190,6 +183,20 @@ async def _open_direct(
     return client, False
 
 
+async def _start_present(
+    transport: Transport, root: str, artifact: AgentArtifact, host: str | None, direct: str | None
+) -> StartedAgent:
+    """The agent already on the host: on the resident agent's socket `direct` when given and it
+    answers, else by a command (AgentClosed when that fails, MISSING: this version is not there)."""
+    channel_failed = False
+    if direct is not None:
+        client, channel_failed = await open_direct(transport, direct, artifact, host)
+        if client is not None:
+            return StartedAgent(client, False, 0, direct=True)
+    started = await _try_start(transport, root, artifact, host)
+    return StartedAgent(started, False, 0, direct_failed=channel_failed)
+
+
 async def start_agent(
     transport: Transport,
     root: str,
@@ -199,14 +206,8 @@ async def start_agent(
 ) -> StartedAgent:
     """The agent, reached on the resident agent's socket `direct` when given and it answers,
     else by a command (which deploys the agent first when this version is not there)."""
-    channel_failed = False
-    if direct is not None:
-        client, channel_failed = await _open_direct(transport, direct, artifact, host)
-        if client is not None:
-            return StartedAgent(client, False, 0, direct=True)
     try:
-        started = await _try_start(transport, root, artifact, host)
-        return StartedAgent(started, False, 0, direct_failed=channel_failed)
+        return await _start_present(transport, root, artifact, host, direct)
     except AgentClosed as exc:
         if exc.returncode != MISSING:
             raise DeployError(_explain(exc)) from None
@@ -230,14 +231,8 @@ async def start_deployed_agent(
 ) -> StartedAgent | None:
     """Start this agent version only if it is already on the host; None when it is not.
     Sends and installs nothing (placement asks hosts before any contract is resolved)."""
-    channel_failed = False
-    if direct is not None:
-        client, channel_failed = await _open_direct(transport, direct, artifact, host)
-        if client is not None:
-            return StartedAgent(client, False, 0, direct=True)
     try:
-        started = await _try_start(transport, root, artifact, host)
-        return StartedAgent(started, False, 0, direct_failed=channel_failed)
+        return await _start_present(transport, root, artifact, host, direct)
     except AgentClosed as exc:
         if exc.returncode == MISSING:
             return None

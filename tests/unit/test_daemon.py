@@ -109,6 +109,7 @@ def test_a_daemon_answers_on_its_socket_refuses_what_it_cannot_serve_and_stops(
     import asyncio
     import json
     import os
+    import selectors
     import socket
     import stat
     import subprocess
@@ -119,8 +120,6 @@ def test_a_daemon_answers_on_its_socket_refuses_what_it_cannot_serve_and_stops(
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
-        import selectors
-
         with selectors.DefaultSelector() as waiting:  # a daemon that never says ready fails
             waiting.register(proc.stdout, selectors.EVENT_READ)
             assert waiting.select(120), "the daemon never said ready"
